@@ -1,0 +1,411 @@
+//! Tokenized Parquet artifacts (pretrain / SFT / DPO token files): schemas, an atomic writer that records
+//! provenance in the file's key-value metadata, and a reader that checks it.
+
+use crate::error::{DataError, Result};
+use crate::fingerprint;
+use crate::formats::Kind;
+use arrow::array::{
+    Array, ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt32Array,
+    UInt32Builder, UInt8Array, UInt8Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bumped whenever a column or a metadata key changes meaning.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Metadata keys every token file carries.
+pub mod keys {
+    pub const SCHEMA_VERSION: &str = "zerolm.schema_version";
+    pub const KIND: &str = "zerolm.kind";
+    pub const TOKENIZER_FINGERPRINT: &str = "zerolm.tokenizer_fingerprint";
+    pub const VOCAB_SIZE: &str = "zerolm.vocab_size";
+    pub const INPUTS: &str = "zerolm.inputs";
+    pub const COUNTS: &str = "zerolm.counts";
+    pub const CONFIG: &str = "zerolm.config";
+    pub const COMMAND: &str = "zerolm.command";
+}
+
+/// One row of a token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRow {
+    Doc(Vec<u32>),
+    Sft {
+        input_ids: Vec<u32>,
+        loss_mask: Vec<u8>,
+    },
+    Dpo {
+        id: String,
+        prompt_ids: Vec<u32>,
+        chosen_ids: Vec<u32>,
+        rejected_ids: Vec<u32>,
+    },
+}
+
+fn list_field(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new_list_field(item, true))),
+        false,
+    )
+}
+
+/// The Arrow schema of a token file of `kind`.
+pub fn schema(kind: Kind) -> Schema {
+    match kind {
+        Kind::Pretrain => Schema::new(vec![list_field("input_ids", DataType::UInt32)]),
+        Kind::Sft => Schema::new(vec![
+            list_field("input_ids", DataType::UInt32),
+            list_field("loss_mask", DataType::UInt8),
+        ]),
+        Kind::Dpo => Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            list_field("prompt_ids", DataType::UInt32),
+            list_field("chosen_ids", DataType::UInt32),
+            list_field("rejected_ids", DataType::UInt32),
+        ]),
+    }
+}
+
+fn u32_list<'a>(rows: impl Iterator<Item = &'a [u32]>) -> ArrayRef {
+    let mut b = ListBuilder::new(UInt32Builder::new());
+    for r in rows {
+        b.values().append_slice(r);
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+/// Writes a token file to a temporary name; [`TokenWriter::finish`] adds the metadata and renames it into
+/// place. Dropped unfinished, it removes the temporary file.
+pub struct TokenWriter {
+    writer: Option<ArrowWriter<File>>,
+    kind: Kind,
+    schema: Arc<Schema>,
+    path: PathBuf,
+    tmp: PathBuf,
+    rows: usize,
+}
+
+impl TokenWriter {
+    pub fn create(path: &Path, kind: Kind) -> Result<TokenWriter> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
+                path: parent.into(),
+                source,
+            })?;
+        }
+        let tmp = fingerprint::temp_path(path);
+        let file = File::create(&tmp).map_err(|source| DataError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+        let schema = Arc::new(schema(kind));
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid zstd level"),
+            ))
+            .set_max_row_group_row_count(Some(8192))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| {
+            DataError::Parquet {
+                path: tmp.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+        Ok(TokenWriter {
+            writer: Some(writer),
+            kind,
+            schema,
+            path: path.to_path_buf(),
+            tmp,
+            rows: 0,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn write(&mut self, rows: &[TokenRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let wrong = || {
+            DataError::Usage(format!(
+                "internal: row of the wrong kind for a {} token file",
+                self.kind.name()
+            ))
+        };
+        let columns: Vec<ArrayRef> = match self.kind {
+            Kind::Pretrain => {
+                let docs: Option<Vec<&[u32]>> = rows
+                    .iter()
+                    .map(|r| {
+                        if let TokenRow::Doc(d) = r {
+                            Some(d.as_slice())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                vec![u32_list(docs.ok_or_else(wrong)?.into_iter())]
+            }
+            Kind::Sft => {
+                let mut ids = Vec::new();
+                let mut mask = ListBuilder::new(UInt8Builder::new());
+                for r in rows {
+                    let TokenRow::Sft {
+                        input_ids,
+                        loss_mask,
+                    } = r
+                    else {
+                        return Err(wrong());
+                    };
+                    ids.push(input_ids.as_slice());
+                    mask.values().append_slice(loss_mask);
+                    mask.append(true);
+                }
+                vec![u32_list(ids.into_iter()), Arc::new(mask.finish())]
+            }
+            Kind::Dpo => {
+                let mut id = StringBuilder::new();
+                let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
+                for row in rows {
+                    let TokenRow::Dpo {
+                        id: i,
+                        prompt_ids,
+                        chosen_ids,
+                        rejected_ids,
+                    } = row
+                    else {
+                        return Err(wrong());
+                    };
+                    id.append_value(i);
+                    p.push(prompt_ids.as_slice());
+                    c.push(chosen_ids.as_slice());
+                    r.push(rejected_ids.as_slice());
+                }
+                vec![
+                    Arc::new(id.finish()),
+                    u32_list(p.into_iter()),
+                    u32_list(c.into_iter()),
+                    u32_list(r.into_iter()),
+                ]
+            }
+        };
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataError::Parquet {
+                path: self.tmp.clone(),
+                msg: e.to_string(),
+            })?;
+        self.writer
+            .as_mut()
+            .expect("writer is open until finish")
+            .write(&batch)
+            .map_err(|e| DataError::Parquet {
+                path: self.tmp.clone(),
+                msg: e.to_string(),
+            })?;
+        self.rows += rows.len();
+        Ok(())
+    }
+
+    /// Add `metadata` (plus schema version and kind), close the file and rename it into place.
+    pub fn finish(mut self, metadata: BTreeMap<String, String>) -> Result<()> {
+        let mut writer = self.writer.take().expect("writer is open until finish");
+        let mut all = metadata;
+        all.insert(keys::SCHEMA_VERSION.into(), SCHEMA_VERSION.into());
+        all.insert(keys::KIND.into(), self.kind.name().into());
+        for (k, v) in all {
+            writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
+        writer.close().map_err(|e| DataError::Parquet {
+            path: self.tmp.clone(),
+            msg: e.to_string(),
+        })?;
+        fingerprint::commit(&self.tmp, &self.path)
+    }
+}
+
+impl Drop for TokenWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A token file read back: its provenance metadata and rows.
+#[derive(Debug, Clone)]
+pub struct TokenFile {
+    pub path: PathBuf,
+    pub kind: Kind,
+    pub metadata: BTreeMap<String, String>,
+    pub rows: Vec<TokenRow>,
+}
+
+impl TokenFile {
+    pub fn tokenizer_fingerprint(&self) -> &str {
+        self.metadata
+            .get(keys::TOKENIZER_FINGERPRINT)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// Refuse a file made with another tokenizer.
+    pub fn check_tokenizer(&self, fingerprint: &str) -> Result<()> {
+        if self.tokenizer_fingerprint() != fingerprint {
+            return Err(DataError::Mismatch {
+                what: "tokenizer".into(),
+                path: self.path.clone(),
+                msg: format!(
+                    "the file was tokenized with tokenizer {} but this run uses {}; re-run `tokenize` with this tokenizer",
+                    short(self.tokenizer_fingerprint()),
+                    short(fingerprint)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+fn list_rows(col: &dyn Array, path: &Path, name: &str) -> Result<Vec<Vec<u32>>> {
+    let bad = || DataError::BadFile {
+        path: path.into(),
+        msg: format!("column `{name}` is not list<uint32>"),
+    };
+    let list = col.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .ok_or_else(bad)?;
+    let offsets = list.value_offsets();
+    Ok((0..list.len())
+        .map(|i| values.values()[offsets[i] as usize..offsets[i + 1] as usize].to_vec())
+        .collect())
+}
+
+/// Read a whole token file, checking that it is a zerolm token file of `kind` with a known schema version.
+pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
+    let pq = |e: parquet::errors::ParquetError| DataError::Parquet {
+        path: path.into(),
+        msg: e.to_string(),
+    };
+    let file = File::open(path).map_err(|source| DataError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let metadata: BTreeMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    match metadata.get(keys::SCHEMA_VERSION).map(String::as_str) {
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            return Err(DataError::BadFile { path: path.into(), msg: format!("token file schema version {v}, this build reads {SCHEMA_VERSION}; re-run `tokenize`") })
+        }
+        None => return Err(DataError::BadFile { path: path.into(), msg: "not a zerolm token file (no zerolm.schema_version metadata); make it with `tokenize`".into() }),
+    }
+    let found = metadata.get(keys::KIND).cloned().unwrap_or_default();
+    if found != kind.name() {
+        return Err(DataError::BadFile {
+            path: path.into(),
+            msg: format!("holds `{found}` tokens, expected `{}`", kind.name()),
+        });
+    }
+    let mut rows = Vec::new();
+    for batch in builder.build().map_err(pq)? {
+        let batch = batch.map_err(|e| DataError::Parquet {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| DataError::BadFile {
+                    path: path.into(),
+                    msg: format!("missing column `{name}`"),
+                })
+        };
+        match kind {
+            Kind::Pretrain => rows.extend(
+                list_rows(col("input_ids")?.as_ref(), path, "input_ids")?
+                    .into_iter()
+                    .map(TokenRow::Doc),
+            ),
+            Kind::Sft => {
+                let ids = list_rows(col("input_ids")?.as_ref(), path, "input_ids")?;
+                let mask_col = col("loss_mask")?;
+                let mask = mask_col
+                    .as_any()
+                    .downcast_ref::<ListArray>()
+                    .ok_or_else(|| DataError::BadFile {
+                        path: path.into(),
+                        msg: "column `loss_mask` is not list<uint8>".into(),
+                    })?;
+                for (i, input_ids) in ids.into_iter().enumerate() {
+                    let m = mask.value(i);
+                    let m = m.as_any().downcast_ref::<UInt8Array>().ok_or_else(|| {
+                        DataError::BadFile {
+                            path: path.into(),
+                            msg: "column `loss_mask` is not list<uint8>".into(),
+                        }
+                    })?;
+                    rows.push(TokenRow::Sft {
+                        input_ids,
+                        loss_mask: m.values().to_vec(),
+                    });
+                }
+            }
+            Kind::Dpo => {
+                let id_col = col("id")?;
+                let ids = id_col
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| DataError::BadFile {
+                        path: path.into(),
+                        msg: "column `id` is not a string".into(),
+                    })?;
+                let p = list_rows(col("prompt_ids")?.as_ref(), path, "prompt_ids")?;
+                let c = list_rows(col("chosen_ids")?.as_ref(), path, "chosen_ids")?;
+                let r = list_rows(col("rejected_ids")?.as_ref(), path, "rejected_ids")?;
+                for (i, ((p, c), r)) in p.into_iter().zip(c).zip(r).enumerate() {
+                    rows.push(TokenRow::Dpo {
+                        id: ids.value(i).to_string(),
+                        prompt_ids: p,
+                        chosen_ids: c,
+                        rejected_ids: r,
+                    });
+                }
+            }
+        }
+    }
+    Ok(TokenFile {
+        path: path.into(),
+        kind,
+        metadata,
+        rows,
+    })
+}

@@ -1,0 +1,67 @@
+//! The data crate's one error type: every variant says what went wrong and where.
+
+use std::path::PathBuf;
+
+/// Where in an input a problem is: a file and a 1-based line (JSONL, text) or 0-based row (JSON array,
+/// Parquet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub row: Option<u64>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(r) = self.row {
+            write!(f, " (row {r})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{at}: {msg}")]
+    BadRow { at: Location, msg: String },
+    #[error("{path}: {msg}")]
+    BadFile { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: parquet error: {msg}")]
+    Parquet { path: PathBuf, msg: String },
+    #[error("tokenizer {path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("{what} in {path} does not match: {msg}")]
+    Mismatch {
+        what: String,
+        path: PathBuf,
+        msg: String,
+    },
+}
+
+impl DataError {
+    /// True for problems the user can fix in their input or flags (exit code 1); false for internal
+    /// failures such as a write error (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, DataError::Write { .. })
+    }
+}
+
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
