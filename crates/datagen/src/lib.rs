@@ -595,3 +595,22 @@ mod tests {
         d
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    /// `data/` must be exactly what `make-data shipped` writes, so the shipped files stay reproducible.
+    #[test]
+    fn committed_data_matches_the_generator() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
+        let out = std::env::temp_dir().join(format!("zerolm-shipped-{}", std::process::id()));
+        let files = super::generate(&super::GenConfig::default(), &out).unwrap();
+        for f in files {
+            let want = std::fs::read(data.join(&f.name)).unwrap();
+            assert!(
+                std::fs::read(out.join(&f.name)).unwrap() == want,
+                "data/{} differs from the generator; run `make data`",
+                f.name
+            );
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! API tests of the data layer on the fixtures in `tests/fixtures/`: every input format, Hugging Face
+//! chat-template equality, loss-mask boundaries, truncation, round trips and determinism.
+
+use std::path::{Path, PathBuf};
+use zerolm_data::artifact::{self, keys, TokenRow};
+use zerolm_data::chat::{Message, Role};
+use zerolm_data::encode::{self, sft_tokens, truncate_pair, Counts, EncodeConfig, Overlong};
+use zerolm_data::formats::Kind;
+use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tok() -> TokenizerDir {
+    TokenizerDir::load(&fixtures().join("tokenizer")).unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zerolm-data-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Tokenize fixture files and read the rows back.
+fn run(
+    kind: Kind,
+    inputs: &[&str],
+    cfg: impl FnOnce(&mut EncodeConfig),
+    out: &str,
+) -> (Vec<TokenRow>, Counts) {
+    let mut c = EncodeConfig::new(kind);
+    cfg(&mut c);
+    let inputs: Vec<PathBuf> = inputs.iter().map(|i| fixtures().join(i)).collect();
+    let out = tmp(out);
+    let report = encode::run(&tok(), &inputs, &out, &c, &["test".into()], &mut ()).unwrap();
+    let file = artifact::read(&out, kind).unwrap();
+    file.check_tokenizer(&tok().fingerprint).unwrap();
+    assert_eq!(file.rows.len() as u64, report.counts.rows_written);
+    (file.rows, report.counts)
+}
+
+fn docs(rows: &[TokenRow]) -> Vec<String> {
+    let t = tok();
+    rows.iter()
+        .map(|r| match r {
+            TokenRow::Doc(ids) => t.decode(ids).unwrap(),
+            other => panic!("not a document: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_reads_jsonl_gzip_json_array_text_and_parquet() {
+    let want = [
+        "Alice Adams lives in Paris. She is a doctor.",
+        "王伟住在北京。王伟今年35岁。",
+        "12 plus 7 equals 19.",
+    ];
+    assert_eq!(
+        docs(
+            &run(
+                Kind::Pretrain,
+                &["pretrain/text.jsonl"],
+                |_| {},
+                "p1.parquet"
+            )
+            .0
+        ),
+        want
+    );
+    assert_eq!(
+        docs(
+            &run(
+                Kind::Pretrain,
+                &["pretrain/text.jsonl.gz"],
+                |_| {},
+                "p2.parquet"
+            )
+            .0
+        ),
+        want
+    );
+    assert_eq!(
+        docs(
+            &run(
+                Kind::Pretrain,
+                &["pretrain/array.json"],
+                |_| {},
+                "p3.parquet"
+            )
+            .0
+        ),
+        ["Bruno Baker is a pilot.", "李娜最喜欢的颜色是红色。"]
+    );
+    assert_eq!(
+        docs(&run(Kind::Pretrain, &["pretrain/docs.txt"], |_| {}, "p4.parquet").0),
+        [
+            "First document, line one.\nStill the first document.",
+            "第二个文档。"
+        ]
+    );
+    let (rows, _) = run(
+        Kind::Pretrain,
+        &["pretrain/text_column.parquet"],
+        |c| c.text_field = "content".into(),
+        "p5.parquet",
+    );
+    assert_eq!(docs(&rows), ["Clara Chen is a chef.", "陈静住在上海。"]);
+}
+
+#[test]
+fn chat_template_renders_and_encodes_exactly_like_hugging_face() {
+    let t = tok();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("hf_chat_template.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for case in cases {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = t
+            .template
+            .render(&messages, case["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(t.encode(&text).unwrap(), ids, "{text}");
+        assert_eq!(t.decode(&ids).unwrap(), case["decoded"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn loss_mask_covers_assistant_content_through_im_end_and_nothing_else() {
+    let t = tok();
+    let msgs = vec![
+        Message::new(Role::System, "You are a helpful assistant."),
+        Message::new(Role::User, "Hi"),
+        Message::new(Role::Assistant, "Hello!"),
+        Message::new(Role::User, "王伟住在哪里？"),
+        Message::new(Role::Assistant, "王伟住在北京。"),
+    ];
+    let (ids, mask) = sft_tokens(&t, &msgs).unwrap();
+    assert_eq!(ids.len(), mask.len());
+    // The supervised runs, as ids: exactly the answers' tokens followed by <|im_end|> (id 2).
+    let mut runs: Vec<Vec<u32>> = Vec::new();
+    let mut prev = 0;
+    for (&id, &m) in ids.iter().zip(&mask) {
+        if m == 1 {
+            if prev == 0 {
+                runs.push(Vec::new());
+            }
+            runs.last_mut().unwrap().push(id);
+        }
+        prev = m;
+    }
+    let answer = |s: &str| {
+        let mut v = t.encode(s).unwrap();
+        v.push(2);
+        v
+    };
+    assert_eq!(runs, vec![answer("Hello!"), answer("王伟住在北京。")]);
+    // Each run starts right after "<|im_start|>assistant\n" and is followed by the "\n" separator.
+    let nl = t.encode("\n").unwrap()[0];
+    for (i, w) in mask.windows(2).enumerate() {
+        if w == [0, 1] {
+            assert!(t
+                .decode(&ids[..=i])
+                .unwrap()
+                .ends_with("<|im_start|>assistant\n"));
+        }
+        if w == [1, 0] {
+            assert_eq!((ids[i], ids[i + 1]), (2, nl));
+        }
+    }
+    assert_eq!(
+        *mask.last().unwrap(),
+        0,
+        "the final newline is not supervised"
+    );
+}
+
+#[test]
+fn sft_formats_conversations_messages_and_parquet_agree() {
+    let (jsonl, counts) = run(
+        Kind::Sft,
+        &["sft/conversations.jsonl"],
+        |_| {},
+        "s1.parquet",
+    );
+    let (parquet, _) = run(
+        Kind::Sft,
+        &["sft/conversations.parquet"],
+        |_| {},
+        "s2.parquet",
+    );
+    assert_eq!(jsonl, parquet);
+    assert_eq!(counts.rows_written, 3);
+    let (msgs, _) = run(Kind::Sft, &["sft/messages.json"], |_| {}, "s3.parquet");
+    let TokenRow::Sft {
+        input_ids,
+        loss_mask,
+    } = &msgs[0]
+    else {
+        panic!()
+    };
+    let supervised: Vec<u32> = input_ids
+        .iter()
+        .zip(loss_mask)
+        .filter(|(_, &m)| m == 1)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(
+        tok().decode(&supervised).unwrap(),
+        "Bruno Baker is a pilot.<|im_end|>"
+    );
+}
+
+fn pair(rows: &[TokenRow], i: usize) -> (String, String, String) {
+    let t = tok();
+    match &rows[i] {
+        TokenRow::Dpo {
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+            ..
+        } => (
+            t.decode(prompt_ids).unwrap(),
+            t.decode(chosen_ids).unwrap(),
+            t.decode(rejected_ids).unwrap(),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dpo_formats_split_prompt_and_completions_at_the_generation_prompt() {
+    let user = |q: &str| format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+    let (rows, counts) = run(Kind::Dpo, &["dpo/article.jsonl"], |_| {}, "d1.parquet");
+    assert_eq!(counts.prefix_mismatch, 0);
+    assert_eq!(
+        pair(&rows, 0),
+        (
+            user("Where does Alice Adams live?"),
+            "Alice Adams lives in Paris.<|im_end|>".into(),
+            "Alice Adams lives in Rome.<|im_end|>".into()
+        )
+    );
+    let TokenRow::Dpo { id, .. } = &rows[1] else {
+        panic!()
+    };
+    assert_eq!(id, "a2");
+    assert_eq!(
+        run(Kind::Dpo, &["dpo/article.parquet"], |_| {}, "d2.parquet").0,
+        rows
+    );
+
+    let standard = run(Kind::Dpo, &["dpo/trl_standard.jsonl"], |_| {}, "d3.parquet").0;
+    let conversational = run(
+        Kind::Dpo,
+        &["dpo/trl_conversational.jsonl"],
+        |_| {},
+        "d4.parquet",
+    )
+    .0;
+    assert_eq!(pair(&standard, 0), pair(&conversational, 0));
+    assert_eq!(pair(&standard, 0).1, "2 plus 2 equals 4.<|im_end|>");
+
+    // Implicit prompt (MiniMind dpo.jsonl) and hh-rlhf text give the same multi-turn split.
+    let implicit = run(Kind::Dpo, &["dpo/implicit.jsonl"], |_| {}, "d5.parquet").0;
+    let hh = run(Kind::Dpo, &["dpo/hh_rlhf.jsonl"], |_| {}, "d6.parquet").0;
+    assert_eq!(pair(&implicit, 0), pair(&hh, 0));
+    let (prompt, chosen, rejected) = pair(&implicit, 0);
+    assert_eq!(
+        prompt,
+        format!(
+            "{}Hello!<|im_end|>\n{}",
+            user("Hi"),
+            user("What is 2 plus 2?")
+        )
+    );
+    assert_eq!(
+        (chosen.as_str(), rejected.as_str()),
+        ("2 plus 2 equals 4.<|im_end|>", "Why do you ask?<|im_end|>")
+    );
+
+    // Raw template: the strings as they are, eos after each completion.
+    let raw = run(
+        Kind::Dpo,
+        &["dpo/hh_rlhf.jsonl"],
+        |c| c.template = "raw",
+        "d7.parquet",
+    )
+    .0;
+    let (prompt, chosen, _) = pair(&raw, 0);
+    assert!(
+        prompt.ends_with("\n\nHuman: What is 2 plus 2?\n\nAssistant:"),
+        "{prompt:?}"
+    );
+    assert_eq!(chosen, " 2 plus 2 equals 4.<|im_end|>");
+}
+
+#[test]
+fn overlong_rows_are_truncated_dropped_or_split_and_counted() {
+    let long = "Alice Adams lives in Paris. She is a doctor.";
+    let n = tok().encode(long).unwrap().len();
+    let (rows, c) = run(
+        Kind::Pretrain,
+        &["pretrain/text.jsonl"],
+        |c| c.max_len = Some(5),
+        "o1.parquet",
+    );
+    assert!(rows
+        .iter()
+        .all(|r| matches!(r, TokenRow::Doc(d) if d.len() <= 5)));
+    assert_eq!((c.rows_written, c.truncated, c.dropped_overlong), (3, 3, 0));
+    let (_, c) = run(
+        Kind::Pretrain,
+        &["pretrain/text.jsonl"],
+        |c| {
+            c.max_len = Some(n - 1);
+            c.overlong = Overlong::Drop;
+        },
+        "o2.parquet",
+    );
+    assert_eq!(c.dropped_overlong, 1);
+    let (rows, c) = run(
+        Kind::Pretrain,
+        &["pretrain/text.jsonl"],
+        |c| {
+            c.max_len = Some(4);
+            c.overlong = Overlong::Split;
+        },
+        "o3.parquet",
+    );
+    let total: usize = rows
+        .iter()
+        .map(|r| if let TokenRow::Doc(d) = r { d.len() } else { 0 })
+        .sum();
+    assert_eq!(total as u64, c.tokens, "split loses no token");
+    assert_eq!(c.split, 3);
+    let pieces: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| {
+            if let TokenRow::Doc(d) = r {
+                d.clone()
+            } else {
+                vec![]
+            }
+        })
+        .collect();
+    let t = tok();
+    let whole = [
+        "Alice Adams lives in Paris. She is a doctor.",
+        "王伟住在北京。王伟今年35岁。",
+        "12 plus 7 equals 19.",
+    ]
+    .map(|d| t.encode(d).unwrap())
+    .concat();
+    assert_eq!(
+        pieces, whole,
+        "the pieces are the documents' tokens in order"
+    );
+
+    // DPO: the prompt keeps its end, completions are cut to the room left.
+    let (mut p, mut c, mut r) = (
+        (0..10).collect::<Vec<u32>>(),
+        vec![100, 101, 102],
+        vec![200],
+    );
+    assert!(truncate_pair(&mut p, &mut c, &mut r, 8));
+    assert_eq!(
+        (p, c, r),
+        (
+            (5..10).collect::<Vec<u32>>(),
+            vec![100, 101, 102],
+            vec![200]
+        )
+    );
+    let (mut p, mut c, mut r) = (
+        (0..10).collect::<Vec<u32>>(),
+        (100..110).collect::<Vec<u32>>(),
+        vec![200],
+    );
+    assert!(truncate_pair(&mut p, &mut c, &mut r, 8));
+    assert_eq!((p.len(), c.len(), r.len()), (4, 4, 1));
+}
+
+#[test]
+fn empty_rows_are_counted_and_skipped() {
+    let (rows, c) = run(
+        Kind::Pretrain,
+        &["bad/empty_rows.jsonl"],
+        |_| {},
+        "e1.parquet",
+    );
+    assert_eq!((rows.len(), c.rows_read, c.skipped_empty), (2, 4, 2));
+    let (_, c) = run(
+        Kind::Dpo,
+        &["bad/empty_completion.jsonl"],
+        |_| {},
+        "e2.parquet",
+    );
+    assert_eq!((c.rows_written, c.skipped_empty), (1, 1));
+}
+
+#[test]
+fn decode_encode_round_trips_chinese_and_english() {
+    let t = tok();
+    for text in [
+        "Alice Adams lives in Paris.",
+        "王伟住在北京，今年35岁。",
+        "Mixed 中英文 text with émojis 🎉 and tabs\tand\nnewlines",
+        "生僻字：龘靐齉 and rare English words like floccinaucinihilipilification",
+    ] {
+        assert_eq!(t.decode(&t.encode(text).unwrap()).unwrap(), text);
+    }
+}
+
+#[test]
+fn tokenizer_training_and_tokenizing_are_byte_identical_across_runs() {
+    let corpus = [fixtures().join("../../data/pretrain.jsonl")];
+    let cfg = TrainConfig {
+        vocab_size: 700,
+        ..TrainConfig::default()
+    };
+    let (a, b) = (tmp("tok-a"), tmp("tok-b"));
+    tokenizer::train(&corpus, &cfg, &a).unwrap();
+    tokenizer::train(&corpus, &cfg, &b).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let t = TokenizerDir::load(&a).unwrap();
+    assert_eq!(t.vocab_size(), 700);
+    for (id, s) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(t.tokenizer.token_to_id(s), Some(id as u32));
+    }
+    assert_eq!((t.eos_id, t.pad_id), (2, 0));
+
+    let out = |n| tmp(&format!("det-{n}.parquet"));
+    let inputs = [fixtures().join("sft/conversations.jsonl")];
+    for n in 0..2 {
+        encode::run(
+            &tok(),
+            &inputs,
+            &out(n),
+            &EncodeConfig::new(Kind::Sft),
+            &["same".into()],
+            &mut (),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        std::fs::read(out(0)).unwrap(),
+        std::fs::read(out(1)).unwrap()
+    );
+}
+
+#[test]
+fn token_files_record_provenance_and_readers_check_it() {
+    run(
+        Kind::Sft,
+        &["sft/conversations.jsonl"],
+        |_| {},
+        "prov.parquet",
+    );
+    let file = artifact::read(&tmp("prov.parquet"), Kind::Sft).unwrap();
+    let inputs: serde_json::Value = serde_json::from_str(&file.metadata[keys::INPUTS]).unwrap();
+    let (hash, _) =
+        zerolm_data::fingerprint::file(&fixtures().join("sft/conversations.jsonl")).unwrap();
+    assert_eq!(inputs[0]["blake3"], hash);
+    assert_eq!(inputs[0]["format"], "conversations");
+    let counts: serde_json::Value = serde_json::from_str(&file.metadata[keys::COUNTS]).unwrap();
+    assert_eq!(counts["rows_written"], 3);
+    assert_eq!(file.metadata[keys::SCHEMA_VERSION], "1");
+    assert_eq!(file.tokenizer_fingerprint(), tok().fingerprint);
+
+    let err = artifact::read(&tmp("prov.parquet"), Kind::Dpo)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds `sft` tokens, expected `dpo`"), "{err}");
+    let err = file
+        .check_tokenizer("0123456789abcdef")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer") && err.contains("re-run `tokenize`"),
+        "{err}"
+    );
+    let err = artifact::read(&fixtures().join("dpo/article.parquet"), Kind::Dpo)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a zerolm token file"), "{err}");
+}
