@@ -274,7 +274,15 @@ impl TokenizerDir {
 
     /// Encode text (special-token strings become their ids; nothing is added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.encode_with_offsets(text)?.0)
+        // `encode_fast` skips offset tracking, which only the SFT loss mask needs.
+        let enc = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.dir.clone(),
+                msg: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Ids and byte offsets of each token in `text`.
