@@ -272,16 +272,20 @@ impl TokenizerDir {
         self.tokenizer.get_vocab_size(true)
     }
 
+    fn error(&self, e: tokenizers::Error) -> DataError {
+        DataError::Tokenizer {
+            path: self.dir.clone(),
+            msg: e.to_string(),
+        }
+    }
+
     /// Encode text (special-token strings become their ids; nothing is added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         // `encode_fast` skips offset tracking, which only the SFT loss mask needs.
         let enc = self
             .tokenizer
             .encode_fast(text, false)
-            .map_err(|e| DataError::Tokenizer {
-                path: self.dir.clone(),
-                msg: e.to_string(),
-            })?;
+            .map_err(|e| self.error(e))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -290,19 +294,11 @@ impl TokenizerDir {
         let enc = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| DataError::Tokenizer {
-                path: self.dir.clone(),
-                msg: e.to_string(),
-            })?;
+            .map_err(|e| self.error(e))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, false)
-            .map_err(|e| DataError::Tokenizer {
-                path: self.dir.clone(),
-                msg: e.to_string(),
-            })
+        self.tokenizer.decode(ids, false).map_err(|e| self.error(e))
     }
 }

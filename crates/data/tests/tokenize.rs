@@ -500,3 +500,22 @@ fn token_files_record_provenance_and_readers_check_it() {
         .to_string();
     assert!(err.contains("not a zerolm token file"), "{err}");
 }
+
+#[test]
+fn a_prompt_whose_tokens_merge_into_the_completion_is_handled_and_counted() {
+    // Raw template, prompt ending in a space: " Paris" is one pre-token in prompt+completion, so the
+    // prompt's own tokens (ending in " ") are not a prefix of the whole.
+    let input = tmp("mismatch.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"Alice Adams lives in \", \"chosen\": \"Paris.\", \"rejected\": \"Rome.\"}\n").unwrap();
+    let out = tmp("mismatch.parquet");
+    let mut cfg = EncodeConfig::new(Kind::Dpo);
+    cfg.template = "raw";
+    let report = encode::run(&tok(), &[input], &out, &cfg, &[], &mut ()).unwrap();
+    assert_eq!(report.counts.prefix_mismatch, 1);
+    let rows = artifact::read(&out, Kind::Dpo).unwrap().rows;
+    let (prompt, chosen, _) = pair(&rows, 0);
+    assert_eq!(
+        (prompt.as_str(), chosen.as_str()),
+        ("Alice Adams lives in ", "Paris.<|im_end|>")
+    );
+}
