@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zerolm_data::encode::{self, EncodeConfig, Overlong};
-use zerolm_data::formats::{Kind, ALL_FORMATS};
+use zerolm_data::formats::{Format, Kind, Template, ALL_FORMATS};
 use zerolm_data::progress::{peak_rss_mb, Progress};
 use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
 use zerolm_data::{fingerprint, DataError};
@@ -112,15 +112,11 @@ fn resolved_config_path(out: &Path, is_dir: bool) -> PathBuf {
 fn encode(kind: Kind, a: EncodeArgs, threads: Option<usize>) -> Result<()> {
     let tok = TokenizerDir::load(&a.tokenizer)?;
     let mut cfg = EncodeConfig::new(kind);
-    cfg.format = a
-        .format
-        .as_deref()
-        .and_then(|f| ALL_FORMATS.iter().find(|(n, _)| *n == f))
-        .map(|(n, _)| *n);
+    cfg.format = a.format.as_deref().and_then(Format::parse);
     cfg.text_field = a.text_field;
     cfg.template = match a.template {
-        TemplateArg::Chat => "chat",
-        TemplateArg::Raw => "raw",
+        TemplateArg::Chat => Template::Chat,
+        TemplateArg::Raw => Template::Raw,
     };
     cfg.max_len = a.max_len;
     cfg.overlong = match a.overlong {

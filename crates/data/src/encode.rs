@@ -27,13 +27,11 @@ pub enum Overlong {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EncodeConfig {
-    pub kind: &'static str,
-    #[serde(skip)]
     pub stage: Kind,
     /// A forced format; `None` detects it per input file.
-    pub format: Option<&'static str>,
+    pub format: Option<Format>,
     pub text_field: String,
-    pub template: &'static str,
+    pub template: Template,
     pub max_len: Option<usize>,
     pub overlong: Overlong,
     pub skip_bad: bool,
@@ -44,11 +42,10 @@ pub struct EncodeConfig {
 impl EncodeConfig {
     pub fn new(stage: Kind) -> EncodeConfig {
         EncodeConfig {
-            kind: stage.name(),
             stage,
             format: None,
             text_field: "text".into(),
-            template: "chat",
+            template: Template::Chat,
             max_len: None,
             overlong: Overlong::Truncate,
             skip_bad: false,
@@ -57,16 +54,8 @@ impl EncodeConfig {
         }
     }
 
-    fn template(&self) -> Template {
-        if self.template == "raw" {
-            Template::Raw
-        } else {
-            Template::Chat
-        }
-    }
-
     pub fn validate(&self) -> Result<()> {
-        if let Some(f) = self.format.and_then(Format::parse) {
+        if let Some(f) = self.format {
             if f.kind() != self.stage {
                 return Err(DataError::Usage(format!(
                     "--format {} holds {} data, not {}",
@@ -145,12 +134,8 @@ struct Encoded {
     prefix_mismatch: bool,
 }
 
-fn encode_ids(tok: &TokenizerDir, text: &str) -> Result<Vec<u32>> {
-    tok.encode(text)
-}
-
 fn encode_doc(tok: &TokenizerDir, text: &str, cfg: &EncodeConfig) -> Result<Encoded> {
-    let ids = encode_ids(tok, text)?;
+    let ids = tok.encode(text)?;
     let mut out = Encoded::default();
     match cfg.max_len {
         Some(max) if ids.len() > max => match cfg.overlong {
@@ -214,11 +199,11 @@ fn split_completion(
     prompt_ids: &[u32],
     completion_text: &str,
 ) -> Result<(Vec<u32>, bool)> {
-    let full = encode_ids(tok, &format!("{prompt_text}{completion_text}"))?;
+    let full = tok.encode(&format!("{prompt_text}{completion_text}"))?;
     if full.starts_with(prompt_ids) {
         Ok((full[prompt_ids.len()..].to_vec(), false))
     } else {
-        Ok((encode_ids(tok, completion_text)?, true))
+        Ok((tok.encode(completion_text)?, true))
     }
 }
 
@@ -294,7 +279,7 @@ fn encode_pair(tok: &TokenizerDir, id: String, pair: &Pair, cfg: &EncodeConfig) 
             )
         }
     };
-    let mut prompt_ids = encode_ids(tok, &prompt_text)?;
+    let mut prompt_ids = tok.encode(&prompt_text)?;
     let (mut chosen, m1) = split_completion(tok, &prompt_text, &prompt_ids, &chosen_text)?;
     let (mut rejected, m2) = split_completion(tok, &prompt_text, &prompt_ids, &rejected_text)?;
     out.prefix_mismatch = m1 || m2;
@@ -344,7 +329,7 @@ fn encode_row(
         Ok(v) => v,
         Err(msg) => return Ok(Outcome::Problem(Problem::Bad(msg.clone()))),
     };
-    let record = match normalize(format, value, &cfg.text_field, cfg.template()) {
+    let record = match normalize(format, value, &cfg.text_field, cfg.template) {
         Ok(r) => r,
         Err(p) => return Ok(Outcome::Problem(p)),
     };
@@ -359,9 +344,8 @@ fn encode_row(
 
 /// The format of one input file: forced, or detected from its first well-formed row.
 fn detect_format(path: &Path, cfg: &EncodeConfig) -> Result<Format> {
-    if let Some(name) = cfg.format {
-        return Format::parse(name)
-            .ok_or_else(|| DataError::Usage(format!("unknown --format {name}")));
+    if let Some(f) = cfg.format {
+        return Ok(f);
     }
     let mut reader = RowReader::open(path)?;
     while let Some(row) = reader.next_row()? {

@@ -5,7 +5,8 @@ use crate::chat::{Message, Role};
 use serde_json::Value;
 
 /// Which stage's data a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     Pretrain,
     Sft,
@@ -68,6 +69,7 @@ impl Format {
         ALL_FORMATS.iter().find(|(n, _)| *n == s).map(|(_, f)| *f)
     }
 
+    /// The stage whose data this format holds.
     pub fn kind(self) -> Kind {
         match self {
             Format::Text => Kind::Pretrain,
@@ -107,8 +109,15 @@ impl Format {
     }
 }
 
+impl serde::Serialize for Format {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// How string prompts and completions become token ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Template {
     /// Strings become a user turn and an assistant turn rendered with the chat template (hh-rlhf text is
     /// split into its turns): what a chat model sees when it answers.

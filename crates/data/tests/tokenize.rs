@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use zerolm_data::artifact::{self, keys, TokenRow};
 use zerolm_data::chat::{Message, Role};
 use zerolm_data::encode::{self, sft_tokens, truncate_pair, Counts, EncodeConfig, Overlong};
-use zerolm_data::formats::Kind;
+use zerolm_data::formats::{Kind, Template};
 use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
 
 fn fixtures() -> PathBuf {
@@ -289,7 +289,7 @@ fn dpo_formats_split_prompt_and_completions_at_the_generation_prompt() {
     let raw = run(
         Kind::Dpo,
         &["dpo/hh_rlhf.jsonl"],
-        |c| c.template = "raw",
+        |c| c.template = Template::Raw,
         "d7.parquet",
     )
     .0;
@@ -509,7 +509,7 @@ fn a_prompt_whose_tokens_merge_into_the_completion_is_handled_and_counted() {
     std::fs::write(&input, "{\"prompt\": \"Alice Adams lives in \", \"chosen\": \"Paris.\", \"rejected\": \"Rome.\"}\n").unwrap();
     let out = tmp("mismatch.parquet");
     let mut cfg = EncodeConfig::new(Kind::Dpo);
-    cfg.template = "raw";
+    cfg.template = Template::Raw;
     let report = encode::run(&tok(), &[input], &out, &cfg, &[], &mut ()).unwrap();
     assert_eq!(report.counts.prefix_mismatch, 1);
     let rows = artifact::read(&out, Kind::Dpo).unwrap().rows;
