@@ -100,13 +100,13 @@ impl TokenWriter {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
                 path: parent.into(),
-                source,
+                cause: source,
             })?;
         }
         let tmp = fingerprint::temp_path(path);
         let file = File::create(&tmp).map_err(|source| DataError::Write {
             path: tmp.clone(),
-            source,
+            cause: source,
         })?;
         let schema = Arc::new(schema(kind));
         let props = WriterProperties::builder()
@@ -228,10 +228,13 @@ impl TokenWriter {
         for (k, v) in all {
             writer.append_key_value_metadata(KeyValue::new(k, v));
         }
-        writer.close().map_err(|e| DataError::Parquet {
-            path: self.tmp.clone(),
-            msg: e.to_string(),
-        })?;
+        if let Err(e) = writer.close() {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(DataError::Parquet {
+                path: self.tmp.clone(),
+                msg: e.to_string(),
+            });
+        }
         fingerprint::commit(&self.tmp, &self.path)
     }
 }
@@ -278,8 +281,8 @@ impl TokenFile {
     }
 }
 
-fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
 }
 
 fn list_rows(col: &dyn Array, path: &Path, name: &str) -> Result<Vec<Vec<u32>>> {
@@ -307,7 +310,7 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
     };
     let file = File::open(path).map_err(|source| DataError::Read {
         path: path.into(),
-        source,
+        cause: source,
     })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
     let metadata: BTreeMap<String, String> = builder

@@ -301,16 +301,13 @@ fn encode_pair(tok: &TokenizerDir, id: String, pair: &Pair, cfg: &EncodeConfig) 
     Ok(out)
 }
 
+/// The id of a DPO row that has none: its input path as given and its line (or row), unique in a run.
 fn default_id(at: &Location) -> String {
-    let name = at
-        .file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = at.file.display();
     match (at.line, at.row) {
         (Some(l), _) => format!("{name}:{l}"),
         (None, Some(r)) => format!("{name}#{r}"),
-        _ => name,
+        _ => name.to_string(),
     }
 }
 
@@ -333,13 +330,21 @@ fn encode_row(
         Ok(r) => r,
         Err(p) => return Ok(Outcome::Problem(p)),
     };
-    Ok(Outcome::Done(match record {
-        Record::Text(t) => encode_doc(tok, &t, cfg)?,
-        Record::Chat(m) => encode_sft(tok, &m, cfg)?,
+    let encoded = match record {
+        Record::Text(t) => encode_doc(tok, &t, cfg),
+        Record::Chat(m) => encode_sft(tok, &m, cfg),
         Record::Pair { id, pair } => {
-            encode_pair(tok, id.unwrap_or_else(|| default_id(&row.at)), &pair, cfg)?
+            encode_pair(tok, id.unwrap_or_else(|| default_id(&row.at)), &pair, cfg)
         }
-    }))
+    };
+    match encoded {
+        Ok(e) => Ok(Outcome::Done(e)),
+        // A row the chat template cannot render is that row's problem, reported at its location.
+        Err(DataError::Template(msg)) => Ok(Outcome::Problem(Problem::Bad(format!(
+            "chat template: {msg}"
+        )))),
+        Err(e) => Err(e),
+    }
 }
 
 /// The format of one input file: forced, or detected from its first well-formed row.
@@ -347,17 +352,29 @@ fn detect_format(path: &Path, cfg: &EncodeConfig) -> Result<Format> {
     if let Some(f) = cfg.format {
         return Ok(f);
     }
-    let mut reader = RowReader::open(path)?;
+    // The first row decides; with --skip-bad, the first row whose fields name a format decides.
+    let mut reader = RowReader::open(path)?.text_key(&cfg.text_field);
+    let mut first_error = None;
     while let Some(row) = reader.next_row()? {
-        if let Ok(v) = &row.value {
-            return Format::detect(cfg.stage, v, &cfg.text_field)
-                .map_err(|msg| DataError::BadRow { at: row.at, msg });
+        let found = match &row.value {
+            Ok(v) => Format::detect(cfg.stage, v, &cfg.text_field),
+            Err(msg) => Err(msg.clone()),
+        };
+        match found {
+            Ok(f) => return Ok(f),
+            Err(msg) if !cfg.skip_bad => return Err(DataError::BadRow { at: row.at, msg }),
+            Err(msg) => {
+                first_error.get_or_insert(DataError::BadRow {
+                    at: row.at,
+                    msg: format!("{msg} (and no later row names a format)"),
+                });
+            }
         }
     }
-    Err(DataError::BadFile {
+    Err(first_error.unwrap_or_else(|| DataError::BadFile {
         path: path.into(),
-        msg: "no well-formed row to detect the format from (empty file?)".into(),
-    })
+        msg: "no rows (empty file?)".into(),
+    }))
 }
 
 /// Tokenize `inputs` into the token file `out`.
@@ -403,7 +420,7 @@ pub fn run(
     let mut skipped_examples = Vec::new();
     let mut bytes_before = 0u64;
     for ((path, &format), info) in inputs.iter().zip(&formats).zip(&infos) {
-        let mut reader = RowReader::open(path)?;
+        let mut reader = RowReader::open(path)?.text_key(&cfg.text_field);
         let mut chunk = reader.next_chunk(cfg.chunk_rows)?;
         while !chunk.is_empty() {
             // Read the next chunk while this one is encoded on the other threads.

@@ -32,15 +32,15 @@ pub enum DataError {
     BadFile { path: PathBuf, msg: String },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: parquet error: {msg}")]
     Parquet { path: PathBuf, msg: String },

@@ -13,7 +13,7 @@ pub fn bytes(data: &[u8]) -> String {
 pub fn file(path: &Path) -> Result<(String, u64)> {
     let err = |source| DataError::Read {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     let mut hasher = blake3::Hasher::new();
@@ -40,16 +40,18 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// fsync `tmp`, then rename it to `path`.
+/// fsync `tmp`, then rename it to `path`; on failure `tmp` is removed, so nothing half-written stays.
 pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    let werr = |source| DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::File::open(tmp)
+    let done = std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
-        .map_err(werr)?;
-    std::fs::rename(tmp, path).map_err(werr)
+        .and_then(|_| std::fs::rename(tmp, path));
+    done.map_err(|cause| {
+        let _ = std::fs::remove_file(tmp);
+        DataError::Write {
+            path: path.to_path_buf(),
+            cause,
+        }
+    })
 }
 
 /// Write `data` to `path` atomically.
@@ -57,32 +59,43 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
             path: parent.into(),
-            source,
+            cause: source,
         })?;
     }
     let tmp = temp_path(path);
-    std::fs::write(&tmp, data).map_err(|source| DataError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
+    if let Err(cause) = std::fs::write(&tmp, data) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DataError::Write { path: tmp, cause });
+    }
     commit(&tmp, path)
 }
 
 /// Write a directory of files atomically: into a sibling temp directory, then swapped into place.
 /// Files already in `dir` that are not rewritten are kept.
 pub fn write_files_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    let tmp = temp_path(dir);
+    let result = swap_in_dir(dir, &tmp, files);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn swap_in_dir(dir: &Path, tmp: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     let werr = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| DataError::Write { path: p, source }
+        move |source| DataError::Write {
+            path: p,
+            cause: source,
+        }
     };
-    let tmp = temp_path(dir);
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(werr(&tmp))?;
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp).map_err(werr(tmp))?;
     if dir.is_dir() {
         for entry in std::fs::read_dir(dir).map_err(werr(dir))? {
             let entry = entry.map_err(werr(dir))?;
             if entry.file_type().map_err(werr(dir))?.is_file() {
-                std::fs::copy(entry.path(), tmp.join(entry.file_name())).map_err(werr(&tmp))?;
+                std::fs::copy(entry.path(), tmp.join(entry.file_name())).map_err(werr(tmp))?;
             }
         }
     }
@@ -102,10 +115,10 @@ pub fn write_files_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<()>
             std::process::id()
         ));
         std::fs::rename(dir, &old).map_err(werr(dir))?;
-        std::fs::rename(&tmp, dir).map_err(werr(dir))?;
+        std::fs::rename(tmp, dir).map_err(werr(dir))?;
         std::fs::remove_dir_all(&old).map_err(werr(&old))?;
     } else {
-        std::fs::rename(&tmp, dir).map_err(werr(dir))?;
+        std::fs::rename(tmp, dir).map_err(werr(dir))?;
     }
     Ok(())
 }

@@ -252,6 +252,29 @@ pub fn hh_turns(text: &str, name: &str) -> Result<Vec<Message>, Problem> {
         .collect())
 }
 
+/// hh-rlhf as turns: the prompt is every turn before the last assistant turn, which both must share.
+fn hh_chat_pair(mut chosen: Vec<Message>, mut rejected: Vec<Message>) -> Result<Pair, Problem> {
+    let (Some(c), Some(r)) = (chosen.pop(), rejected.pop()) else {
+        return Err(Problem::Bad("empty hh-rlhf conversation".into()));
+    };
+    if c.role != Role::Assistant || r.role != Role::Assistant {
+        return Err(Problem::Bad(
+            "`chosen` and `rejected` must end with an `\\n\\nAssistant:` turn".into(),
+        ));
+    }
+    if chosen != rejected {
+        return Err(Problem::Bad(
+            "`chosen` and `rejected` do not share the prompt up to the last `\\n\\nAssistant:`"
+                .into(),
+        ));
+    }
+    Ok(Pair::Chat {
+        prompt: chosen,
+        chosen: vec![c],
+        rejected: vec![r],
+    })
+}
+
 /// Split two conversations into their shared leading messages and the two continuations.
 fn shared_prefix(chosen: Vec<Message>, rejected: Vec<Message>) -> Result<Pair, Problem> {
     let n = chosen
@@ -263,6 +286,15 @@ fn shared_prefix(chosen: Vec<Message>, rejected: Vec<Message>) -> Result<Pair, P
         return Err(Problem::Empty(
             "chosen and rejected have no differing completion".into(),
         ));
+    }
+    for (name, m) in [("chosen", &chosen), ("rejected", &rejected)] {
+        if m[n].role != Role::Assistant {
+            return Err(Problem::Bad(format!(
+                "`chosen` and `rejected` first differ at message {n}, which in `{name}` is a {:?} turn, \
+                 not an assistant answer; the shared prompt must end right before the answers",
+                m[n].role
+            )));
+        }
     }
     Ok(Pair::Chat {
         prompt: chosen[..n].to_vec(),
@@ -328,6 +360,17 @@ pub fn normalize(
             }
         }
         Format::TrlConversational => {
+            for name in ["chosen", "rejected"] {
+                if let Some(m) = messages(row, name)?
+                    .first()
+                    .filter(|m| m.role != Role::Assistant)
+                {
+                    return Err(Problem::Bad(format!(
+                        "field `{name}[0].role` must be `assistant` (the completion), found {:?}",
+                        m.role
+                    )));
+                }
+            }
             let pair = Pair::Chat {
                 prompt: messages(row, "prompt")?,
                 chosen: messages(row, "chosen")?,
@@ -345,9 +388,7 @@ pub fn normalize(
         Format::HhRlhf => {
             let (c, r) = (string(row, "chosen")?, string(row, "rejected")?);
             let pair = match template {
-                Template::Chat => {
-                    shared_prefix(hh_turns(&c, "chosen")?, hh_turns(&r, "rejected")?)?
-                }
+                Template::Chat => hh_chat_pair(hh_turns(&c, "chosen")?, hh_turns(&r, "rejected")?)?,
                 Template::Raw => {
                     let cut = c.rfind(ASSISTANT).ok_or_else(|| {
                         Problem::Bad("field `chosen` has no `\\n\\nAssistant:`".into())
@@ -393,6 +434,18 @@ fn check_not_empty(record: &Record) -> Result<(), Problem> {
         } if no_answer(chosen) || no_answer(rejected) => {
             Err(Problem::Empty("empty chosen or rejected completion".into()))
         }
+        Record::Pair {
+            pair: Pair::Chat {
+                chosen, rejected, ..
+            },
+            ..
+        } if chosen == rejected => Err(Problem::Empty("chosen and rejected are identical".into())),
+        Record::Pair {
+            pair: Pair::Raw {
+                chosen, rejected, ..
+            },
+            ..
+        } if chosen == rejected => Err(Problem::Empty("chosen and rejected are identical".into())),
         Record::Pair {
             pair: Pair::Raw {
                 chosen, rejected, ..

@@ -63,12 +63,13 @@ pub struct RowReader {
     container: Container,
     source: Source,
     bytes: u64,
+    text_key: String,
 }
 
 fn read_err(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
     move |source| DataError::Read {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
@@ -201,6 +202,7 @@ impl RowReader {
             container,
             source,
             bytes: 0,
+            text_key: "text".into(),
         })
     }
 
@@ -210,6 +212,12 @@ impl RowReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The field name plain-text documents are given (default `text`), to match `--text-field`.
+    pub fn text_key(mut self, key: &str) -> RowReader {
+        self.text_key = key.to_string();
+        self
     }
 
     /// Uncompressed bytes of JSONL / text consumed so far (0 for JSON arrays and Parquet).
@@ -222,6 +230,7 @@ impl RowReader {
     pub fn next_row(&mut self) -> Result<Option<RawRow>> {
         let path = self.path.clone();
         let bytes = &mut self.bytes;
+        let text_key = self.text_key.as_str();
         match &mut self.source {
             Source::Lines { reader, line } => {
                 let mut buf = Vec::new();
@@ -236,17 +245,20 @@ impl RowReader {
                     *bytes += n as u64;
                     *line += 1;
                     let n = *line;
+                    let start = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
                     let trimmed = buf.trim_ascii();
                     if trimmed.is_empty() {
                         continue;
                     }
-                    let trimmed = trimmed
-                        .strip_prefix(b"\xEF\xBB\xBF".as_slice())
-                        .unwrap_or(trimmed);
+                    let (skipped, trimmed) = match trimmed.strip_prefix(b"\xEF\xBB\xBF".as_slice())
+                    {
+                        Some(rest) => (start + 3, rest),
+                        None => (start, trimmed),
+                    };
                     let value = match std::str::from_utf8(trimmed) {
                         Err(e) => Err(format!(
                             "invalid UTF-8 at byte {} of the line",
-                            e.valid_up_to() + 1
+                            skipped + e.valid_up_to() + 1
                         )),
                         Ok(s) => serde_json::from_str::<Value>(s)
                             .map_err(|e| format!("malformed JSON: {e}")),
@@ -280,7 +292,12 @@ impl RowReader {
                         continue;
                     }
                     first_line.get_or_insert(*line);
-                    match std::str::from_utf8(&buf) {
+                    let text = if *line == 1 {
+                        buf.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&buf)
+                    } else {
+                        &buf
+                    };
+                    match std::str::from_utf8(text) {
                         Ok(s) => doc.push_str(s),
                         Err(e) => {
                             bad.get_or_insert(format!(
@@ -296,7 +313,14 @@ impl RowReader {
                 };
                 let value = match bad {
                     Some(msg) => Err(msg),
-                    None => Ok(serde_json::json!({ "text": doc.trim_end() })),
+                    None => {
+                        let mut obj = serde_json::Map::new();
+                        obj.insert(
+                            text_key.to_string(),
+                            Value::String(doc.trim_end().to_string()),
+                        );
+                        Ok(Value::Object(obj))
+                    }
                 };
                 Ok(Some(RawRow {
                     at: self_at(&path, Some(first), None),

@@ -194,6 +194,17 @@ fn tokenizer_config(cfg: &TrainConfig) -> Value {
     })
 }
 
+/// The tokenizer fingerprint artifacts record: blake3 over `tokenizer.json` and `tokenizer_config.json`
+/// (the chat template and special tokens there change SFT masks and DPO splits too).
+pub fn fingerprint_of(tokenizer_json: &[u8], tokenizer_config_json: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [tokenizer_json, tokenizer_config_json] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().to_hex().to_string()
+}
+
 /// A tokenizer directory loaded for encoding: the tokenizer, its chat template, special ids and the
 /// fingerprint that artifacts record.
 pub struct TokenizerDir {
@@ -211,7 +222,7 @@ impl TokenizerDir {
         let cfg_path = dir.join("tokenizer_config.json");
         let bytes = std::fs::read(&tok_path).map_err(|source| DataError::Read {
             path: tok_path.clone(),
-            source,
+            cause: source,
         })?;
         let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer {
             path: tok_path.clone(),
@@ -219,7 +230,7 @@ impl TokenizerDir {
         })?;
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| DataError::Read {
             path: cfg_path.clone(),
-            source,
+            cause: source,
         })?;
         let cfg: Value = serde_json::from_str(&cfg_text).map_err(|e| DataError::BadFile {
             path: cfg_path.clone(),
@@ -262,7 +273,7 @@ impl TokenizerDir {
             dir: dir.to_path_buf(),
             eos_id: id(&eos)?,
             pad_id: id(&pad)?,
-            fingerprint: fingerprint::bytes(&bytes),
+            fingerprint: fingerprint_of(&bytes, cfg_text.as_bytes()),
             tokenizer,
             template,
         })

@@ -519,3 +519,95 @@ fn a_prompt_whose_tokens_merge_into_the_completion_is_handled_and_counted() {
         ("Alice Adams lives in ", "Paris.<|im_end|>")
     );
 }
+
+/// Write `content` to a temp input and tokenize it; returns the counts or the error message.
+fn try_run(
+    kind: Kind,
+    name: &str,
+    content: &[u8],
+    cfg: impl FnOnce(&mut EncodeConfig),
+) -> Result<Counts, String> {
+    let input = tmp(name);
+    std::fs::write(&input, content).unwrap();
+    let mut c = EncodeConfig::new(kind);
+    cfg(&mut c);
+    let out = tmp(&format!("{name}.parquet"));
+    encode::run(&tok(), &[input], &out, &c, &[], &mut ())
+        .map(|r| r.counts)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn dpo_pairs_that_differ_before_the_answer_are_located_row_errors() {
+    let differ_at_user = br#"{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}]}
+{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}], "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "X"}, {"role": "assistant", "content": "e"}]}
+"#;
+    let err = try_run(Kind::Dpo, "differ.jsonl", differ_at_user, |_| {}).unwrap_err();
+    assert!(
+        err.contains("differ.jsonl:2") && err.contains("User turn"),
+        "{err}"
+    );
+    let c = try_run(Kind::Dpo, "differ2.jsonl", differ_at_user, |c| {
+        c.skip_bad = true
+    })
+    .unwrap();
+    assert_eq!((c.rows_written, c.skipped_bad), (1, 1));
+
+    // hh-rlhf (chat): the prompt is everything before the last Assistant turn, shared by both.
+    let hh = br#"{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 2+2?\n\nAssistant: 4", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away\n\nHuman: 2+2?\n\nAssistant: 5"}
+"#;
+    let err = try_run(Kind::Dpo, "hh.jsonl", hh, |_| {}).unwrap_err();
+    assert!(
+        err.contains("hh.jsonl:1") && err.contains("do not share the prompt"),
+        "{err}"
+    );
+
+    let same = br#"{"prompt": "q", "chosen": "same", "rejected": "same"}
+{"prompt": "q", "chosen": "yes", "rejected": "no"}
+"#;
+    let c = try_run(Kind::Dpo, "same.jsonl", same, |_| {}).unwrap();
+    assert_eq!((c.rows_written, c.skipped_empty), (1, 1));
+}
+
+#[test]
+fn text_files_strip_the_bom_and_follow_text_field_and_utf8_errors_point_at_the_byte() {
+    let t = tok();
+    let with_bom = try_run(
+        Kind::Pretrain,
+        "bom.txt",
+        "\u{feff}hello\n\nworld\n".as_bytes(),
+        |_| {},
+    )
+    .unwrap();
+    let without = try_run(Kind::Pretrain, "nobom.txt", b"hello\n\nworld\n", |_| {}).unwrap();
+    assert_eq!(with_bom.tokens, without.tokens);
+    assert_eq!(
+        without.tokens as usize,
+        t.encode("hello").unwrap().len() + t.encode("world").unwrap().len()
+    );
+    let c = try_run(Kind::Pretrain, "field.txt", b"hello\n", |c| {
+        c.text_field = "content".into()
+    })
+    .unwrap();
+    assert_eq!(c.rows_written, 1);
+    let err = try_run(
+        Kind::Pretrain,
+        "utf8.jsonl",
+        b"{\"text\": \"ok\"}\n  {\"text\":\"ab\xff\"}\n",
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("utf8.jsonl:2") && err.contains("byte 14"),
+        "{err}"
+    );
+    // With --skip-bad, detection uses the first row that names a format.
+    let c = try_run(
+        Kind::Pretrain,
+        "late.jsonl",
+        b"{\"txt\": \"oops\"}\n{\"text\": \"hello\"}\n",
+        |c| c.skip_bad = true,
+    )
+    .unwrap();
+    assert_eq!((c.rows_written, c.skipped_bad), (1, 1));
+}
