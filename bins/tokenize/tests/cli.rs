@@ -13,6 +13,14 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// The run failed as a user error (exit 1) with `needle` in its message.
+    fn fails_with(&self, needle: &str) {
+        assert_eq!(self.code, 1, "{}", self.stderr);
+        assert!(self.stderr.contains(needle), "{}", self.stderr);
+    }
+}
+
 fn tokenize(args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_tokenize"))
         .args(args)
@@ -175,12 +183,7 @@ fn wrong_stage_or_format_is_a_usage_error() {
         "--out",
         "y",
     ]);
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("/nonexistent/tok/tokenizer.json"),
-        "{}",
-        run.stderr
-    );
+    run.fails_with("/nonexistent/tok/tokenizer.json");
 }
 
 #[test]
@@ -223,10 +226,5 @@ fn detected_format_is_printed_and_train_tokenizer_writes_an_hf_directory() {
         "--vocab-size",
         "100",
     ]);
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("--vocab-size 100 is too small"),
-        "{}",
-        run.stderr
-    );
+    run.fails_with("--vocab-size 100 is too small");
 }

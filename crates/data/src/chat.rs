@@ -49,7 +49,6 @@ impl Message {
 /// A compiled chat template plus the special-token strings it may refer to.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
-    pub source: String,
     pub bos_token: String,
     pub eos_token: String,
 }
@@ -79,7 +78,6 @@ impl ChatTemplate {
             .map_err(|e| DataError::Template(format!("cannot compile: {e}")))?;
         Ok(ChatTemplate {
             env,
-            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })

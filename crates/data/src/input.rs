@@ -264,7 +264,7 @@ impl RowReader {
                             .map_err(|e| format!("malformed JSON: {e}")),
                     };
                     return Ok(Some(RawRow {
-                        at: self_at(&path, Some(n), None),
+                        at: location(&path, Some(n), None),
                         value,
                     }));
                 }
@@ -323,7 +323,7 @@ impl RowReader {
                     }
                 };
                 Ok(Some(RawRow {
-                    at: self_at(&path, Some(first), None),
+                    at: location(&path, Some(first), None),
                     value,
                 }))
             }
@@ -334,7 +334,7 @@ impl RowReader {
                 let r = *row;
                 *row += 1;
                 Ok(Some(RawRow {
-                    at: self_at(&path, None, Some(r)),
+                    at: location(&path, None, Some(r)),
                     value: Ok(v),
                 }))
             }
@@ -347,7 +347,7 @@ impl RowReader {
                     let r = *row;
                     *row += 1;
                     return Ok(Some(RawRow {
-                        at: self_at(&path, None, Some(r)),
+                        at: location(&path, None, Some(r)),
                         value: Ok(v),
                     }));
                 }
@@ -394,7 +394,7 @@ impl RowReader {
     }
 }
 
-fn self_at(path: &Path, line: Option<u64>, row: Option<u64>) -> Location {
+fn location(path: &Path, line: Option<u64>, row: Option<u64>) -> Location {
     Location {
         file: path.to_path_buf(),
         line,
