@@ -1,0 +1,88 @@
+//! `generate`: complete a raw prompt or answer a chat message with a trained model directory.
+//! All logic lives in `zerolm-train` (infer) and `zerolm-model` (sampling).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use zerolm_model::sample::SamplingConfig;
+use zerolm_train::cli::set_threads;
+use zerolm_train::infer::Generator;
+use zerolm_train::TrainError;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(about = "Sample from a zerolm model directory (raw prompt or chat)", version)]
+struct Cli {
+    /// Model directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    model: PathBuf,
+    /// Raw text to continue.
+    #[arg(long, conflicts_with = "chat")]
+    prompt: Option<String>,
+    /// A user message, rendered with the tokenizer's chat template; the answer is printed.
+    #[arg(long)]
+    chat: Option<String>,
+    /// System prompt for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Instead of generating, write the prompt's ids and per-position logits to this safetensors file.
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    set_threads(cli.threads)?;
+    let g = Generator::load(&cli.model)?;
+    let text = match (&cli.prompt, &cli.chat) {
+        (Some(p), None) => p.clone(),
+        (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,
+        _ => bail!("give --prompt TEXT (raw continuation) or --chat MESSAGE"),
+    };
+    if let Some(path) = &cli.logits_out {
+        let tensors = g.prompt_logits(&text)?;
+        let bytes = zerolm_model::io::safetensors_bytes(&tensors, &Default::default())?;
+        zerolm_data::fingerprint::write_atomically(path, &bytes)?;
+        eprintln!("wrote logits of {} positions to {}", tensors["ids"].dim(0)?, path.display());
+        return Ok(());
+    }
+    let sampling = SamplingConfig { temperature: cli.temperature, top_k: cli.top_k, top_p: cli.top_p, seed: cli.seed };
+    let c = g.complete(&text, cli.max_new_tokens, sampling)?;
+    if cli.prompt.is_some() {
+        println!("{}{}", cli.prompt.as_deref().unwrap_or_default(), c.text);
+    } else {
+        println!("{}", c.text);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let user = e.downcast_ref::<TrainError>().is_some_and(TrainError::is_user_error)
+                || e.downcast_ref::<zerolm_model::ModelError>().is_some_and(|m| m.is_user_error())
+                || e.downcast_ref::<zerolm_data::DataError>().is_some_and(|d| d.is_user_error())
+                || e.to_string().starts_with("give --prompt");
+            ExitCode::from(if user { 1 } else { 2 })
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! zerolm's decoder-only transformer (Llama / Qwen3 style) on candle: config and presets, seeded init,
+//! a training forward whose every op has a backward, KV-cache generation and safetensors IO with
+//! Hugging Face tensor names.
+
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod ops;
+pub mod params;
+pub mod sample;
+
+pub use config::{ModelConfig, ModelType, PRESETS};
+pub use error::ModelError;
+pub use model::{KvCache, Model};
+pub use params::{init_parameters, parameter_shapes, SplitMix64};

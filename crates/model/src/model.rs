@@ -1,0 +1,280 @@
+//! The decoder: a training forward over every position (logits, per-token log-probs, loss) and a
+//! generation forward that extends a KV cache one chunk at a time.
+//!
+//! Both paths run the same code (`Block::forward` with an optional cache), so what is trained is what
+//! generates. Weights are plain `Tensor`s; a trainer passes tensors that belong to candle `Var`s, so
+//! autograd reaches every parameter.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::ops::{self, linear, rms_norm};
+use crate::params::parameter_shapes;
+use crate::{ModelConfig, ModelError};
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
+struct Block {
+    input_norm: Tensor,
+    attn: Attention,
+    post_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// Keys and values seen so far, one (k, v) pair per layer, each [B, KVH, T, head_dim].
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        KvCache::default()
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A decoder with its weights. Cheap to build: it holds references to the given tensors.
+pub struct Model {
+    cfg: ModelConfig,
+    params: BTreeMap<String, Tensor>,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    device: Device,
+}
+
+impl Model {
+    /// Builds the model over `params`, which must hold exactly the parameters [`parameter_shapes`] names,
+    /// with those shapes, in f32. A tied model may also carry a `lm_head.weight` (some exporters write
+    /// it); it is ignored.
+    pub fn new(cfg: ModelConfig, mut params: BTreeMap<String, Tensor>) -> Result<Model, ModelError> {
+        cfg.validate()?;
+        if cfg.tie_word_embeddings {
+            params.remove("lm_head.weight");
+        }
+        let expected = parameter_shapes(&cfg);
+        for (name, shape) in &expected {
+            let t = params.get(name).ok_or_else(|| {
+                ModelError::Weights(format!("missing tensor `{name}` (expected shape {shape:?})"))
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::Weights(format!(
+                    "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                    t.dims()
+                )));
+            }
+            if t.dtype() != DType::F32 {
+                return Err(ModelError::Weights(format!("tensor `{name}` is {:?}, expected f32", t.dtype())));
+            }
+        }
+        if params.len() != expected.len() {
+            let known: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra: Vec<&str> = params.keys().map(String::as_str).filter(|n| !known.contains(n)).collect();
+            return Err(ModelError::Weights(format!(
+                "unexpected tensors for this config: {} (is config.json from the same model?)",
+                extra.join(", ")
+            )));
+        }
+        let get = |n: &str| params[n].clone();
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Block {
+                    input_norm: get(&format!("{p}.input_layernorm.weight")),
+                    attn: Attention {
+                        q: get(&format!("{p}.self_attn.q_proj.weight")),
+                        k: get(&format!("{p}.self_attn.k_proj.weight")),
+                        v: get(&format!("{p}.self_attn.v_proj.weight")),
+                        o: get(&format!("{p}.self_attn.o_proj.weight")),
+                        q_norm: cfg.qk_norm().then(|| get(&format!("{p}.self_attn.q_norm.weight"))),
+                        k_norm: cfg.qk_norm().then(|| get(&format!("{p}.self_attn.k_norm.weight"))),
+                    },
+                    post_norm: get(&format!("{p}.post_attention_layernorm.weight")),
+                    gate: get(&format!("{p}.mlp.gate_proj.weight")),
+                    up: get(&format!("{p}.mlp.up_proj.weight")),
+                    down: get(&format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        let embed = get("model.embed_tokens.weight");
+        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { get("lm_head.weight") };
+        let device = embed.device().clone();
+        Ok(Model { norm: get("model.norm.weight"), cfg, params, embed, blocks, lm_head, device })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The weights by HF name (tied models have no `lm_head.weight`).
+    pub fn parameters(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final hidden states [B, T, hidden] for `ids` [B, T] (u32), continuing `cache` when given.
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor, ModelError> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.cfg.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                offset + t,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let max_id = ids.max_keepdim(1)?.max(0)?.squeeze(0)?.to_scalar::<u32>()?;
+        if max_id as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Input(format!(
+                "token id {max_id} is outside the vocabulary (vocab_size {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let hd = self.cfg.head_dim();
+        let (cos, sin) = ops::rope_tables(hd, self.cfg.rope_theta, offset, t, &self.device)?;
+        let mask = if t > 1 { Some(ops::causal_mask(t, offset + t, &self.device)?) } else { None };
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize_with(self.blocks.len(), || None);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(&x, &self.cfg, &cos, &sin, mask.as_ref(), slot)?;
+        }
+        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    /// Logits for every position: [B, T, vocab].
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        let h = self.hidden(ids, None)?;
+        Ok(linear(&h, &self.lm_head)?)
+    }
+
+    /// `log p(targets[b, t] | ids[b, ..=t])` for every position: [B, T]. `targets` is u32 [B, T].
+    pub fn token_logprobs(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
+        let (b, t) = ids.dims2()?;
+        if targets.dims() != [b, t] {
+            return Err(ModelError::Input(format!("targets {:?} do not match ids {:?}", targets.dims(), ids.dims())));
+        }
+        let logits = self.forward(ids)?.reshape((b * t, self.cfg.vocab_size))?;
+        Ok(ops::token_logprobs(&logits, &targets.flatten_all()?)?.reshape((b, t))?)
+    }
+
+    /// Mean next-token cross-entropy over the positions where `weights` ([B, T], f32) is non-zero
+    /// (all positions when `None`): the scalar training loss.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, weights: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let lp = self.token_logprobs(ids, targets)?;
+        Ok(match weights {
+            None => lp.mean_all()?.neg()?,
+            Some(w) => {
+                let count = w.sum_all()?.to_scalar::<f32>()?;
+                if count <= 0.0 {
+                    return Err(ModelError::Input("loss weights are all zero: no token to learn from".into()));
+                }
+                (lp * w)?.sum_all()?.affine(-1.0 / count as f64, 0.0)?
+            }
+        })
+    }
+
+    /// Feeds `ids` [B, T] after what `cache` holds and returns the logits of the last position [B, vocab].
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let t = ids.dim(1)?;
+        let h = self.hidden(ids, Some(cache))?;
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        Ok(linear(&last, &self.lm_head)?)
+    }
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cfg: &ModelConfig,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
+        let x = (x + self.attn.forward(&h, cfg, cos, sin, mask, cache)?)?;
+        let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
+        let gate = linear(&h, &self.gate)?.silu()?;
+        let mlp = linear(&(gate * linear(&h, &self.up)?)?, &self.down)?;
+        x + mlp
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cfg: &ModelConfig,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let mut q = linear(x, &self.q)?.reshape((b, t, nh, hd))?;
+        let mut k = linear(x, &self.k)?.reshape((b, t, nkv, hd))?;
+        let v = linear(x, &self.v)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm(&q, qn, cfg.rms_norm_eps)?;
+            k = rms_norm(&k, kn, cfg.rms_norm_eps)?;
+        }
+        let q = ops::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = ops::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let kv = match slot.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+        };
+        let k = ops::repeat_kv(&k, nh / nkv)?.contiguous()?;
+        let v = ops::repeat_kv(&v, nh / nkv)?.contiguous()?;
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        linear(&out, &self.o)
+    }
+}
+
+/// The index of the largest value of a 1-D tensor (greedy decoding).
+pub fn argmax(logits: &Tensor) -> Result<u32, ModelError> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}

@@ -1,0 +1,176 @@
+//! The model's building-block ops, each composed from candle primitives that all have a backward.
+//!
+//! candle_nn's `rms_norm`, `softmax_last_dim` and `rotary_emb::rope*` are fused kernels without a
+//! backward: gradients stop there silently. These versions are slower but every step is tracked by
+//! autograd; `tests` check them against straightforward scalar implementations.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (HF Llama/Qwen3 order).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv = x.sqr()?.mean_keepdim(D::Minus1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv)?.broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension. The max is subtracted for range only (softmax is shift
+/// invariant), so it is detached from the graph.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// Log-softmax over the last dimension, same construction as [`softmax_last_dim`].
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// `log p(target)` for each row of `logits` ([N, V]) and `targets` ([N], u32): [N].
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
+    (picked - lse)?.squeeze(1)
+}
+
+/// Rotary tables for positions `offset..offset + len`: (cos, sin), each [len, head_dim], in the
+/// Hugging Face layout (the half-dimension frequencies repeated twice, for `rotate_half`).
+pub fn rope_tables(
+    head_dim: usize,
+    theta: f64,
+    offset: usize,
+    len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    // transformers computes inv_freq and the angles in f32; doing the same keeps logits within 1e-6.
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
+    for p in offset..offset + len {
+        for _half in 0..2 {
+            for f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (len, head_dim), device)?, Tensor::from_vec(sin, (len, head_dim), device)?))
+}
+
+/// Applies RoPE to `x` ([B, H, T, head_dim]) with tables [T, head_dim]:
+/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let a = x.narrow(D::Minus1, 0, d / 2)?;
+    let b = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// An additive causal mask [q_len, k_len] for queries at positions `k_len - q_len ..`: 0 where a
+/// query may attend, -inf where the key lies in its future.
+pub fn causal_mask(q_len: usize, k_len: usize, device: &Device) -> Result<Tensor> {
+    let start = k_len - q_len;
+    let mask: Vec<f32> = (0..q_len)
+        .flat_map(|i| (0..k_len).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (q_len, k_len), device)?.to_dtype(DType::F32)
+}
+
+/// Repeats each KV head `n_rep` times along dim 1: [B, KVH, T, D] → [B, KVH·n_rep, T, D].
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, d) = x.dims4()?;
+    Tensor::cat(&vec![x; n_rep], 2)?.reshape((b, kvh * n_rep, t, d))
+}
+
+/// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in].
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inner = *dims.last().expect("linear input has a last dim");
+    let rows = x.elem_count() / inner;
+    let out = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let mut shape = dims;
+    *shape.last_mut().expect("non-empty") = w.dim(0)?;
+    out.reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn rms_norm_matches_scalar_and_passes_gradient() {
+        let x = Var::from_vec(vec![1f32, -2.0, 3.0, 0.5, 0.0, 4.0], (2, 3), &Device::Cpu).unwrap();
+        let w = Var::from_vec(vec![1f32, 2.0, 0.5], 3, &Device::Cpu).unwrap();
+        let y = rms_norm(&x, &w, 1e-5).unwrap();
+        let xs = vals(&x);
+        for r in 0..2 {
+            let row = &xs[r * 3..r * 3 + 3];
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / 3.0;
+            for (c, wv) in [1f32, 2.0, 0.5].iter().enumerate() {
+                let want = row[c] / (ms + 1e-5).sqrt() * wv;
+                assert!((vals(&y)[r * 3 + c] - want).abs() < 1e-5);
+            }
+        }
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(vals(g.get(&x).unwrap()).iter().any(|v| v.abs() > 1e-6));
+        assert!(vals(g.get(&w).unwrap()).iter().all(|v| v.abs() > 1e-6));
+    }
+
+    #[test]
+    fn softmax_and_log_softmax_agree() {
+        let x = Tensor::new(&[[1f32, 2.0, 3.0], [-1.0, 0.0, 1000.0]], &Device::Cpu).unwrap();
+        let s = vals(&softmax_last_dim(&x).unwrap());
+        let l = vals(&log_softmax_last_dim(&x).unwrap());
+        for (a, b) in s.iter().zip(&l) {
+            assert!((a - b.exp()).abs() < 1e-6);
+        }
+        assert!((s[0] + s[1] + s[2] - 1.0).abs() < 1e-6);
+        assert!((s[5] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_half_apart() {
+        // One head, dim 4, position 1, theta 100: pairs (0,2) and (1,3) rotate by 1 and 0.1 rad.
+        let (cos, sin) = rope_tables(4, 100.0, 1, 1, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap().reshape((1, 1, 1, 4)).unwrap();
+        let y = vals(&rope(&x, &cos, &sin).unwrap());
+        let (c0, s0, c1, s1) = (1f32.cos(), 1f32.sin(), 0.1f32.cos(), 0.1f32.sin());
+        let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{y:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn causal_mask_with_offset_hides_only_the_future() {
+        let m = vals(&causal_mask(2, 4, &Device::Cpu).unwrap());
+        let hidden: Vec<bool> = m.iter().map(|v| v.is_infinite()).collect();
+        assert_eq!(hidden, [false, false, false, true, false, false, false, false]);
+    }
+
+    #[test]
+    fn token_logprobs_picks_targets() {
+        let logits = Tensor::new(&[[0f32, 0.0], [0.0, 2f32.ln()]], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[1u32, 1], &Device::Cpu).unwrap();
+        let lp = vals(&token_logprobs(&logits, &t).unwrap());
+        assert!((lp[0] - 0.5f32.ln()).abs() < 1e-6);
+        assert!((lp[1] - (2.0f32 / 3.0).ln()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,215 @@
+//! AdamW with state we own (candle's keeps its moments private, so they could not be checkpointed),
+//! plus the gradient buffers it consumes: collection from candle's `GradStore`, accumulation over
+//! micro-batches, and global-norm clipping.
+//!
+//! The update follows `torch.optim.AdamW` step for step, in f32:
+//! `p ← p·(1 − lr·wd)`, `m ← m + (1−β1)(g − m)`, `v ← β2·v + (1−β2)·g²`,
+//! `p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)`.
+//! Weight decay skips 1-D parameters (the RMSNorm weights), as nanoGPT and most recipes do.
+
+use std::collections::BTreeMap;
+
+use candle_core::{backprop::GradStore, Device, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::TrainError;
+
+/// The trainable parameters, by HF name, in name order.
+pub struct Params {
+    pub vars: Vec<(String, Var)>,
+}
+
+impl Params {
+    pub fn new(tensors: &BTreeMap<String, Tensor>) -> Result<Params, TrainError> {
+        let vars = tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), Var::from_tensor(t)?)))
+            .collect::<Result<Vec<_>, candle_core::Error>>()?;
+        Ok(Params { vars })
+    }
+
+    /// The parameters as tensors (tracked by autograd) for building a model.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Untracked views of the current values (for eval, export and checkpoints).
+    pub fn detached(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Overwrites every parameter with `values` (same names and shapes).
+    pub fn load(&self, values: &BTreeMap<String, Tensor>, source: &str) -> Result<(), TrainError> {
+        for (name, var) in &self.vars {
+            let t = values
+                .get(name)
+                .ok_or_else(|| TrainError::Resume(format!("{source}: missing tensor `{name}`")))?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Resume(format!(
+                    "{source}: tensor `{name}` has shape {:?}, the model has {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Gradients as flat f32 buffers in parameter order.
+pub struct Grads {
+    pub values: Vec<Vec<f32>>,
+}
+
+impl Grads {
+    /// Copies each parameter's gradient out of `store`. A parameter without one is a bug in the model
+    /// (a graph cut), so it is an error rather than a silent zero.
+    pub fn collect(params: &Params, store: &GradStore) -> Result<Grads, TrainError> {
+        let values = params
+            .vars
+            .iter()
+            .map(|(name, var)| {
+                let g = store.get(var.as_tensor()).ok_or_else(|| {
+                    TrainError::Internal(format!("parameter `{name}` received no gradient (graph cut)"))
+                })?;
+                Ok(g.flatten_all()?.to_vec1::<f32>()?)
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(Grads { values })
+    }
+
+    /// Adds another micro-batch's gradients.
+    pub fn add(&mut self, other: &Grads) {
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            a.par_iter_mut().zip(b.par_iter()).for_each(|(x, y)| *x += *y);
+        }
+    }
+
+    /// The global L2 norm over all parameters (accumulated in f64, in a fixed order).
+    pub fn norm(&self) -> f64 {
+        self.values
+            .iter()
+            .map(|g| g.par_chunks(1 << 16).map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Each parameter's own L2 norm, by name.
+    pub fn norms(&self, params: &Params) -> BTreeMap<String, f64> {
+        params
+            .vars
+            .iter()
+            .zip(&self.values)
+            .map(|((n, _), g)| (n.clone(), g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
+            .collect()
+    }
+
+    /// Scales gradients so the global norm is at most `max_norm` (torch's `clip_grad_norm_` rule:
+    /// coefficient `max_norm / (norm + 1e-6)`, capped at 1). Returns the norm before clipping.
+    pub fn clip(&mut self, max_norm: f64) -> f64 {
+        let norm = self.norm();
+        if max_norm > 0.0 {
+            let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
+            if coef < 1.0 {
+                self.values.iter_mut().for_each(|g| g.par_iter_mut().for_each(|x| *x *= coef));
+            }
+        }
+        norm
+    }
+
+    pub fn is_finite(&self) -> bool {
+        self.values.iter().all(|g| g.par_iter().all(|x| x.is_finite()))
+    }
+}
+
+/// AdamW hyper-parameters (the learning rate comes per step from the schedule).
+#[derive(Clone, Debug)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+pub struct AdamW {
+    cfg: AdamWConfig,
+    /// Steps taken so far (the `t` of the bias corrections).
+    pub step: u64,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    decay: Vec<bool>,
+}
+
+impl AdamW {
+    pub fn new(params: &Params, cfg: AdamWConfig) -> AdamW {
+        let sizes: Vec<usize> = params.vars.iter().map(|(_, v)| v.elem_count()).collect();
+        AdamW {
+            cfg,
+            step: 0,
+            m: sizes.iter().map(|n| vec![0.0; *n]).collect(),
+            v: sizes.iter().map(|n| vec![0.0; *n]).collect(),
+            decay: params.vars.iter().map(|(_, v)| v.rank() >= 2).collect(),
+        }
+    }
+
+    /// One update of every parameter with `grads` at learning rate `lr`.
+    pub fn update(&mut self, params: &Params, grads: &Grads, lr: f64) -> Result<(), TrainError> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
+        let step_size = (lr / bc1) as f32;
+        let eps = self.cfg.eps as f32;
+        let (one_m_b1, b2f, one_m_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+        for (i, (_, var)) in params.vars.iter().enumerate() {
+            let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            let shrink = if self.decay[i] { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads.values[i]);
+            p.par_iter_mut().zip(m.par_iter_mut()).zip(v.par_iter_mut()).zip(g.par_iter()).for_each(
+                |(((p, m), v), g)| {
+                    *p *= shrink;
+                    *m += (*g - *m) * one_m_b1;
+                    *v = *v * b2f + *g * *g * one_m_b2;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *p -= step_size * (*m / denom);
+                },
+            );
+            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments keyed `<param>.exp_avg` / `<param>.exp_avg_sq`, for `optimizer.safetensors`.
+    pub fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>, TrainError> {
+        let mut out = BTreeMap::new();
+        for (i, (name, var)) in params.vars.iter().enumerate() {
+            out.insert(format!("{name}.exp_avg"), Tensor::from_slice(&self.m[i], var.shape(), &Device::Cpu)?);
+            out.insert(format!("{name}.exp_avg_sq"), Tensor::from_slice(&self.v[i], var.shape(), &Device::Cpu)?);
+        }
+        Ok(out)
+    }
+
+    /// Restores moments saved by [`AdamW::state_tensors`] and the step count.
+    pub fn load_state(
+        &mut self,
+        params: &Params,
+        state: &BTreeMap<String, Tensor>,
+        step: u64,
+        source: &str,
+    ) -> Result<(), TrainError> {
+        for (i, (name, var)) in params.vars.iter().enumerate() {
+            for (suffix, slot) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
+                let key = format!("{name}.{suffix}");
+                let t = state.get(&key).ok_or_else(|| TrainError::Resume(format!("{source}: missing `{key}`")))?;
+                if t.dims() != var.dims() {
+                    return Err(TrainError::Resume(format!("{source}: `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                }
+                *slot = t.flatten_all()?.to_vec1()?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The flags every training stage shares (DESIGN §2b) and how they resolve into a [`TrainConfig`]:
+//! defaults of the preset ← `--config FILE.yaml` ← dedicated flags ← `--set key=value`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::settings::{apply_sets, apply_yaml, TrainConfig};
+use crate::TrainError;
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Token file(s) from `tokenize` (Parquet). Repeatable.
+    #[arg(long, required = true)]
+    pub input: Vec<PathBuf>,
+    /// Held-out token file(s) for eval loss. Repeatable.
+    #[arg(long)]
+    pub eval_input: Vec<PathBuf>,
+    /// Tokenizer directory the token files were made with (copied into the exported model).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Output directory: model/ (Hugging Face layout), checkpoints/, metrics.jsonl, resolved_config.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model preset: micro, tiny, minimind2, minimind3 (default tiny, or `preset:` in --config).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// YAML file of settings (same keys as resolved_config.json's `config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one setting, type-checked (e.g. `--set lr=3e-4 --set model.num_hidden_layers=2`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (default: RAYON_NUM_THREADS, else all cores). Results are bit-identical for a
+    /// given thread count.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Tokens per training row.
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Ignore existing checkpoints and start over (they are deleted).
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+impl TrainArgs {
+    /// The resolved settings, and whether the user set `model.vocab_size` explicitly.
+    pub fn resolve(
+        &self,
+        defaults: impl Fn(&str) -> Result<TrainConfig, TrainError>,
+    ) -> Result<(TrainConfig, bool), TrainError> {
+        let yaml = match &self.config {
+            None => None,
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?),
+        };
+        let yaml_value: serde_json::Value = match &yaml {
+            None => serde_json::Value::Null,
+            Some(text) => serde_yaml::from_str(text).map_err(|e| {
+                TrainError::Config(format!("{}: not valid YAML: {e}", self.config.as_ref().expect("set").display()))
+            })?,
+        };
+        let preset = self
+            .preset
+            .clone()
+            .or_else(|| yaml_value.get("preset").and_then(|v| v.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "tiny".to_string());
+        let mut cfg = defaults(&preset)?;
+        if let (Some(text), Some(p)) = (&yaml, &self.config) {
+            cfg = apply_yaml(&cfg, text, &p.display().to_string())?;
+            cfg.preset = preset.clone();
+        }
+        let flag = |v: Option<String>, key: &str| v.map(|v| format!("{key}={v}"));
+        let mut sets: Vec<String> = [
+            flag(self.seed.map(|v| v.to_string()), "seed"),
+            flag(self.max_len.map(|v| v.to_string()), "seq_len"),
+            flag(self.max_steps.map(|v| v.to_string()), "max_steps"),
+            flag(self.epochs.map(|v| v.to_string()), "epochs"),
+            flag(self.batch_size.map(|v| v.to_string()), "batch_size"),
+            flag(self.grad_accum.map(|v| v.to_string()), "grad_accum"),
+            flag(self.lr.map(|v| format!("{v:?}")), "lr"),
+            flag(self.save_every.map(|v| v.to_string()), "save_every"),
+            flag(self.eval_every.map(|v| v.to_string()), "eval_every"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        sets.extend(self.sets.iter().cloned());
+        let cfg = apply_sets(&cfg, &sets)?;
+        let explicit = self.sets.iter().any(|s| s.trim_start().starts_with("model.vocab_size"))
+            || yaml_value.get("model").and_then(|m| m.get("vocab_size")).is_some();
+        Ok((cfg, explicit))
+    }
+
+    /// Sets the worker thread count for rayon and candle (which reads RAYON_NUM_THREADS) and returns it.
+    pub fn apply_threads(&self) -> Result<usize, TrainError> {
+        set_threads(self.threads)
+    }
+}
+
+/// Applies `--threads` (or the environment's default) to rayon and candle; returns the count in use.
+pub fn set_threads(threads: Option<usize>) -> Result<usize, TrainError> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(TrainError::Config("--threads must be at least 1".into()));
+        }
+        // candle's CPU kernels size their pools from this variable; set it before any tensor work.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| TrainError::Internal(format!("thread pool: {e}")))?;
+    }
+    let n = rayon::current_num_threads();
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    Ok(n)
+}

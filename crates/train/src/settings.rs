@@ -1,0 +1,258 @@
+//! Training settings and how they are layered: defaults ← `--preset` ← `--config FILE.yaml` ← flags ←
+//! `--set key=value`. Every override is checked against the defaults: an unknown key is an error that
+//! names the nearest known keys, and a value must parse as the type of the value it replaces.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zerolm_model::ModelConfig;
+
+use crate::TrainError;
+
+/// Everything a training run depends on. Serialised into `resolved_config.json` and checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The preset the model shape came from (informational once `model` is resolved).
+    pub preset: String,
+    pub model: ModelConfig,
+    pub seed: u64,
+    /// Tokens per training row (`--max-len`).
+    pub seq_len: usize,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub epochs: usize,
+    /// Optimizer steps to run; 0 = as many as `epochs` take.
+    pub max_steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// The cosine decay ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub warmup_steps: usize,
+    /// Decoupled weight decay, applied to matrices (embeddings, projections, head) but not to the 1-D
+    /// RMSNorm weights.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub grad_clip: f64,
+    /// Checkpoint every N optimizer steps (and always at the end); 0 = only at the end.
+    pub save_every: usize,
+    /// Checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Eval every N optimizer steps (and always at the end); 0 = only at the end.
+    pub eval_every: usize,
+    /// Eval batches per evaluation; 0 = the whole eval split.
+    pub eval_batches: usize,
+    /// Log a metrics row every N steps.
+    pub log_every: usize,
+}
+
+/// Settings that may change between a run and its resume without changing the result.
+pub const RESUMABLE_KEYS: &[&str] = &["save_every", "keep_checkpoints", "log_every"];
+
+impl TrainConfig {
+    /// Defaults for a pretraining run with the given model preset.
+    pub fn pretrain_defaults(preset: &str) -> Result<TrainConfig, TrainError> {
+        let model = ModelConfig::preset(preset).map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(TrainConfig {
+            preset: preset.to_string(),
+            model,
+            seed: 42,
+            seq_len: 256,
+            batch_size: 16,
+            grad_accum: 1,
+            epochs: 1,
+            max_steps: 0,
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 20,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            save_every: 100,
+            keep_checkpoints: 2,
+            eval_every: 100,
+            eval_batches: 0,
+            log_every: 10,
+        })
+    }
+
+    /// Checks values a run cannot start with; the message names the key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.seq_len < 2 {
+            return bad("seq_len must be at least 2");
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be at least 1");
+        }
+        if self.epochs == 0 && self.max_steps == 0 {
+            return bad("set epochs or max_steps to at least 1");
+        }
+        if !(self.lr > 0.0) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("lr must be positive and min_lr_ratio in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || !(self.eps > 0.0) {
+            return bad("beta1 and beta2 must be in [0, 1) and eps positive");
+        }
+        if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
+            return bad("weight_decay and grad_clip must be non-negative");
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints must be at least 1 (resume needs one)");
+        }
+        if self.seq_len > self.model.max_position_embeddings {
+            return Err(TrainError::Config(format!(
+                "seq_len {} exceeds model.max_position_embeddings {}",
+                self.seq_len, self.model.max_position_embeddings
+            )));
+        }
+        self.model.validate().map_err(|e| TrainError::Config(e.to_string()))
+    }
+}
+
+/// Applies a YAML document (a mapping of keys, nested for `model`) on top of `base`.
+pub fn apply_yaml<T: Serialize + for<'de> Deserialize<'de>>(
+    base: &T,
+    yaml: &str,
+    source: &str,
+) -> Result<T, TrainError> {
+    let overrides: Value = serde_yaml::from_str(yaml)
+        .map_err(|e| TrainError::Config(format!("{source}: not valid YAML: {e}")))?;
+    let mut value = serde_json::to_value(base).expect("settings serialise");
+    merge(&mut value, &overrides, "", source)?;
+    serde_json::from_value(value).map_err(|e| TrainError::Config(format!("{source}: {e}")))
+}
+
+fn merge(into: &mut Value, from: &Value, prefix: &str, source: &str) -> Result<(), TrainError> {
+    let Some(map) = from.as_object() else {
+        if from.is_null() && prefix.is_empty() {
+            return Ok(()); // an empty YAML file
+        }
+        return Err(TrainError::Config(format!("{source}: expected a mapping of settings at `{prefix}`")));
+    };
+    for (k, v) in map {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let slot = lookup(into, &key).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        if slot.is_object() {
+            merge(slot, v, &key, source)?;
+        } else {
+            *slot = typed(slot, v, &key).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies `key=value` overrides (dotted keys reach into `model`).
+pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(base: &T, sets: &[String]) -> Result<T, TrainError> {
+    let mut value = serde_json::to_value(base).expect("settings serialise");
+    for set in sets {
+        let (key, raw) = set
+            .split_once('=')
+            .ok_or_else(|| TrainError::Config(format!("--set {set}: expected key=value")))?;
+        let key = key.trim();
+        let slot = lookup(&mut value, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        let parsed: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        *slot = typed(slot, &parsed, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+    }
+    serde_json::from_value(value).map_err(|e| TrainError::Config(format!("--set: {e}")))
+}
+
+fn lookup<'a>(root: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
+    let mut cur = root;
+    let mut path = String::new();
+    for part in key.split('.') {
+        let known: Vec<String> = cur.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let here = path.clone();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(part);
+        let obj = cur.as_object_mut().ok_or_else(|| format!("`{here}` has no sub-keys"))?;
+        if !obj.contains_key(part) {
+            let mut near: Vec<&String> = known.iter().filter(|k| similar(k, part)).collect();
+            if near.is_empty() {
+                near = known.iter().collect();
+            }
+            let near: Vec<String> =
+                near.iter().map(|k| if here.is_empty() { k.to_string() } else { format!("{here}.{k}") }).collect();
+            return Err(format!("unknown setting `{path}`; known: {}", near.join(", ")));
+        }
+        cur = obj.get_mut(part).expect("checked");
+    }
+    Ok(cur)
+}
+
+fn similar(a: &str, b: &str) -> bool {
+    a.contains(b) || b.contains(a) || a.split('_').any(|w| w.len() > 2 && b.contains(w))
+}
+
+/// `new` converted to the type of `old`, or an error naming the key and both types.
+fn typed(old: &Value, new: &Value, key: &str) -> Result<Value, String> {
+    let want = match old {
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_u64() => "a non-negative integer",
+        Value::Number(n) if n.is_i64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Null => return Ok(new.clone()), // optional field: the deserialiser checks it
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    };
+    let ok = match (old, new) {
+        (Value::Bool(_), Value::Bool(_)) => true,
+        (Value::Number(o), Value::Number(n)) if o.is_u64() => n.is_u64(),
+        (Value::Number(o), Value::Number(n)) if o.is_i64() => n.is_i64(),
+        (Value::Number(_), Value::Number(_)) => true,
+        (Value::String(_), Value::String(_)) => true,
+        (Value::String(_), Value::Number(_) | Value::Bool(_)) => return Ok(Value::String(new.to_string())),
+        (Value::Array(_), Value::Array(_)) => true,
+        _ => false,
+    };
+    if ok {
+        Ok(new.clone())
+    } else {
+        Err(format!("`{key}` must be {want}, got {new}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_are_typed_and_reach_into_the_model() {
+        let base = TrainConfig::pretrain_defaults("tiny").unwrap();
+        let c = apply_sets(&base, &["lr=3e-4".into(), "model.num_hidden_layers=2".into(), "seed=7".into()])
+            .unwrap();
+        assert_eq!(c.lr, 3e-4);
+        assert_eq!(c.model.num_hidden_layers, 2);
+        assert_eq!(c.seed, 7);
+        let e = apply_sets(&base, &["batch_size=two".into()]).unwrap_err().to_string();
+        assert!(e.contains("batch_size") && e.contains("integer"), "{e}");
+        let e = apply_sets(&base, &["learning_rate=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown setting `learning_rate`"), "{e}");
+        let e = apply_sets(&base, &["model.hidden=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.hidden_size"), "{e}");
+        let e = apply_sets(&base, &["lr".into()]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn yaml_merges_nested_and_refuses_unknown() {
+        let base = TrainConfig::pretrain_defaults("tiny").unwrap();
+        let c = apply_yaml(&base, "lr: 0.002\nmodel:\n  hidden_size: 64\n", "x.yaml").unwrap();
+        assert_eq!(c.lr, 0.002);
+        assert_eq!(c.model.hidden_size, 64);
+        assert_eq!(c.model.num_hidden_layers, base.model.num_hidden_layers);
+        let e = apply_yaml(&base, "lrr: 1\n", "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("x.yaml") && e.contains("lrr"), "{e}");
+        let e = apply_yaml(&base, "epochs: -1\n", "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("epochs"), "{e}");
+    }
+}

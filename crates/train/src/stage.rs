@@ -1,0 +1,93 @@
+//! What every training stage does around the loop: check inputs against the tokenizer, fingerprint
+//! them, write `resolved_config.json`, and export the final Hugging Face model directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde_json::json;
+use zerolm_data::artifact::{self, TokenFile};
+use zerolm_data::formats::Kind;
+use zerolm_data::tokenizer::TokenizerDir;
+use zerolm_data::fingerprint;
+use zerolm_model::ModelConfig;
+
+use crate::checkpoint::InputFingerprint;
+use crate::TrainError;
+
+/// Reads token files of `kind`, refusing any made with another tokenizer; returns them with their
+/// content fingerprints under `role`.
+pub fn read_token_files(
+    paths: &[PathBuf],
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+    role: &str,
+) -> Result<(Vec<TokenFile>, Vec<InputFingerprint>), TrainError> {
+    let mut files = Vec::new();
+    let mut prints = Vec::new();
+    for path in paths {
+        let file = artifact::read(path, kind)?;
+        file.check_tokenizer(&tokenizer.fingerprint)?;
+        let (hash, _) = fingerprint::file(path)?;
+        prints.push(InputFingerprint { role: role.to_string(), path: path.display().to_string(), blake3: hash });
+        files.push(file);
+    }
+    Ok((files, prints))
+}
+
+/// Sets the model's special ids from the tokenizer (eos = the chat end token).
+pub fn special_ids(model: &mut ModelConfig, tokenizer: &TokenizerDir) {
+    model.eos_token_id = Some(tokenizer.eos_id);
+    model.pad_token_id = Some(tokenizer.pad_id);
+    model.bos_token_id = tokenizer.tokenizer.token_to_id(&tokenizer.template.bos_token).or(model.bos_token_id);
+}
+
+/// Writes `value` as `<out>/resolved_config.json` (atomically).
+pub fn write_resolved_config(out: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+    let bytes = serde_json::to_vec_pretty(value).expect("json");
+    fingerprint::write_atomically(&out.join("resolved_config.json"), &bytes)?;
+    Ok(())
+}
+
+/// Provenance stored in `model.safetensors`'s header and `zerolm.json` of an exported model.
+pub struct Provenance<'a> {
+    pub stage: &'a str,
+    pub step: usize,
+    pub tokenizer_fingerprint: &'a str,
+    pub inputs: &'a [InputFingerprint],
+    pub config: &'a serde_json::Value,
+}
+
+/// Exports an HF model directory at `dir` atomically: config.json, generation_config.json,
+/// model.safetensors, the tokenizer files, and zerolm.json (what produced it).
+pub fn export_model_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    params: &BTreeMap<String, Tensor>,
+    tokenizer: &TokenizerDir,
+    prov: &Provenance,
+) -> Result<(), TrainError> {
+    let mut meta = BTreeMap::new();
+    meta.insert("zerolm.stage".to_string(), prov.stage.to_string());
+    meta.insert("zerolm.step".to_string(), prov.step.to_string());
+    meta.insert("zerolm.tokenizer_fingerprint".to_string(), prov.tokenizer_fingerprint.to_string());
+    let mut files = zerolm_model::io::model_dir_files(cfg, params, &meta)?;
+    let weights = files.iter().find(|(n, _)| *n == "model.safetensors").map(|(_, b)| fingerprint::bytes(b));
+    let zerolm = json!({
+        "stage": prov.stage,
+        "step": prov.step,
+        "weights_blake3": weights,
+        "tokenizer_fingerprint": prov.tokenizer_fingerprint,
+        "inputs": prov.inputs,
+        "config": prov.config,
+    });
+    files.push(("zerolm.json", serde_json::to_vec_pretty(&zerolm).expect("json")));
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        let src = tokenizer.dir.join(name);
+        let bytes = std::fs::read(&src).map_err(|cause| zerolm_data::DataError::Read { path: src.clone(), cause })?;
+        files.push((name, bytes));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    fingerprint::write_files_atomically(dir, &refs)?;
+    Ok(())
+}

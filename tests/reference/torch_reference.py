@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""PyTorch / transformers reference for zerolm's model and optimizer (optional; CI never runs it).
+
+    pip install torch transformers safetensors      # in a venv outside the repo
+
+    # regenerate the committed fixtures the Rust tests compare against
+    python tests/reference/torch_reference.py fixtures --out tests/fixtures/model
+
+    # check an exported model directory loads in transformers and gives zerolm's logits
+    cargo build --release -p zerolm-generate
+    python tests/reference/torch_reference.py check-export --model runs/pretrain/model \
+        --generate target/release/generate --prompt "Alice lives in"
+
+Fixtures per architecture (llama: untied head, theta 1e4; qwen3: tied, q/k norm, head_dim ≠ hidden/heads):
+  config.json          zerolm ModelConfig (HF field names)
+  init.safetensors     the initial weights transformers drew (seed 0), HF names
+  expected.safetensors ids (two batches [2, 16], int64), logits of batch 0 [2, 16, vocab]
+  expected.json        loss of batch 0, every parameter's gradient L2 norm, the total grad norm, and the
+                       loss before each of 10 AdamW steps (lr 3e-3, betas 0.9/0.95, eps 1e-8, weight decay
+                       0.1 on matrices only, global grad-norm clip 1.0, batches alternating 0, 1, 0, …)
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+VOCAB = 320
+SEQ = 16
+BATCH = 2
+STEPS = 10
+OPT = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=1.0)
+
+SHAPES = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=VOCAB,
+                  rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128,
+                  tie_word_embeddings=False, initializer_range=0.02,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=24, vocab_size=VOCAB,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=128,
+                  tie_word_embeddings=True, initializer_range=0.02,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0),
+}
+
+
+def build(arch, cfg):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    kw = {k: v for k, v in cfg.items() if k != "model_type"}
+    kw["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
+    if arch == "llama":
+        conf = LlamaConfig(**kw, attention_bias=False, mlp_bias=False, hidden_act="silu")
+        cls = LlamaForCausalLM
+    else:
+        conf = Qwen3Config(**kw, attention_bias=False, use_sliding_window=False, hidden_act="silu")
+        cls = Qwen3ForCausalLM
+    conf._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = cls(conf).float()
+    inv = model.model.rotary_emb.inv_freq
+    want = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, cfg["head_dim"], 2).float() / cfg["head_dim"]))
+    assert torch.allclose(inv, want), "transformers did not take rope_theta"
+    return model
+
+
+def named_params(model, cfg):
+    out = {}
+    for name, p in model.named_parameters():
+        out[name] = p
+    if cfg["tie_word_embeddings"]:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def loss_of(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def fixtures(out_dir):
+    torch.set_num_threads(1)
+    for arch, cfg in SHAPES.items():
+        d = os.path.join(out_dir, arch)
+        os.makedirs(d, exist_ok=True)
+        model = build(arch, cfg)
+        params = named_params(model, cfg)
+        save_file({k: v.detach().contiguous() for k, v in params.items()}, os.path.join(d, "init.safetensors"),
+                  metadata={"format": "pt"})
+        g = torch.Generator().manual_seed(1)
+        batches = [torch.randint(0, VOCAB, (BATCH, SEQ), generator=g) for _ in range(2)]
+        logits = model(input_ids=batches[0]).logits.detach()
+        loss = loss_of(model, batches[0])
+        loss.backward()
+        grad_norms = {k: p.grad.norm().item() for k, p in params.items()}
+        total = torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values())).item()
+        model.zero_grad(set_to_none=True)
+
+        decay = [p for k, p in params.items() if p.dim() >= 2]
+        no_decay = [p for k, p in params.items() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPT["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=OPT["lr"], betas=OPT["betas"], eps=OPT["eps"])
+        curve, norms = [], []
+        for step in range(STEPS):
+            l = loss_of(model, batches[step % 2])
+            l.backward()
+            n = torch.nn.utils.clip_grad_norm_(list(params.values()), OPT["clip"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            curve.append(l.item())
+            norms.append(n.item())
+        save_file({"ids0": batches[0], "ids1": batches[1], "logits0": logits.contiguous()},
+                  os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1)
+        with open(os.path.join(d, "expected.json"), "w") as f:
+            json.dump({"torch": torch.__version__, "loss0": loss.item(), "grad_norms": grad_norms,
+                       "total_grad_norm": total, "optimizer": OPT, "loss_curve": curve,
+                       "grad_norm_curve": norms}, f, indent=1)
+        print(f"{arch}: loss {loss.item():.6f}, total grad norm {total:.6f}, "
+              f"loss after 10 steps {curve[-1]:.6f} -> {d}")
+
+
+def check_export(model_dir, generate, prompt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "logits.safetensors")
+        subprocess.run([generate, "--model", model_dir, "--prompt", prompt, "--logits-out", path],
+                       check=True, stdout=subprocess.DEVNULL)
+        ours = load_file(path)
+    assert ours["ids"].tolist() == ids[0].tolist(), f"token ids differ: {ours['ids'].tolist()} vs {ids[0].tolist()}"
+    diff = (ours["logits"] - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    print(f"{type(model).__name__} loaded from {model_dir}: {ids.shape[1]} tokens, "
+          f"max |Δlogit| = {diff:.3e} (max |logit| {scale:.3f}), rel {diff / scale:.3e}")
+    if diff > 1e-4 * max(1.0, scale):
+        sys.exit("logits differ beyond 1e-4 relative")
+    print("OK: transformers and zerolm agree")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fixtures")
+    f.add_argument("--out", default="tests/fixtures/model")
+    c = sub.add_parser("check-export")
+    c.add_argument("--model", required=True)
+    c.add_argument("--generate", default="target/release/generate")
+    c.add_argument("--prompt", default="Alice lives in")
+    a = ap.parse_args()
+    if a.cmd == "fixtures":
+        fixtures(a.out)
+    else:
+        check_export(a.model, a.generate, a.prompt)
+
+
+if __name__ == "__main__":
+    main()
