@@ -1,38 +1,48 @@
 //! Weights and configs on disk: safetensors with Hugging Face tensor names, `config.json`,
 //! `generation_config.json`. This module produces and parses bytes; callers write them atomically.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::TensorView;
 
 use crate::{ModelConfig, ModelError};
 
 /// Serialises f32 tensors to safetensors bytes. `metadata` lands in the header; `format: pt` is always
 /// added because transformers refuses archives without it.
+///
+/// Written here rather than with `safetensors::serialize`, whose header lists metadata in `HashMap`
+/// order: the same weights would give different bytes from run to run. Here the header is sorted and
+/// tensors are laid out in name order, so equal weights give equal files.
 pub fn safetensors_bytes(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ModelError> {
-    let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut header = serde_json::Map::new();
+    let mut meta: serde_json::Map<String, serde_json::Value> =
+        metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    meta.insert("format".into(), "pt".into());
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    let mut data: Vec<u8> = Vec::new();
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        raw.push((name.clone(), t.dims().to_vec(), bytes));
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
     }
-    let views = raw
-        .iter()
-        .map(|(n, shape, bytes)| {
-            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| ModelError::Weights(format!("tensor `{n}`: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    meta.insert("format".into(), "pt".into());
-    safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Weights(e.to_string()))
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serialises");
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + data.len());
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 /// Reads a safetensors file into f32 tensors on `device` (f16/bf16/f64 are converted), with its metadata.
@@ -174,5 +184,7 @@ mod tests {
         assert_eq!(back["a"].to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![3.0, -4.5]]);
         assert_eq!(m["zerolm.step"], "7");
         assert_eq!(m["format"], "pt");
+        let again = safetensors_bytes(&t, &meta).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), again, "same tensors, same bytes");
     }
 }

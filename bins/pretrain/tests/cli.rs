@@ -1,0 +1,200 @@
+//! `pretrain` as a user runs it: a small run trains, evaluates and exports a model directory; a kill -9 mid-run followed by the same command ends with bit-identical weights; resumes
+//! with other settings, data or tokenizer are refused; bad inputs exit 1 with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zerolm_data::encode::{self, EncodeConfig};
+use zerolm_data::formats::Kind;
+use zerolm_data::tokenizer::TokenizerDir;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zerolm-pretrain-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Token files from the shipped pretrain data with the fixture tokenizer: (train, eval, tokenizer dir).
+fn token_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let tok_dir = root().join("tests/fixtures/tokenizer");
+    let tok = TokenizerDir::load(&tok_dir).unwrap();
+    let cfg = EncodeConfig::new(Kind::Pretrain);
+    let train = dir.join("train.parquet");
+    let eval = dir.join("eval.parquet");
+    encode::run(&tok, &[root().join("data/pretrain.jsonl")], &train, &cfg, &["test".into()], &mut ()).unwrap();
+    encode::run(&tok, &[root().join("data/pretrain_eval.jsonl")], &eval, &cfg, &["test".into()], &mut ()).unwrap();
+    (train, eval, tok_dir)
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+fn pretrain(args: &[String]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_pretrain")).args(args).output().unwrap();
+    Run { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A micro-model run on the shipped data: 32-token rows, batch 4, checkpoints every 10 steps.
+fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec<String> {
+    let mut a = args(&["--preset", "micro", "--threads", "1", "--max-len", "32", "--batch-size", "4", "--lr", "0.003"]);
+    a.extend(args(&["--save-every", "10", "--eval-every", "50", "--no-progress", "--set", "eval_batches=4"]));
+    a.extend(["--max-steps".into(), steps.to_string()]);
+    for (flag, p) in [("--input", train), ("--eval-input", eval), ("--tokenizer", tok), ("--out", out)] {
+        a.extend([flag.to_string(), p.display().to_string()]);
+    }
+    a
+}
+
+fn assert_user_error(r: &Run, needle: &str) {
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(needle), "expected `{needle}` in: {}", r.stderr);
+}
+
+#[test]
+fn pretrain_learns_exports_and_generates() {
+    let dir = workdir("learn");
+    let (train, eval, tok) = token_files(&dir);
+    let out = dir.join("run");
+    let r = pretrain(&micro(&train, &eval, &tok, &out, 60));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = zerolm_train::metrics::read_rows(&out.join("metrics.jsonl"));
+    let train_rows: Vec<_> = rows.iter().filter(|r| r.contains_key("loss")).collect();
+    let first = train_rows.first().unwrap()["loss"].as_f64().unwrap();
+    let last = train_rows.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(last < first - 0.5, "loss {first} → {last}");
+    for key in ["step", "lr", "grad_norm", "tokens_per_s", "elapsed_s"] {
+        assert!(train_rows[0].contains_key(key), "metrics row lacks {key}");
+    }
+    let evals: Vec<_> = rows.iter().filter(|r| r.contains_key("eval_loss")).collect();
+    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![50, 60]);
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "zerolm.json"] {
+        assert!(out.join("model").join(f).is_file(), "model/{f} missing");
+    }
+    assert!(out.join("resolved_config.json").is_file());
+    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(ckpts.len(), 2, "keep_checkpoints=2: {ckpts:?}");
+
+    // The same command again: everything is done, it resumes at the end and re-exports the same weights.
+    let before = std::fs::read(out.join("model/model.safetensors")).unwrap();
+    let again = pretrain(&micro(&train, &eval, &tok, &out, 60));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("resuming from"), "{}", again.stderr);
+    assert_eq!(before, std::fs::read(out.join("model/model.safetensors")).unwrap());
+}
+
+#[test]
+fn kill_and_rerun_gives_bit_identical_weights() {
+    let dir = workdir("resume");
+    let (train, eval, tok) = token_files(&dir);
+    let steps = 300;
+    let straight = dir.join("straight");
+    let r = pretrain(&micro(&train, &eval, &tok, &straight, steps));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let killed = dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(micro(&train, &eval, &tok, &killed, steps))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let ckpt_root = killed.join("checkpoints");
+    let complete = |e: &std::fs::DirEntry| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("step-") && !name.ends_with(".tmp") && e.path().join("trainer_state.json").is_file()
+    };
+    while !std::fs::read_dir(&ckpt_root).map(|d| d.flatten().any(|e| complete(&e))).unwrap_or(false) {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("model").exists(), "the run finished before the kill; the test would prove nothing");
+
+    let r = pretrain(&micro(&train, &eval, &tok, &killed, steps));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
+    let a = std::fs::read(straight.join("model/model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("model/model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from the uninterrupted run's");
+    let steps_logged: Vec<u64> = zerolm_train::metrics::read_rows(&killed.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r.contains_key("loss"))
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    let mut sorted = steps_logged.clone();
+    sorted.dedup();
+    assert_eq!(steps_logged, sorted, "a step was logged twice after resume");
+
+    // Resuming with other settings or other data is refused, with the difference named.
+    let mut other = micro(&train, &eval, &tok, &killed, steps);
+    let lr = other.iter().position(|a| a == "--lr").unwrap();
+    other[lr + 1] = "0.001".into();
+    assert_user_error(&pretrain(&other), "lr: checkpoint 0.003 vs now 0.001");
+    let other_data = micro(&eval, &eval, &tok, &killed, steps);
+    assert_user_error(&pretrain(&other_data), "input data differ");
+    let mut fresh = other.clone();
+    fresh.push("--no-resume".into());
+    let at = fresh.iter().position(|a| a == "--max-steps").unwrap() + 1;
+    fresh[at] = "5".into();
+    let r = pretrain(&fresh);
+    assert_eq!(r.code, 0, "--no-resume starts over: {}", r.stderr);
+    assert!(!r.stderr.contains("resuming"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_inputs_are_refused_clearly() {
+    let dir = workdir("bad");
+    let (train, eval, tok) = token_files(&dir);
+    let out = dir.join("run");
+
+    // A tokenizer other than the one the data was made with.
+    let other_tok = dir.join("other-tokenizer");
+    std::fs::create_dir_all(&other_tok).unwrap();
+    std::fs::copy(tok.join("tokenizer.json"), other_tok.join("tokenizer.json")).unwrap();
+    let cfg = std::fs::read_to_string(tok.join("tokenizer_config.json")).unwrap();
+    std::fs::write(other_tok.join("tokenizer_config.json"), cfg.replacen('{', "{\"model_max_length_note\": 1,", 1)).unwrap();
+    assert_user_error(&pretrain(&micro(&train, &eval, &other_tok, &out, 5)), "re-run `tokenize` with this tokenizer");
+
+    // SFT tokens are not pretrain tokens.
+    let tokd = TokenizerDir::load(&tok).unwrap();
+    let sft = dir.join("sft.parquet");
+    encode::run(&tokd, &[root().join("data/sft_eval.jsonl")], &sft, &EncodeConfig::new(Kind::Sft), &["t".into()], &mut ()).unwrap();
+    assert_user_error(&pretrain(&micro(&sft, &eval, &tok, &out, 5)), "expected `pretrain`");
+
+    assert_user_error(&pretrain(&micro(&dir.join("nope.parquet"), &eval, &tok, &out, 5)), "nope.parquet");
+    let mut unknown = micro(&train, &eval, &tok, &out, 5);
+    unknown.extend(args(&["--set", "model.hiden_size=8"]));
+    assert_user_error(&pretrain(&unknown), "unknown setting `model.hiden_size`");
+    let mut small_vocab = micro(&train, &eval, &tok, &out, 5);
+    small_vocab.extend(args(&["--set", "model.vocab_size=10"]));
+    assert_user_error(&pretrain(&small_vocab), "smaller than the tokenizer's vocabulary");
+    let mut preset = micro(&train, &eval, &tok, &out, 5);
+    preset[1] = "giant".into();
+    assert_user_error(&pretrain(&preset), "unknown preset `giant`");
+    assert!(!out.join("model").exists(), "a failed run left a model behind");
+
+    // Divergence: a huge learning rate blows the loss up; the error says so and the checkpoint stays.
+    let mut wild = micro(&train, &eval, &tok, &out, 20);
+    let at = wild.iter().position(|a| a == "--lr").unwrap() + 1;
+    wild[at] = "1e9".into();
+    let at = wild.iter().position(|a| a == "--save-every").unwrap() + 1;
+    wild[at] = "1".into();
+    wild.extend(args(&["--set", "warmup_steps=0", "--set", "grad_clip=0.0"]));
+    let r = pretrain(&wild);
+    assert_user_error(&r, "training diverged at step");
+    assert!(r.stderr.contains("last good checkpoint"), "{}", r.stderr);
+    assert!(!out.join("model").exists());
+}
