@@ -1,11 +1,11 @@
-# One target per step; each runs the same command line as tools/tokenize-shipped.sh.
+# One target per step; each runs the same command line as tools/run-shipped.sh.
 # (The pipeline runner will generate these from pipelines/*.yaml once it exists.)
 OUT ?= runs
-STEP := OUT=$(OUT) tools/tokenize-shipped.sh
-TOKEN_STEPS := pretrain pretrain-eval sft sft-eval dpo dpo-eval
+STEP := OUT=$(OUT) tools/run-shipped.sh
+TOKEN_STEPS := tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval
 
-.PHONY: all data tokenizer $(TOKEN_STEPS) test clean
-all: $(TOKEN_STEPS)
+.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sample test bench clean
+all: sample
 
 data:
 	cargo run --release --bin make-data -- shipped --out data
@@ -16,8 +16,17 @@ tokenizer:
 $(TOKEN_STEPS): tokenizer
 	$(STEP) $@
 
+pretrain: tok-pretrain tok-pretrain-eval
+	$(STEP) pretrain
+
+sample: pretrain
+	$(STEP) sample
+
 test:
 	cargo test --release --workspace
+
+bench:
+	benches/pretrain.sh
 
 clean:
 	rm -rf $(OUT)

@@ -133,3 +133,42 @@ pub fn set_threads(threads: Option<usize>) -> Result<usize, TrainError> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn parse(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["x", "--input", "a.parquet", "--tokenizer", "tok", "--out", "o"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).train
+    }
+
+    #[test]
+    fn yaml_preset_then_flags_then_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("c.yaml");
+        std::fs::write(&yaml, "preset: micro\nlr: 0.01\nbatch_size: 3\nmodel:\n  num_hidden_layers: 1\n  vocab_size: 7000\n").unwrap();
+        let y = yaml.to_str().unwrap();
+        let (c, explicit) = parse(&["--config", y, "--batch-size", "5", "--set", "batch_size=6"])
+            .resolve(TrainConfig::pretrain_defaults)
+            .unwrap();
+        assert_eq!(c.preset, "micro");
+        assert_eq!(c.model.hidden_size, 32, "the YAML's preset shapes the model");
+        assert_eq!(c.model.num_hidden_layers, 1);
+        assert_eq!(c.lr, 0.01);
+        assert_eq!(c.batch_size, 6, "--set wins over the flag, the flag over the YAML");
+        assert!(explicit, "vocab_size given in the YAML");
+        let (c, explicit) = parse(&["--preset", "tiny", "--lr", "0.5"]).resolve(TrainConfig::pretrain_defaults).unwrap();
+        assert_eq!((c.model.hidden_size, c.lr, explicit), (128, 0.5, false));
+        let e = parse(&["--config", "/no/such.yaml"]).resolve(TrainConfig::pretrain_defaults).unwrap_err().to_string();
+        assert!(e.contains("/no/such.yaml"), "{e}");
+    }
+}

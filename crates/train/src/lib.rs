@@ -3,6 +3,7 @@
 //! the stages built on it.
 
 pub mod adamw;
+pub mod alloc;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;

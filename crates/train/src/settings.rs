@@ -138,7 +138,7 @@ fn merge(into: &mut Value, from: &Value, prefix: &str, source: &str) -> Result<(
     };
     for (k, v) in map {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        let slot = lookup(into, &key).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        let slot = lookup(into, prefix, k).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
         if slot.is_object() {
             merge(slot, v, &key, source)?;
         } else {
@@ -156,16 +156,17 @@ pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(base: &T, sets: &[St
             .split_once('=')
             .ok_or_else(|| TrainError::Config(format!("--set {set}: expected key=value")))?;
         let key = key.trim();
-        let slot = lookup(&mut value, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        let slot = lookup(&mut value, "", key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
         let parsed: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
         *slot = typed(slot, &parsed, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
     }
     serde_json::from_value(value).map_err(|e| TrainError::Config(format!("--set: {e}")))
 }
 
-fn lookup<'a>(root: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
+/// The value at dotted `key` under `root` (which itself sits at `prefix`, for messages).
+fn lookup<'a>(root: &'a mut Value, prefix: &str, key: &str) -> Result<&'a mut Value, String> {
     let mut cur = root;
-    let mut path = String::new();
+    let mut path = prefix.to_string();
     for part in key.split('.') {
         let known: Vec<String> = cur.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
         let here = path.clone();
