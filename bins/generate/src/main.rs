@@ -75,7 +75,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     zerolm_train::alloc::keep_freed_memory();
-    match run(Cli::parse()) {
+    match run(zerolm_train::cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

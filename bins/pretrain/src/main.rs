@@ -24,12 +24,16 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let (cfg, vocab_explicit) = cli.train.resolve(TrainConfig::pretrain_defaults)?;
+    let (cfg, vocab_explicit) = cli.train.resolve(|p| TrainConfig::pretrain_defaults(p.unwrap_or("tiny")))?;
     let a = cli.train;
+    if a.model.is_some() {
+        return Err(TrainError::Config("pretrain starts from zero: --model is for the stages that fine-tune (sft, dpo)".into()).into());
+    }
+    let tokenizer = a.tokenizer.ok_or_else(|| TrainError::Config("--tokenizer DIR is required".into()))?;
     let report = pretrain::run(PretrainArgs {
         inputs: a.input,
         eval_inputs: a.eval_input,
-        tokenizer: a.tokenizer,
+        tokenizer,
         out: a.out,
         cfg,
         vocab_explicit,
@@ -55,7 +59,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     zerolm_train::alloc::keep_freed_memory();
-    match run(Cli::parse()) {
+    match run(zerolm_train::cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -114,6 +114,18 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelError> {
                 o.insert("rope_theta".into(), theta);
             }
         }
+        let scaled = o.get("rope_scaling").is_some_and(|v| !v.is_null())
+            || o.get("rope_parameters").and_then(|r| r.get("rope_type")).and_then(|t| t.as_str()).is_some_and(|t| t != "default");
+        if scaled {
+            return Err(ModelError::Config(format!(
+                "{}: RoPE scaling (rope_scaling / a non-default rope_type) is not supported; only plain RoPE models load",
+                path.display()
+            )));
+        }
+        // Some configs list several eos ids; the first is the one generation stops at here.
+        if let Some(first) = o.get("eos_token_id").and_then(|v| v.as_array()).and_then(|a| a.first()).cloned() {
+            o.insert("eos_token_id".into(), first);
+        }
         for (key, default) in [("tie_word_embeddings", serde_json::json!(false)), ("rms_norm_eps", serde_json::json!(1e-6))] {
             o.entry(key).or_insert(default);
         }

@@ -98,7 +98,14 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(ModelError::Input("the prompt is empty: give at least one token".into()));
     }
-    let room = model.config().max_position_embeddings.saturating_sub(prompt.len());
+    let max_pos = model.config().max_position_embeddings;
+    if prompt.len() >= max_pos {
+        return Err(ModelError::Input(format!(
+            "the prompt has {} tokens; the model takes at most {max_pos} positions, leaving no room to generate",
+            prompt.len()
+        )));
+    }
+    let room = max_pos - prompt.len();
     let mut cache = KvCache::new();
     let mut out = Vec::new();
     let mut next_input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;

@@ -171,9 +171,10 @@ impl AdamW {
                 |(((p, m), v), g)| {
                     *p *= shrink;
                     *m += (*g - *m) * one_m_b1;
-                    *v = *v * b2f + *g * *g * one_m_b2;
+                    // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value=1-β2); p.addcdiv_(m, denom, value=-step)
+                    *v = *v * b2f + one_m_b2 * *g * *g;
                     let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p -= step_size * (*m / denom);
+                    *p += -step_size * *m / denom;
                 },
             );
             var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;

@@ -16,13 +16,18 @@ pub struct TrainArgs {
     /// Held-out token file(s) for eval loss. Repeatable.
     #[arg(long)]
     pub eval_input: Vec<PathBuf>,
-    /// Tokenizer directory the token files were made with (copied into the exported model).
+    /// Tokenizer directory the token files were made with (copied into the exported model). Stages that
+    /// start from `--model` default to the model directory's tokenizer.
     #[arg(long)]
-    pub tokenizer: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    /// Model directory to start from (Hugging Face layout, e.g. the `pretrain` output's `model/`).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Output directory: model/ (Hugging Face layout), checkpoints/, metrics.jsonl, resolved_config.json.
     #[arg(long)]
     pub out: PathBuf,
-    /// Model preset: micro, tiny, minimind2, minimind3 (default tiny, or `preset:` in --config).
+    /// Model preset for stages that start from zero: micro, tiny, minimind2, minimind3 (default tiny,
+    /// or `preset:` in --config).
     #[arg(long)]
     pub preset: Option<String>,
     /// YAML file of settings (same keys as resolved_config.json's `config`).
@@ -64,7 +69,7 @@ impl TrainArgs {
     /// The resolved settings, and whether the user set `model.vocab_size` explicitly.
     pub fn resolve(
         &self,
-        defaults: impl Fn(&str) -> Result<TrainConfig, TrainError>,
+        defaults: impl Fn(Option<&str>) -> Result<TrainConfig, TrainError>,
     ) -> Result<(TrainConfig, bool), TrainError> {
         let yaml = match &self.config {
             None => None,
@@ -76,15 +81,13 @@ impl TrainArgs {
                 TrainError::Config(format!("{}: not valid YAML: {e}", self.config.as_ref().expect("set").display()))
             })?,
         };
-        let preset = self
-            .preset
-            .clone()
-            .or_else(|| yaml_value.get("preset").and_then(|v| v.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "tiny".to_string());
-        let mut cfg = defaults(&preset)?;
+        let preset =
+            self.preset.clone().or_else(|| yaml_value.get("preset").and_then(|v| v.as_str()).map(str::to_string));
+        let mut cfg = defaults(preset.as_deref())?;
         if let (Some(text), Some(p)) = (&yaml, &self.config) {
+            let label = cfg.preset.clone();
             cfg = apply_yaml(&cfg, text, &p.display().to_string())?;
-            cfg.preset = preset.clone();
+            cfg.preset = label; // the preset that shaped the model, even when --preset overrode the YAML's
         }
         let flag = |v: Option<String>, key: &str| v.map(|v| format!("{key}={v}"));
         let mut sets: Vec<String> = [
@@ -112,6 +115,15 @@ impl TrainArgs {
     pub fn apply_threads(&self) -> Result<usize, TrainError> {
         set_threads(self.threads)
     }
+}
+
+/// Parses the command line; a usage error exits with code 1 (a user error), `--help`/`--version` with 0.
+pub fn parse_args<P: clap::Parser>() -> P {
+    P::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 1 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    })
 }
 
 /// Applies `--threads` (or the environment's default) to rayon and candle; returns the count in use.
@@ -145,6 +157,10 @@ mod tests {
         train: TrainArgs,
     }
 
+    fn pretrain(preset: Option<&str>) -> Result<TrainConfig, TrainError> {
+        TrainConfig::pretrain_defaults(preset.unwrap_or("tiny"))
+    }
+
     fn parse(extra: &[&str]) -> TrainArgs {
         let mut argv = vec!["x", "--input", "a.parquet", "--tokenizer", "tok", "--out", "o"];
         argv.extend_from_slice(extra);
@@ -158,7 +174,7 @@ mod tests {
         std::fs::write(&yaml, "preset: micro\nlr: 0.01\nbatch_size: 3\nmodel:\n  num_hidden_layers: 1\n  vocab_size: 7000\n").unwrap();
         let y = yaml.to_str().unwrap();
         let (c, explicit) = parse(&["--config", y, "--batch-size", "5", "--set", "batch_size=6"])
-            .resolve(TrainConfig::pretrain_defaults)
+            .resolve(pretrain)
             .unwrap();
         assert_eq!(c.preset, "micro");
         assert_eq!(c.model.hidden_size, 32, "the YAML's preset shapes the model");
@@ -166,9 +182,11 @@ mod tests {
         assert_eq!(c.lr, 0.01);
         assert_eq!(c.batch_size, 6, "--set wins over the flag, the flag over the YAML");
         assert!(explicit, "vocab_size given in the YAML");
-        let (c, explicit) = parse(&["--preset", "tiny", "--lr", "0.5"]).resolve(TrainConfig::pretrain_defaults).unwrap();
+        let (c, explicit) = parse(&["--preset", "tiny", "--lr", "0.5"]).resolve(pretrain).unwrap();
         assert_eq!((c.model.hidden_size, c.lr, explicit), (128, 0.5, false));
-        let e = parse(&["--config", "/no/such.yaml"]).resolve(TrainConfig::pretrain_defaults).unwrap_err().to_string();
+        let (c, _) = parse(&["--config", y, "--preset", "tiny"]).resolve(pretrain).unwrap();
+        assert_eq!((c.preset.as_str(), c.model.hidden_size), ("tiny", 128), "--preset wins and is what is recorded");
+        let e = parse(&["--config", "/no/such.yaml"]).resolve(pretrain).unwrap_err().to_string();
         assert!(e.contains("/no/such.yaml"), "{e}");
     }
 }

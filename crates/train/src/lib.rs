@@ -3,6 +3,7 @@
 //! the stages built on it.
 
 pub mod adamw;
+pub mod answers;
 pub mod alloc;
 pub mod checkpoint;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod pretrain;
 pub mod schedule;
 pub mod settings;
+pub mod sft;
 pub mod stage;
 pub mod trainer;
 

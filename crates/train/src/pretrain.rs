@@ -187,9 +187,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     std::fs::create_dir_all(&args.out)
         .map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
     let config = serde_json::to_value(&args.cfg).expect("config serialises");
-    stage::write_resolved_config(
-        &args.out,
-        &json!({
+    let resolved = json!({
             "stage": "pretrain",
             "command": args.command,
             "threads": args.threads,
@@ -198,8 +196,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
             "inputs": inputs,
             "total_steps": total,
             "config": config,
-        }),
-    )?;
+        });
 
     let init = init_parameters(&args.cfg.model, args.cfg.seed, &Device::Cpu)?;
     let parameters = args.cfg.model.num_parameters();
@@ -215,6 +212,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         threads: args.threads,
         no_resume: args.no_resume,
         progress: args.progress,
+        resolved,
     };
     let outcome = trainer::train(&task, init, &spec)?;
     let model_dir = args.out.join("model");

@@ -156,9 +156,15 @@ pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(base: &T, sets: &[St
             .split_once('=')
             .ok_or_else(|| TrainError::Config(format!("--set {set}: expected key=value")))?;
         let key = key.trim();
+        if key == "preset" {
+            return Err(TrainError::Config(format!("--set {set}: choose the preset with --preset (it shapes the model)")));
+        }
         let slot = lookup(&mut value, "", key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
         let parsed: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
         *slot = typed(slot, &parsed, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        // Optional fields (null by default) are only type-checked by deserialising: do it per setting so
+        // the error names the one that failed.
+        serde_json::from_value::<T>(value.clone()).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
     }
     serde_json::from_value(value).map_err(|e| TrainError::Config(format!("--set: {e}")))
 }
@@ -240,6 +246,9 @@ mod tests {
         assert!(e.contains("unknown setting `learning_rate`"), "{e}");
         let e = apply_sets(&base, &["model.hidden=1".into()]).unwrap_err().to_string();
         assert!(e.contains("model.hidden_size"), "{e}");
+        let e = apply_sets(&base, &["model.head_dim=x".into()]).unwrap_err().to_string();
+        assert!(e.contains("--set model.head_dim=x"), "{e}");
+        assert!(apply_sets(&base, &["preset=micro".into()]).unwrap_err().to_string().contains("--preset"));
         let e = apply_sets(&base, &["lr".into()]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
     }

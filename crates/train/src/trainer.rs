@@ -19,6 +19,7 @@ use crate::checkpoint::{self, DataCursor, InputFingerprint, TrainerState, CHECKP
 use crate::metrics::{Display, MetricsLog};
 use crate::schedule::lr_at;
 use crate::settings::{TrainConfig, RESUMABLE_KEYS};
+use crate::stage;
 use crate::TrainError;
 
 /// A micro-batch's loss (mean over its target tokens) and how many target tokens it covered.
@@ -42,6 +43,11 @@ pub trait Task {
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError>;
     /// Loss on the eval split (up to `max_batches` batches of `batch_size`; 0 = all), if there is one.
     fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError>;
+    /// A measurement logged as its own metrics row before a fresh run's first step (step 0) and after
+    /// its last (e.g. SFT's held-out answer accuracy). The row's keys must not include `step`.
+    fn probe(&self, _model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
+        Ok(None)
+    }
 }
 
 /// What identifies a run besides its settings.
@@ -56,6 +62,8 @@ pub struct RunSpec<'a> {
     pub no_resume: bool,
     /// Show a progress bar when on a terminal.
     pub progress: bool,
+    /// Written as `resolved_config.json` once the run is known to start or resume.
+    pub resolved: Value,
 }
 
 /// The end of a run.
@@ -157,9 +165,24 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         eprintln!("resuming from {} (step {}/{total})", dir.display(), state.step);
     }
 
+    stage::write_resolved_config(spec.out, &spec.resolved)?;
+    if state.step < total {
+        // This run will change the weights: a model exported by an earlier run must not outlive it
+        // looking finished if this one fails.
+        let model_dir = spec.out.join("model");
+        if model_dir.exists() {
+            std::fs::remove_dir_all(&model_dir).map_err(|cause| TrainError::Write { path: model_dir, cause })?;
+        }
+    }
     let metrics_path = spec.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path, resumed_from)?;
     let display = Display::new(spec.stage, total, state.step, spec.progress);
+    if resumed_from.is_none() {
+        let probe_model = Model::new(cfg.model.clone(), params.detached())?;
+        if let Some(row) = task.probe(&probe_model)? {
+            log_probe(&mut metrics, &display, 0, row)?;
+        }
+    }
     let model = Model::new(cfg.model.clone(), params.tensors())?;
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
@@ -264,6 +287,15 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         }
     }
     display.finish();
+    let probed_at_end = crate::metrics::read_rows(&metrics_path)
+        .iter()
+        .any(|r| r.get("step").and_then(Value::as_u64) == Some(state.step as u64) && r.keys().any(|k| k.starts_with("probe_")));
+    if !probed_at_end {
+        let probe_model = Model::new(cfg.model.clone(), params.detached())?;
+        if let Some(row) = task.probe(&probe_model)? {
+            log_probe(&mut metrics, &display, state.step, row)?;
+        }
+    }
     if last_eval.is_none() {
         // Resumed at the very end: report the eval of the final weights anyway.
         let eval_model = Model::new(cfg.model.clone(), params.detached())?;
@@ -281,6 +313,20 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
     })
 }
 
+/// Writes a probe row: `step` plus the task's keys, each prefixed `probe_`.
+fn log_probe(metrics: &mut MetricsLog, display: &Display, step: usize, row: Map<String, Value>) -> Result<(), TrainError> {
+    let mut out = Map::new();
+    out.insert("step".into(), json!(step));
+    let mut shown = Vec::new();
+    for (k, v) in row {
+        shown.push(format!("{k} {v}"));
+        out.insert(format!("probe_{k}"), v);
+    }
+    metrics.write(&out)?;
+    display.println(format!("step {step}: {}", shown.join(", ")));
+    Ok(())
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let s = 10f64.powi(digits);
     (x * s).round() / s
@@ -289,7 +335,9 @@ fn round(x: f64, digits: i32) -> f64 {
 fn diverged(root: &Path, step: usize, what: String) -> TrainError {
     let kept = match checkpoint::list(root).ok().and_then(|mut l| l.pop()) {
         Some((s, dir)) => format!(
-            "The last good checkpoint (step {s}) is kept at {}; lower --lr or raise warmup_steps and rerun with --no-resume",
+            "The last good checkpoint (step {s}) is kept at {}. Rerunning the same command resumes from it (and will \
+             likely diverge again); to change lr or warmup_steps, rerun with --no-resume, which deletes the checkpoints \
+             and starts over",
             dir.display()
         ),
         None => "No checkpoint was written yet; lower --lr or raise warmup_steps and rerun".to_string(),

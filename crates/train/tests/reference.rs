@@ -157,3 +157,44 @@ fn llama_ten_adamw_steps_match_torch() {
 fn qwen3_ten_adamw_steps_match_torch() {
     check_adamw_curve("qwen3");
 }
+
+/// SFT's masked loss on a batch whose only supervised tokens are known equals the mean of their
+/// cross-entropies computed by hand (in f64) from transformers' logits.
+#[test]
+fn sft_masked_loss_is_the_mean_over_supervised_tokens_only() {
+    let f = fixture("llama");
+    let model = Model::new(f.cfg.clone(), f.init.clone()).unwrap();
+    let (x, y) = shifted(&f.ids[0]);
+    let (b, t) = x.dims2().unwrap();
+    let supervised = [(0usize, 3usize), (0, 4), (1, 10)];
+    let mut w = vec![0f32; b * t];
+    for (i, j) in supervised {
+        w[i * t + j] = 1.0;
+    }
+    let w = Tensor::from_vec(w, (b, t), &Device::Cpu).unwrap();
+    let (loss, n) = zerolm_train::sft::masked_loss(&model, &x, &y, &w).unwrap();
+    assert_eq!(n, 3);
+    let logits: Vec<Vec<Vec<f32>>> = f.logits0.to_vec3().unwrap();
+    let targets: Vec<Vec<u32>> = y.to_vec2().unwrap();
+    let hand = supervised
+        .iter()
+        .map(|&(i, j)| {
+            let row = &logits[i][j];
+            let max = row.iter().fold(f64::MIN, |m, v| m.max(*v as f64));
+            let lse = max + row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[targets[i][j] as usize] as f64
+        })
+        .sum::<f64>()
+        / 3.0;
+    let ours = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!(rel(ours, hand) < 1e-5, "masked loss {ours} vs hand {hand}");
+
+    // No supervised token: a zero loss whose gradient is zero everywhere, not a division by zero.
+    let params = Params::new(&f.init).unwrap();
+    let model = Model::new(f.cfg.clone(), params.tensors()).unwrap();
+    let zeros = Tensor::zeros((b, t), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (loss, n) = zerolm_train::sft::masked_loss(&model, &x, &y, &zeros).unwrap();
+    assert_eq!((n, loss.to_scalar::<f32>().unwrap()), (0, 0.0));
+    let grads = Grads::collect(&params, &loss.backward().unwrap()).unwrap();
+    assert_eq!(grads.norm(), 0.0);
+}

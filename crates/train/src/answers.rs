@@ -1,0 +1,99 @@
+//! The held-out answer check: greedy-decode each question of a conversations file that carries an
+//! `answer` field and count the replies that contain the answer string (the shipped `sft_eval.jsonl`
+//! asks about facts never seen in SFT, so this measures what SFT made of pretrained knowledge).
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::Value;
+use zerolm_data::chat::Role;
+use zerolm_data::formats::{self, Format, Kind, Record};
+use zerolm_data::input::RowReader;
+use zerolm_data::tokenizer::TokenizerDir;
+use zerolm_data::DataError;
+use zerolm_model::sample::{generate, Sampler, SamplingConfig};
+use zerolm_model::Model;
+
+use crate::TrainError;
+
+/// Questions (rendered prompt ids) and their expected answers.
+pub struct AnswerSet {
+    pub path: PathBuf,
+    pub items: Vec<Question>,
+}
+
+pub struct Question {
+    pub prompt_ids: Vec<u32>,
+    pub answer: String,
+}
+
+/// The result of one check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Score {
+    pub correct: usize,
+    pub total: usize,
+}
+
+impl Score {
+    pub fn accuracy(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.total as f64
+        }
+    }
+}
+
+/// Reads up to `max` rows (0 = all) of a conversations/messages file with an `answer` string per row.
+/// The conversation up to (not including) its last assistant turn is the prompt.
+pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerSet, TrainError> {
+    let mut reader = RowReader::open(path)?;
+    let mut items = Vec::new();
+    while let Some(row) = reader.next_row()? {
+        if max > 0 && items.len() >= max {
+            break;
+        }
+        let bad = |msg: String| TrainError::Data(DataError::BadRow { at: row.at.clone(), msg });
+        let value = row.value.as_ref().map_err(|e| bad(e.clone()))?;
+        let answer = match value.get("answer") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(bad("field `answer` (a non-empty string) is missing; the answer check needs it".into())),
+        };
+        let format = Format::detect(Kind::Sft, value, "text").map_err(bad)?;
+        let mut messages = match formats::normalize(format, value, "text", formats::Template::Chat) {
+            Ok(Record::Chat(m)) => m,
+            Ok(_) => return Err(bad("expected a conversation".into())),
+            Err(formats::Problem::Bad(m) | formats::Problem::Empty(m)) => return Err(bad(m)),
+        };
+        while messages.last().is_some_and(|m| m.role == Role::Assistant) {
+            messages.pop();
+        }
+        if !messages.iter().any(|m| m.role == Role::User) {
+            return Err(bad("no user turn to ask".into()));
+        }
+        let text = tokenizer.template.render(&messages, true)?;
+        items.push(Question { prompt_ids: tokenizer.encode(&text)?, answer });
+    }
+    if items.is_empty() {
+        return Err(TrainError::Data(DataError::BadFile { path: path.into(), msg: "no questions".into() }));
+    }
+    Ok(AnswerSet { path: path.into(), items })
+}
+
+/// Greedy-decodes every question (up to `max_new_tokens`, stopping at eos) and counts replies that
+/// contain the answer.
+pub fn check(model: &Model, tokenizer: &TokenizerDir, set: &AnswerSet, max_new_tokens: usize) -> Result<Score, TrainError> {
+    let eos = tokenizer.eos_id;
+    let hits: Vec<bool> = set
+        .items
+        .par_iter()
+        .map(|q| {
+            let mut sampler = Sampler::new(SamplingConfig::default())?;
+            let ids = generate(model, &q.prompt_ids, max_new_tokens, &[eos], &mut sampler)?;
+            let reply = tokenizer.decode(ids.strip_suffix(&[eos]).unwrap_or(&ids))?;
+            Ok(reply.contains(&q.answer))
+        })
+        .collect::<Result<_, TrainError>>()?;
+    Ok(Score { correct: hits.iter().filter(|h| **h).count(), total: hits.len() })
+}
