@@ -4,7 +4,7 @@ OUT ?= runs
 STEP := OUT=$(OUT) tools/run-shipped.sh
 TOKEN_STEPS := tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval
 
-.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sample test bench clean
+.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sft sample test bench clean
 all: sample
 
 data:
@@ -19,7 +19,10 @@ $(TOKEN_STEPS): tokenizer
 pretrain: tok-pretrain tok-pretrain-eval
 	$(STEP) pretrain
 
-sample: pretrain
+sft: pretrain tok-sft tok-sft-eval
+	$(STEP) sft
+
+sample: sft
 	$(STEP) sample
 
 test:

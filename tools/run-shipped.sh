@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job until the pipeline runner lands: train the tokenizer on the shipped corpus, tokenize every
-# shipped split into $OUT/tokens/ (default OUT=runs), pretrain the `tiny` model into $OUT/pretrain/ and
-# sample from it. With step names as arguments it runs only those steps (the Makefile's targets call it
-# that way); with none it runs them all.
+# shipped split into $OUT/tokens/ (default OUT=runs), pretrain the `tiny` model into $OUT/pretrain/,
+# fine-tune it on the conversations into $OUT/sft/, and sample from both. With step names as arguments
+# it runs only those steps (the Makefile's targets call it that way); with none it runs them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
@@ -23,14 +23,20 @@ step() {
                          --eval-input "$OUT/tokens/pretrain_eval.parquet" --out "$OUT/pretrain" \
                          --epochs 6 --batch-size 16 --max-len 256 --lr 3e-3 --eval-every 50 --save-every 50 \
                          --threads "$THREADS" ;;
+    sft)               $B/sft --model "$OUT/pretrain/model" --input "$OUT/tokens/sft.parquet" \
+                         --eval-input "$OUT/tokens/sft_eval.parquet" --out "$OUT/sft" \
+                         --epochs 2 --batch-size 16 --lr 1e-3 --eval-every 100 --save-every 100 \
+                         --answer-check data/sft_eval.jsonl --threads "$THREADS" ;;
     sample)            $B/generate --model "$OUT/pretrain/model" --prompt "Elena Moreau lives in" --max-new-tokens 40
-                       $B/generate --model "$OUT/pretrain/model" --prompt "陈洋" --max-new-tokens 40 ;;
-    *) echo "unknown step '$1' (tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sample)" >&2; exit 1 ;;
+                       $B/generate --model "$OUT/pretrain/model" --prompt "陈洋" --max-new-tokens 40
+                       [ ! -d "$OUT/sft/model" ] || $B/generate --model "$OUT/sft/model" --chat "Where does Elena Moreau live?"
+                       [ ! -d "$OUT/sft/model" ] || $B/generate --model "$OUT/sft/model" --chat "陈洋最喜欢的颜色是什么？" ;;
+    *) echo "unknown step '$1' (tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft sample)" >&2; exit 1 ;;
   esac
 }
 
-cargo build --release --bin tokenize --bin pretrain --bin generate
+cargo build --release --bin tokenize --bin pretrain --bin sft --bin generate
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sample)
+[ ${#steps[@]} -gt 0 ] || steps=(tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft sample)
 for s in "${steps[@]}"; do step "$s"; done
-echo "done: tokenizer in $OUT/tokenizer, token files in $OUT/tokens/, pretrained model in $OUT/pretrain/model"
+echo "done: tokenizer in $OUT/tokenizer, token files in $OUT/tokens/, models in $OUT/pretrain/model and $OUT/sft/model"

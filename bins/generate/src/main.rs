@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use zerolm_model::sample::SamplingConfig;
 use zerolm_train::cli::set_threads;
@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<()> {
     let text = match (&cli.prompt, &cli.chat) {
         (Some(p), None) => p.clone(),
         (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,
-        _ => bail!("give --prompt TEXT (raw continuation) or --chat MESSAGE"),
+        _ => return Err(TrainError::Config("give --prompt TEXT (raw continuation) or --chat MESSAGE".into()).into()),
     };
     if let Some(path) = &cli.logits_out {
         let tensors = g.prompt_logits(&text)?;
@@ -77,13 +77,6 @@ fn main() -> ExitCode {
     zerolm_train::alloc::keep_freed_memory();
     match run(zerolm_train::cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let user = e.downcast_ref::<TrainError>().is_some_and(TrainError::is_user_error)
-                || e.downcast_ref::<zerolm_model::ModelError>().is_some_and(|m| m.is_user_error())
-                || e.downcast_ref::<zerolm_data::DataError>().is_some_and(|d| d.is_user_error())
-                || e.to_string().starts_with("give --prompt");
-            ExitCode::from(if user { 1 } else { 2 })
-        }
+        Err(e) => zerolm_train::cli::failure(e.as_ref()),
     }
 }

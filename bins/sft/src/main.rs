@@ -80,11 +80,6 @@ fn main() -> ExitCode {
     zerolm_train::alloc::keep_freed_memory();
     match run(zerolm_train::cli::parse_args()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let user = e.downcast_ref::<TrainError>().is_some_and(TrainError::is_user_error)
-                || e.downcast_ref::<zerolm_model::ModelError>().is_some_and(|m| m.is_user_error());
-            ExitCode::from(if user { 1 } else { 2 })
-        }
+        Err(e) => zerolm_train::cli::failure(e.as_ref()),
     }
 }

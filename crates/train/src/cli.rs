@@ -117,6 +117,16 @@ impl TrainArgs {
     }
 }
 
+/// Prints a stage's failure and maps it to the exit codes every stage uses: 1 for what the user can fix
+/// (bad input, flag, setting or checkpoint), 2 for internal failures.
+pub fn failure(err: &(dyn std::error::Error + Send + Sync + 'static)) -> std::process::ExitCode {
+    eprintln!("error: {err}");
+    let user = err.downcast_ref::<TrainError>().is_some_and(TrainError::is_user_error)
+        || err.downcast_ref::<zerolm_model::ModelError>().is_some_and(|e| e.is_user_error())
+        || err.downcast_ref::<zerolm_data::DataError>().is_some_and(|e| e.is_user_error());
+    std::process::ExitCode::from(if user { 1 } else { 2 })
+}
+
 /// Parses the command line; a usage error exits with code 1 (a user error), `--help`/`--version` with 0.
 pub fn parse_args<P: clap::Parser>() -> P {
     P::try_parse().unwrap_or_else(|e| {

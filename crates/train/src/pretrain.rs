@@ -12,7 +12,7 @@ use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::{init_parameters, Model};
 
 use crate::settings::TrainConfig;
-use crate::stage::{self, Provenance};
+use crate::stage;
 use crate::trainer::{self, BatchLoss, EvalResult, Outcome, RunSpec, Task};
 use crate::TrainError;
 
@@ -186,7 +186,6 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     );
     std::fs::create_dir_all(&args.out)
         .map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
-    let config = serde_json::to_value(&args.cfg).expect("config serialises");
     let resolved = json!({
             "stage": "pretrain",
             "command": args.command,
@@ -195,7 +194,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "inputs": inputs,
             "total_steps": total,
-            "config": config,
+            "config": serde_json::to_value(&args.cfg).expect("config serialises"),
         });
 
     let init = init_parameters(&args.cfg.model, args.cfg.seed, &Device::Cpu)?;
@@ -207,28 +206,14 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         stage: "pretrain",
         out: &args.out,
         cfg: &args.cfg,
-        inputs: inputs.clone(),
+        inputs,
         tokenizer_fingerprint: tokenizer.fingerprint.clone(),
         threads: args.threads,
         no_resume: args.no_resume,
         progress: args.progress,
         resolved,
     };
-    let outcome = trainer::train(&task, init, &spec)?;
-    let model_dir = args.out.join("model");
-    stage::export_model_dir(
-        &model_dir,
-        &args.cfg.model,
-        &outcome.params,
-        &tokenizer,
-        &Provenance {
-            stage: "pretrain",
-            step: outcome.step,
-            tokenizer_fingerprint: &tokenizer.fingerprint,
-            inputs: &inputs,
-            config: &config,
-        },
-    )?;
+    let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     Ok(PretrainReport { outcome, model_dir, documents, train_tokens, blocks, dropped_tail, unigram_entropy, parameters })
 }
 

@@ -14,7 +14,7 @@ use zerolm_model::Model;
 
 use crate::answers::{self, AnswerSet, Score};
 use crate::settings::TrainConfig;
-use crate::stage::{self, Provenance};
+use crate::stage;
 use crate::trainer::{self, BatchLoss, EvalResult, Outcome, RunSpec, Task};
 use crate::TrainError;
 
@@ -236,7 +236,6 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         answer_set.as_ref().map_or(0, |s| s.items.len()),
     );
     std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
-    let config = serde_json::to_value(&cfg).expect("config serialises");
     let resolved = json!({
             "stage": "sft",
             "command": args.command,
@@ -247,7 +246,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
             "inputs": inputs,
             "answer_check": args.answer_check.as_ref().map(|p| p.display().to_string()),
             "total_steps": total,
-            "config": config,
+            "config": serde_json::to_value(&cfg).expect("config serialises"),
         });
     let (init, _) = zerolm_model::io::load_safetensors(&weights_path, &Device::Cpu)?;
     let mut init = init;
@@ -266,22 +265,14 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         stage: "sft",
         out: &args.out,
         cfg: &cfg,
-        inputs: inputs.clone(),
+        inputs,
         tokenizer_fingerprint: tokenizer.fingerprint.clone(),
         threads: args.threads,
         no_resume: args.no_resume,
         progress: args.progress,
         resolved,
     };
-    let outcome = trainer::train(&task, init, &spec)?;
-    let model_dir = args.out.join("model");
-    stage::export_model_dir(
-        &model_dir,
-        &cfg.model,
-        &outcome.params,
-        &tokenizer,
-        &Provenance { stage: "sft", step: outcome.step, tokenizer_fingerprint: &tokenizer.fingerprint, inputs: &inputs, config: &config },
-    )?;
+    let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     let (answers_before, answers_after) = probe_scores(&outcome, answer_set.is_some());
     Ok(SftReport { outcome, model_dir, rows, supervised_tokens, truncated, unsupervised, answers_before, answers_after })
 }

@@ -13,6 +13,7 @@ use zerolm_data::fingerprint;
 use zerolm_model::ModelConfig;
 
 use crate::checkpoint::InputFingerprint;
+use crate::trainer::{self, Outcome, RunSpec, Task};
 use crate::TrainError;
 
 /// Reads token files of `kind`, refusing any made with another tokenizer; returns them with their
@@ -90,4 +91,25 @@ pub fn export_model_dir(
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     fingerprint::write_files_atomically(dir, &refs)?;
     Ok(())
+}
+
+/// Runs the training loop for `task`, then exports the result as `<out>/model`.
+pub fn train_and_export(
+    task: &dyn Task,
+    init: BTreeMap<String, Tensor>,
+    spec: &RunSpec,
+    tokenizer: &TokenizerDir,
+) -> Result<(Outcome, PathBuf), TrainError> {
+    let outcome = trainer::train(task, init, spec)?;
+    let dir = spec.out.join("model");
+    let config = serde_json::to_value(spec.cfg).expect("config serialises");
+    let prov = Provenance {
+        stage: spec.stage,
+        step: outcome.step,
+        tokenizer_fingerprint: &spec.tokenizer_fingerprint,
+        inputs: &spec.inputs,
+        config: &config,
+    };
+    export_model_dir(&dir, &spec.cfg.model, &outcome.params, tokenizer, &prov)?;
+    Ok((outcome, dir))
 }
