@@ -198,3 +198,34 @@ fn bad_inputs_are_refused_clearly() {
     assert!(r.stderr.contains("last good checkpoint"), "{}", r.stderr);
     assert!(!out.join("model").exists());
 }
+
+#[test]
+fn gradient_accumulation_matches_one_larger_batch() {
+    let dir = workdir("accum");
+    let (train, eval, tok) = token_files(&dir);
+    let run_with = |name: &str, batch: &str, accum: &str| {
+        let out = dir.join(name);
+        let mut a = micro(&train, &eval, &tok, &out, 4);
+        let at = a.iter().position(|x| x == "--batch-size").unwrap() + 1;
+        a[at] = batch.into();
+        a.extend(args(&["--grad-accum", accum, "--set", "log_every=1"]));
+        let r = pretrain(&a);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let losses: Vec<f64> = zerolm_train::metrics::read_rows(&out.join("metrics.jsonl"))
+            .iter()
+            .filter_map(|r| r.get("loss").and_then(|v| v.as_f64()))
+            .collect();
+        let (w, _) = zerolm_model::io::load_safetensors(&out.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        (losses, w)
+    };
+    let (la, wa) = run_with("whole", "8", "1");
+    let (lb, wb) = run_with("accum", "4", "2");
+    assert_eq!(la.len(), 4);
+    for (a, b) in la.iter().zip(&lb) {
+        assert!((a - b).abs() < 1e-5 * a.abs(), "losses {la:?} vs {lb:?}");
+    }
+    for (name, a) in &wa {
+        let d = (a - &wb[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "`{name}` differs by {d} between batch 8 and 2 × 4 accumulated");
+    }
+}
