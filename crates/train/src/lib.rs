@@ -10,6 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod infer;
 pub mod metrics;
+pub mod preference;
 pub mod pretrain;
 pub mod schedule;
 pub mod settings;
