@@ -5,7 +5,7 @@ use crate::error::{DataError, Result};
 use crate::fingerprint;
 use crate::formats::Kind;
 use arrow::array::{
-    Array, ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt32Array,
+    Array, ArrayRef, Float32Array, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt32Array,
     UInt32Builder, UInt8Array, UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
@@ -93,10 +93,17 @@ pub struct TokenWriter {
     path: PathBuf,
     tmp: PathBuf,
     rows: usize,
+    extra: Vec<String>,
 }
 
 impl TokenWriter {
     pub fn create(path: &Path, kind: Kind) -> Result<TokenWriter> {
+        TokenWriter::create_with_extra(path, kind, &[])
+    }
+
+    /// A token file with additional non-null f32 columns after the kind's own (e.g. the reference
+    /// log-prob cache: the DPO columns + `ref_chosen_logps`, `ref_rejected_logps`).
+    pub fn create_with_extra(path: &Path, kind: Kind, extra: &[&str]) -> Result<TokenWriter> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
                 path: parent.into(),
@@ -108,7 +115,9 @@ impl TokenWriter {
             path: tmp.clone(),
             cause: source,
         })?;
-        let schema = Arc::new(schema(kind));
+        let mut fields: Vec<Field> = schema(kind).fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(extra.iter().map(|name| Field::new(*name, DataType::Float32, false)));
+        let schema = Arc::new(Schema::new(fields));
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid zstd level"),
@@ -128,6 +137,7 @@ impl TokenWriter {
             path: path.to_path_buf(),
             tmp,
             rows: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         })
     }
 
@@ -136,8 +146,20 @@ impl TokenWriter {
     }
 
     pub fn write(&mut self, rows: &[TokenRow]) -> Result<()> {
+        self.write_with_extra(rows, &[])
+    }
+
+    /// Writes rows and, for a writer made with extra columns, one value per row for each of them.
+    pub fn write_with_extra(&mut self, rows: &[TokenRow], extra: &[&[f32]]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
+        }
+        if extra.len() != self.extra.len() || extra.iter().any(|c| c.len() != rows.len()) {
+            return Err(DataError::Usage(format!(
+                "internal: {} extra columns of {} rows expected",
+                self.extra.len(),
+                rows.len()
+            )));
         }
         let wrong = || {
             DataError::Usage(format!(
@@ -145,7 +167,7 @@ impl TokenWriter {
                 self.kind.name()
             ))
         };
-        let columns: Vec<ArrayRef> = match self.kind {
+        let mut columns: Vec<ArrayRef> = match self.kind {
             Kind::Pretrain => {
                 let docs: Option<Vec<&[u32]>> = rows
                     .iter()
@@ -202,6 +224,7 @@ impl TokenWriter {
                 ]
             }
         };
+        columns.extend(extra.iter().map(|c| Arc::new(Float32Array::from(c.to_vec())) as ArrayRef));
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataError::Parquet {
                 path: self.tmp.clone(),
@@ -254,6 +277,8 @@ pub struct TokenFile {
     pub kind: Kind,
     pub metadata: BTreeMap<String, String>,
     pub rows: Vec<TokenRow>,
+    /// Additional f32 columns (e.g. the reference log-probs of a cache), by name, one value per row.
+    pub extra: BTreeMap<String, Vec<f32>>,
 }
 
 impl TokenFile {
@@ -338,6 +363,7 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
         });
     }
     let mut rows = Vec::new();
+    let mut extra: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for batch in builder.build().map_err(pq)? {
         let batch = batch.map_err(|e| DataError::Parquet {
             path: path.into(),
@@ -352,6 +378,11 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
                     msg: format!("missing column `{name}`"),
                 })
         };
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            if let Some(values) = column.as_any().downcast_ref::<Float32Array>() {
+                extra.entry(field.name().clone()).or_default().extend(values.values().iter().copied());
+            }
+        }
         match kind {
             Kind::Pretrain => rows.extend(
                 list_rows(col("input_ids")?.as_ref(), path, "input_ids")?
@@ -410,5 +441,6 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
         kind,
         metadata,
         rows,
+        extra,
     })
 }

@@ -1,12 +1,12 @@
-//! The held-out answer check: greedy-decode each question of a conversations file that carries an
-//! `answer` field and count the replies that contain the answer string (the shipped `sft_eval.jsonl`
+//! The held-out answer check: greedy-decode each question of a file that carries an `answer` field
+//! (conversations, or preference rows whose `prompt` string is the question) and count the replies that contain the answer string (the shipped `sft_eval.jsonl`
 //! asks about facts never seen in SFT, so this measures what SFT made of pretrained knowledge).
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde_json::Value;
-use zerolm_data::chat::Role;
+use zerolm_data::chat::{Message, Role};
 use zerolm_data::formats::{self, Format, Kind, Record};
 use zerolm_data::input::RowReader;
 use zerolm_data::tokenizer::TokenizerDir;
@@ -60,11 +60,17 @@ pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerS
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(bad("field `answer` (a non-empty string) is missing; the answer check needs it".into())),
         };
-        let format = Format::detect(Kind::Sft, value, "text").map_err(bad)?;
-        let mut messages = match formats::normalize(format, value, "text", formats::Template::Chat) {
-            Ok(Record::Chat(m)) => m,
-            Ok(_) => return Err(bad("expected a conversation".into())),
-            Err(formats::Problem::Bad(m) | formats::Problem::Empty(m)) => return Err(bad(m)),
+        let mut messages = match value.get("prompt") {
+            // preference rows (the article's format): the prompt string is the user's question
+            Some(Value::String(q)) => vec![Message::new(Role::User, q.clone())],
+            _ => {
+                let format = Format::detect(Kind::Sft, value, "text").map_err(bad)?;
+                match formats::normalize(format, value, "text", formats::Template::Chat) {
+                    Ok(Record::Chat(m)) => m,
+                    Ok(_) => return Err(bad("expected a conversation".into())),
+                    Err(formats::Problem::Bad(m) | formats::Problem::Empty(m)) => return Err(bad(m)),
+                }
+            }
         };
         while messages.last().is_some_and(|m| m.role == Role::Assistant) {
             messages.pop();

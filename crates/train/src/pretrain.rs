@@ -90,7 +90,7 @@ impl Task for PretrainTask {
 
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
         let (x, y) = self.train.batch(samples, &self.device)?;
-        Ok(BatchLoss { loss: model.loss(&x, &y, None)?, tokens: samples.len() * self.train.seq_len })
+        Ok(BatchLoss { loss: model.loss(&x, &y, None)?, tokens: samples.len() * self.train.seq_len, metrics: Default::default() })
     }
 
     fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError> {
@@ -108,7 +108,7 @@ impl Task for PretrainTask {
             total -= lp.sum_all()?.to_scalar::<f32>()? as f64;
             tokens += chunk.len() * eval.seq_len;
         }
-        Ok((tokens > 0).then(|| EvalResult { loss: total / tokens as f64, tokens, rows: tokens / eval.seq_len }))
+        Ok((tokens > 0).then(|| EvalResult { loss: total / tokens as f64, tokens, rows: tokens / eval.seq_len, perplexity: true, metrics: Default::default() }))
     }
 }
 
@@ -223,7 +223,7 @@ mod tests {
     use std::collections::BTreeMap as Map;
 
     fn file(docs: Vec<Vec<u32>>) -> TokenFile {
-        TokenFile { path: "x".into(), kind: Kind::Pretrain, metadata: Map::new(), rows: docs.into_iter().map(TokenRow::Doc).collect() }
+        TokenFile { path: "x".into(), kind: Kind::Pretrain, metadata: Map::new(), rows: docs.into_iter().map(TokenRow::Doc).collect(), extra: Map::new() }
     }
 
     #[test]

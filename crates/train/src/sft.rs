@@ -100,7 +100,7 @@ impl Task for SftTask<'_> {
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
         let (x, y, w) = self.train.batch(samples, &self.device)?;
         let (loss, tokens) = masked_loss(model, &x, &y, &w)?;
-        Ok(BatchLoss { loss, tokens })
+        Ok(BatchLoss { loss, tokens, metrics: Default::default() })
     }
 
     fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError> {
@@ -117,7 +117,7 @@ impl Task for SftTask<'_> {
             tokens += n;
             rows += chunk.len();
         }
-        Ok((tokens > 0).then(|| EvalResult { loss: nll / tokens as f64, tokens, rows }))
+        Ok((tokens > 0).then(|| EvalResult { loss: nll / tokens as f64, tokens, rows, perplexity: true, metrics: Default::default() }))
     }
 
     fn probe(&self, model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
@@ -279,7 +279,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
 
 /// The answer-check rows at step 0 and at the final step, read back from metrics.jsonl (the step-0 row
 /// may come from before a resume).
-fn probe_scores(outcome: &Outcome, enabled: bool) -> (Option<Score>, Option<Score>) {
+pub fn probe_scores(outcome: &Outcome, enabled: bool) -> (Option<Score>, Option<Score>) {
     if !enabled {
         return (None, None);
     }

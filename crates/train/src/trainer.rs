@@ -22,17 +22,22 @@ use crate::settings::{TrainConfig, RESUMABLE_KEYS};
 use crate::stage;
 use crate::TrainError;
 
-/// A micro-batch's loss (mean over its target tokens) and how many target tokens it covered.
+/// A micro-batch's loss (mean over its target tokens) and how many target tokens it covered, plus
+/// task metrics (averaged over the micro-batches of a step and logged under their own names).
 pub struct BatchLoss {
     pub loss: Tensor,
     pub tokens: usize,
+    pub metrics: BTreeMap<String, f64>,
 }
 
-/// An evaluation result: mean loss over `tokens` target tokens in `rows` rows.
+/// An evaluation result: mean loss over `tokens` target tokens in `rows` rows, and task metrics
+/// (logged with an `eval_` prefix). `perplexity` says whether exp(loss) means anything.
 pub struct EvalResult {
     pub loss: f64,
     pub tokens: usize,
     pub rows: usize,
+    pub perplexity: bool,
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// What a stage trains on.
@@ -196,6 +201,7 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         let mut grads: Option<Grads> = None;
         let mut loss_sum = 0f64;
         let mut step_tokens = 0usize;
+        let mut task_metrics: BTreeMap<String, f64> = BTreeMap::new();
         for _ in 0..cfg.grad_accum {
             if state.cursor.batch_in_epoch == batches_per_epoch {
                 state.cursor.epoch += 1;
@@ -216,6 +222,9 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
             }
             loss_sum += value;
             step_tokens += batch.tokens;
+            for (k, v) in batch.metrics {
+                *task_metrics.entry(k).or_default() += v / cfg.grad_accum as f64;
+            }
             state.cursor.batch_in_epoch += 1;
             state.cursor.micro_batches += 1;
         }
@@ -244,10 +253,14 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
             row.insert("epoch".into(), json!(round(epoch, 4)));
             row.insert("loss".into(), json!(loss));
             row.insert("lr".into(), json!(lr));
+            row.insert("learning_rate".into(), json!(lr));
             row.insert("grad_norm".into(), json!(grad_norm));
             row.insert("tokens".into(), json!(state.tokens_seen));
             row.insert("tokens_per_s".into(), json!(round(tps, 1)));
             row.insert("elapsed_s".into(), json!(round(elapsed, 3)));
+            for (k, v) in &task_metrics {
+                row.insert(k.clone(), json!(v));
+            }
             metrics.write(&row)?;
             display.step(
                 state.step,
@@ -267,16 +280,24 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
                 let mut row = Map::new();
                 row.insert("step".into(), json!(state.step));
                 row.insert("eval_loss".into(), json!(ev.loss));
-                row.insert("eval_ppl".into(), json!(ev.loss.exp()));
+                if ev.perplexity {
+                    row.insert("eval_ppl".into(), json!(ev.loss.exp()));
+                }
+                for (k, v) in &ev.metrics {
+                    row.insert(format!("eval_{k}"), json!(v));
+                }
                 row.insert("eval_tokens".into(), json!(ev.tokens));
                 row.insert("eval_rows".into(), json!(ev.rows));
                 metrics.write(&row)?;
+                let extra: Vec<String> = ev.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 display.println(format!(
-                    "step {}: eval loss {:.4} (ppl {:.2}) on {} tokens",
+                    "step {}: eval loss {:.4}{} on {} tokens{}{}",
                     state.step,
                     ev.loss,
-                    ev.loss.exp(),
-                    ev.tokens
+                    if ev.perplexity { format!(" (ppl {:.2})", ev.loss.exp()) } else { String::new() },
+                    ev.tokens,
+                    if extra.is_empty() { "" } else { "; " },
+                    extra.join(", ")
                 ));
                 last_eval = Some(ev);
             }
