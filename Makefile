@@ -4,7 +4,7 @@ OUT ?= runs
 STEP := OUT=$(OUT) tools/run-shipped.sh
 TOKEN_STEPS := tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval
 
-.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sft sample test bench clean
+.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sft ref dpo sample test bench clean
 all: sample
 
 data:
@@ -22,7 +22,13 @@ pretrain: tok-pretrain tok-pretrain-eval
 sft: pretrain tok-sft tok-sft-eval
 	$(STEP) sft
 
-sample: sft
+ref: sft tok-dpo tok-dpo-eval
+	$(STEP) ref
+
+dpo: ref
+	$(STEP) dpo
+
+sample: dpo
 	$(STEP) sample
 
 test:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job until the pipeline runner lands: train the tokenizer on the shipped corpus, tokenize every
 # shipped split into $OUT/tokens/ (default OUT=runs), pretrain the `tiny` model into $OUT/pretrain/,
-# fine-tune it on the conversations into $OUT/sft/, and sample from both. With step names as arguments
+# fine-tune it on the conversations into $OUT/sft/, cache the SFT model's reference log-probs of the DPO
+# pairs into $OUT/ref/, align it with DPO into $OUT/dpo/, and sample from the models. With step names as arguments
 # it runs only those steps (the Makefile's targets call it that way); with none it runs them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,16 +28,23 @@ step() {
                          --eval-input "$OUT/tokens/sft_eval.parquet" --out "$OUT/sft" \
                          --epochs 2 --batch-size 16 --lr 1e-3 --eval-every 100 --save-every 100 \
                          --answer-check data/sft_eval.jsonl --threads "$THREADS" ;;
+    ref)               $B/ref-logprobs --model "$OUT/sft/model" --input "$OUT/tokens/dpo.parquet" --out "$OUT/ref/dpo.parquet" --threads "$THREADS"
+                       $B/ref-logprobs --model "$OUT/sft/model" --input "$OUT/tokens/dpo_eval.parquet" --out "$OUT/ref/dpo_eval.parquet" --threads "$THREADS" ;;
+    dpo)               $B/dpo --model "$OUT/sft/model" --input "$OUT/tokens/dpo.parquet" --ref-cache "$OUT/ref/dpo.parquet" \
+                         --eval-input "$OUT/tokens/dpo_eval.parquet" --eval-ref-cache "$OUT/ref/dpo_eval.parquet" \
+                         --out "$OUT/dpo" --max-steps 300 --lr 1e-4 --loss sigmoid:1,sft:1 --eval-every 100 --save-every 100 \
+                         --answer-check data/dpo_eval.jsonl --threads "$THREADS" ;;
     sample)            $B/generate --model "$OUT/pretrain/model" --prompt "Elena Moreau lives in" --max-new-tokens 40
                        $B/generate --model "$OUT/pretrain/model" --prompt "陈洋" --max-new-tokens 40
                        [ ! -d "$OUT/sft/model" ] || $B/generate --model "$OUT/sft/model" --chat "Where does Elena Moreau live?"
-                       [ ! -d "$OUT/sft/model" ] || $B/generate --model "$OUT/sft/model" --chat "陈洋最喜欢的颜色是什么？" ;;
-    *) echo "unknown step '$1' (tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft sample)" >&2; exit 1 ;;
+                       [ ! -d "$OUT/sft/model" ] || $B/generate --model "$OUT/sft/model" --chat "陈洋最喜欢的颜色是什么？"
+                       [ ! -d "$OUT/dpo/model" ] || $B/generate --model "$OUT/dpo/model" --chat "Where does Elena Moreau live?" ;;
+    *) echo "unknown step '$1' (tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft ref dpo sample)" >&2; exit 1 ;;
   esac
 }
 
-cargo build --release --bin tokenize --bin pretrain --bin sft --bin generate
+cargo build --release --bin tokenize --bin pretrain --bin sft --bin ref-logprobs --bin dpo --bin generate
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft sample)
+[ ${#steps[@]} -gt 0 ] || steps=(tokenizer tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval pretrain sft ref dpo sample)
 for s in "${steps[@]}"; do step "$s"; done
-echo "done: tokenizer in $OUT/tokenizer, token files in $OUT/tokens/, models in $OUT/pretrain/model and $OUT/sft/model"
+echo "done: tokenizer in $OUT/tokenizer, token files in $OUT/tokens/, models in $OUT/{pretrain,sft,dpo}/model"

@@ -201,7 +201,8 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
                     path: path.display().to_string(),
                     blake3: zerolm_data::fingerprint::file(path)?.0,
                 });
-                reference = format!("cache {} (reference model {})", path.display(), &model_fingerprint[..12.min(model_fingerprint.len())]);
+                let line = format!("cache {} (reference model {})", path.display(), &model_fingerprint[..12.min(model_fingerprint.len())]);
+                reference = if reference.starts_with("cache") { format!("{reference}; {line}") } else { line };
                 (chosen, rejected)
             }
             (None, Some(dir)) => {
