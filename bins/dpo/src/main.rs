@@ -32,8 +32,9 @@ struct Cli {
     /// apo_down, discopop, sigmoid_norm, sft, simpo, orpo — e.g. `sigmoid:1,sft:0.2` (RPO).
     #[arg(long, default_value = "sigmoid")]
     loss: String,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
+    /// β (default 0.1, the article's; 2.0 when the loss is simpo alone, SimPO's scale).
+    #[arg(long)]
+    beta: Option<f64>,
     /// ε of robust / exo_pair.
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
@@ -70,7 +71,18 @@ fn run(cli: Cli) -> Result<()> {
     if loss.0.iter().any(|(k, _)| *k == zerolm_train::preference::LossKind::ExoPair) && e <= 0.0 {
         return Err(TrainError::Config("exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into()).into());
     }
-    let loss_params = LossParams { beta: cli.beta, label_smoothing: e, simpo_gamma: cli.simpo_gamma, orpo_lambda: cli.orpo_lambda, ..Default::default() };
+    let simpo_only = loss.0.iter().all(|(k, _)| *k == zerolm_train::preference::LossKind::Simpo);
+    let beta = cli.beta.unwrap_or(if simpo_only { 2.0 } else { 0.1 });
+    if !(beta > 0.0 && beta.is_finite()) {
+        return Err(TrainError::Config(format!("--beta must be a positive number, got {beta}")).into());
+    }
+    let ignores_smoothing = loss.0.iter().all(|(k, _)| {
+        !matches!(k, zerolm_train::preference::LossKind::Robust | zerolm_train::preference::LossKind::ExoPair)
+    });
+    if e > 0.0 && ignores_smoothing {
+        return Err(TrainError::Config("--label-smoothing applies to robust and exo_pair only; this --loss would ignore it".into()).into());
+    }
+    let loss_params = LossParams { beta, label_smoothing: e, simpo_gamma: cli.simpo_gamma, orpo_lambda: cli.orpo_lambda, ..Default::default() };
     let a = cli.train;
     let report = dpo::run(DpoArgs {
         model,

@@ -60,9 +60,11 @@ impl DpoTask<'_> {
         };
         let loss = preference::batch_loss(&self.spec, &p, &self.params)?;
         let mut metrics = preference::reward_metrics(&p, self.params.beta)?;
-        metrics.insert("logits/chosen".into(), s.mean_logits[..b].iter().sum::<f64>() / b as f64);
-        metrics.insert("logits/rejected".into(), s.mean_logits[b..].iter().sum::<f64>() / b as f64);
-        let tokens = s.lens.sum_all()?.to_scalar::<f32>()? as usize;
+        let lens: Vec<f64> = s.lens.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let group = |r: std::ops::Range<usize>| s.logit_sums[r.clone()].iter().sum::<f64>() / lens[r].iter().sum::<f64>().max(1.0);
+        metrics.insert("logits/chosen".into(), group(0..b));
+        metrics.insert("logits/rejected".into(), group(b..2 * b));
+        let tokens = lens.iter().sum::<f64>() as usize;
         Ok((loss, tokens, metrics))
     }
 }
@@ -177,16 +179,17 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Dpo, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
     let weights = args.model.join("model.safetensors");
+    let policy_fingerprint = ref_logprobs::model_fingerprint(&args.model)?;
     inputs.push(crate::checkpoint::InputFingerprint {
         role: "model".into(),
         path: weights.display().to_string(),
-        blake3: ref_logprobs::model_fingerprint(&args.model)?,
+        blake3: policy_fingerprint.clone(),
     });
 
     let train_pairs = PairSet::new(&train_files, cfg.seq_len, tokenizer.pad_id);
     let eval_pairs = (!eval_files.is_empty()).then(|| PairSet::new(&eval_files, cfg.seq_len, tokenizer.pad_id));
     let needs_ref = args.loss.needs_reference();
-    let mut reference = "none (reference-free loss)".to_string();
+    let mut reference = if needs_ref { "none yet" } else { "none (reference-free loss)" }.to_string();
     let mut ref_model = None;
     let mut resolve = |pairs: PairSet, cache: Option<&PathBuf>, role: &str, inputs: &mut Vec<_>| -> Result<Split, TrainError> {
         if !needs_ref {
@@ -195,17 +198,30 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         let (c, r) = match (cache, &args.ref_model) {
             (Some(path), named) => {
                 let RefCache { chosen, rejected, model_fingerprint } =
-                    ref_logprobs::load_checked(path, &pairs, &tokenizer, named.as_deref())?;
+                    ref_logprobs::load_checked(path, &pairs, &tokenizer, named.as_deref(), role)?;
+                if named.is_none() && model_fingerprint != policy_fingerprint {
+                    eprintln!(
+                        "note: the {role} cache {} was made by another model than --model (usual when the reference is not \
+                         the starting policy); pass --ref-model DIR to have it checked",
+                        path.display()
+                    );
+                }
                 inputs.push(crate::checkpoint::InputFingerprint {
                     role: format!("{role}_ref_cache"),
                     path: path.display().to_string(),
                     blake3: zerolm_data::fingerprint::file(path)?.0,
                 });
-                let line = format!("cache {} (reference model {})", path.display(), &model_fingerprint[..12.min(model_fingerprint.len())]);
-                reference = if reference.starts_with("cache") { format!("{reference}; {line}") } else { line };
+                let line = format!("{role}: cache {} (reference model {})", path.display(), &model_fingerprint[..12.min(model_fingerprint.len())]);
+                reference = if reference.starts_with("none") { line } else { format!("{reference}; {line}") };
                 (chosen, rejected)
             }
             (None, Some(dir)) => {
+                if TokenizerDir::load(dir)?.fingerprint != tokenizer.fingerprint {
+                    return Err(TrainError::Config(format!(
+                        "--ref-model {} was trained with another tokenizer than the policy's",
+                        dir.display()
+                    )));
+                }
                 if ref_model.is_none() {
                     ref_model = Some(zerolm_model::io::load_model_dir(dir, &Device::Cpu)?);
                     inputs.push(crate::checkpoint::InputFingerprint {
@@ -215,7 +231,8 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
                     });
                 }
                 let m = ref_model.as_ref().expect("loaded");
-                reference = format!("computed at start from {}", dir.display());
+                let line = format!("{role}: computed at start from {}", dir.display());
+                reference = if reference.starts_with("none") { line } else { format!("{reference}; {line}") };
                 ref_logprobs::compute(m, &pairs, 0..pairs.pairs.len(), cfg.batch_size, None)?
             }
             (None, None) => {

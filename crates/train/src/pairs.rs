@@ -35,11 +35,11 @@ impl PairSet {
             PairSet { pairs: Vec::new(), max_len, pad_id, skipped_empty: 0, skipped_long_prompt: 0, truncated: 0 };
         for row in files.iter().flat_map(|f| &f.rows) {
             let TokenRow::Dpo { id, prompt_ids, chosen_ids, rejected_ids } = row else { continue };
-            if chosen_ids.is_empty() || rejected_ids.is_empty() {
+            if prompt_ids.is_empty() || chosen_ids.is_empty() || rejected_ids.is_empty() {
                 set.skipped_empty += 1;
                 continue;
             }
-            if prompt_ids.is_empty() || prompt_ids.len() >= max_len {
+            if prompt_ids.len() >= max_len {
                 set.skipped_long_prompt += 1;
                 continue;
             }
@@ -103,11 +103,12 @@ impl PairSet {
 }
 
 /// Per-sequence summed completion log-probs [2B] (tracked when the model's weights are), the
-/// completion lengths, and the mean raw logit over vocabulary × completion tokens per sequence (detached).
+/// completion lengths, and per sequence the sum over completion tokens of the mean raw logit over the
+/// vocabulary (detached; divide a group's total by its tokens for TRL's `logits/*`).
 pub struct SeqLogps {
     pub sums: Tensor,
     pub lens: Tensor,
-    pub mean_logits: Vec<f64>,
+    pub logit_sums: Vec<f64>,
 }
 
 pub fn sequence_logps(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, with_logits: bool) -> Result<SeqLogps, TrainError> {
@@ -118,15 +119,13 @@ pub fn sequence_logps(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, with_lo
         .reshape((rows, len))?;
     let sums = (lp * w)?.sum(1)?;
     let lens = w.sum(1)?;
-    let mean_logits = if with_logits {
+    let logit_sums = if with_logits {
         let per_pos = logits.detach().mean(2)?; // [rows, len]
-        let s: Vec<f64> = (per_pos * w)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
-        let n: Vec<f64> = lens.to_dtype(DType::F64)?.to_vec1()?;
-        s.iter().zip(&n).map(|(a, b)| a / b.max(1.0)).collect()
+        (per_pos * w)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?
     } else {
         Vec::new()
     };
-    Ok(SeqLogps { sums, lens, mean_logits })
+    Ok(SeqLogps { sums, lens, logit_sums })
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ impl LossSpec {
         if out.is_empty() {
             return Err(TrainError::Config("--loss is empty".into()));
         }
+        if let Some((k, w)) = out.iter().find(|(_, w)| !w.is_finite()) {
+            return Err(TrainError::Config(format!("--loss {s}: the weight of {k:?} must be a finite number, got {w}")));
+        }
         Ok(LossSpec(out))
     }
 
@@ -118,9 +121,11 @@ pub struct Pairs {
     pub len_r: Tensor,
 }
 
-/// log σ(x), stably: min(x, 0) − log(1 + e^(−|x|)).
+/// log σ(x), stably: min(x, 0) − log(1 + e^(−|x|)), with min(x, 0) written as (x − |x|)/2 so the
+/// gradient at exactly 0 is σ(0) = ½ (candle's relu′(0) = |·|′(0) = 1 would give 1.5 otherwise; a
+/// policy equal to its reference sits at exactly 0 on the first step).
 pub fn log_sigmoid(x: &Tensor) -> CResult<Tensor> {
-    let min0 = x.neg()?.relu()?.neg()?;
+    let min0 = ((x - x.abs()?)? * 0.5)?;
     min0 - (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
@@ -197,8 +202,9 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             let z = ((cl - rl)? * beta)?;
             let m = sigmoid(&(&z / k.discopop_tau)?)?;
             let logistic = log_sigmoid(&z)?.neg()?;
-            let exp = z.neg()?.exp()?;
-            ((m.affine(-1.0, 1.0)? * logistic)? + (m * exp)?)?
+            // m·e^(−z) as exp(log m − z): no 0·∞ when z is very negative
+            let m_exp = (log_sigmoid(&(&z / k.discopop_tau)?)? - &z)?.exp()?;
+            ((m.affine(-1.0, 1.0)? * logistic)? + m_exp)?
         }
         LossKind::SigmoidNorm => {
             let (cl, rl) = refs()?;
@@ -210,8 +216,9 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
         }
         LossKind::Orpo => {
             // log odds of each completion from its mean token log-prob p̄: log p̄ − log(1 − p̄).
-            let mc = (&p.lc / &p.len_c)?;
-            let mr = (&p.lr / &p.len_r)?;
+            // clamped below 0 so log(1 − e^m) stays finite for a memorised completion (m → 0)
+            let mc = (&p.lc / &p.len_c)?.minimum(-1e-6)?;
+            let mr = (&p.lr / &p.len_r)?.minimum(-1e-6)?;
             let log_odds = |m: &Tensor| -> CResult<Tensor> { m - m.exp()?.affine(-1.0, 1.0)?.log()? };
             let ratio = (log_odds(&mc)? - log_odds(&mr)?)?;
             (log_sigmoid(&ratio)? * -k.orpo_lambda)?
@@ -363,6 +370,28 @@ mod tests {
         assert!(LossSpec::parse("dpo").unwrap_err().to_string().contains("known: sigmoid"));
         assert!(LossSpec::parse("sigmoid:x").is_err());
         assert!(!LossSpec::parse("simpo,sft").unwrap().needs_reference());
+    }
+
+    #[test]
+    fn sigmoid_gradient_at_policy_equals_reference_is_minus_beta_over_2() {
+        let lc = Var::new(&[-3.0f32, -2.0], &Device::Cpu).unwrap();
+        let p = Pairs {
+            lc: lc.as_tensor().clone(),
+            lr: t(&[-5.0, -1.0]),
+            rc: Some(t(&[-3.0, -2.0])),
+            rr: Some(t(&[-5.0, -1.0])),
+            len_c: t(&[4.0, 3.0]),
+            len_r: t(&[5.0, 2.0]),
+        };
+        let loss = batch_loss(&LossSpec::parse("sigmoid").unwrap(), &p, &LossParams::default()).unwrap();
+        let g = vals(loss.backward().unwrap().get(&lc).unwrap());
+        // d/dlc mean(−logσ(βΔ)) = −β·σ(−βΔ)/N = −0.1·0.5/2 at Δ = 0
+        close(&g, &[-0.025, -0.025]);
+        // and a huge negative margin stays finite for discopop
+        let far = pairs(&[-900.0], &[-1.0], &[-1.0], &[-1.0]);
+        let d = vals(&per_pair(LossKind::Discopop, &far, &LossParams { beta: 1.0, ..Default::default() }).unwrap());
+        assert!(d[0].is_finite() || d[0] == f32::INFINITY, "{d:?}");
+        assert!(!d[0].is_nan());
     }
 
     #[test]

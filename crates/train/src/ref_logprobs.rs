@@ -220,9 +220,11 @@ pub fn load_checked(
     pairs: &PairSet,
     tokenizer: &TokenizerDir,
     ref_model: Option<&Path>,
+    role: &str,
 ) -> Result<RefCache, TrainError> {
+    let data_flag = if role == "eval" { "--eval-input" } else { "--input" };
     let file = artifact::read(path, Kind::Dpo)?;
-    let refuse = |m: String| TrainError::Config(format!("reference cache {}: {m}", path.display()));
+    let refuse = |m: String| TrainError::Config(format!("{role} reference cache {}: {m}", path.display()));
     let (Some(c), Some(r)) = (file.extra.get(CHOSEN), file.extra.get(REJECTED)) else {
         return Err(refuse(format!("no `{CHOSEN}`/`{REJECTED}` columns: make it with `ref-logprobs`")));
     };
@@ -237,7 +239,7 @@ pub fn load_checked(
     }
     if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || c.len() != pairs.pairs.len() {
         return Err(refuse(format!(
-            "it was computed for other DPO rows ({} pairs) than --input gives ({} pairs); rerun `ref-logprobs` on this data",
+            "it was computed for other DPO rows ({} pairs) than {data_flag} gives ({} pairs); rerun `ref-logprobs` on that data",
             c.len(),
             pairs.pairs.len()
         )));
