@@ -78,7 +78,7 @@ fn pretrain_learns_exports_and_generates() {
         assert!(train_rows[0].contains_key(key), "metrics row lacks {key}");
     }
     let evals: Vec<_> = rows.iter().filter(|r| r.contains_key("eval_loss")).collect();
-    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![50, 60]);
+    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 50, 60], "eval at the start, every 50 steps and at the end");
     for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "zerolm.json"] {
         assert!(out.join("model").join(f).is_file(), "model/{f} missing");
     }

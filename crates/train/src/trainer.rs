@@ -183,8 +183,12 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
     let mut metrics = MetricsLog::open(&metrics_path, resumed_from)?;
     let display = Display::new(spec.stage, total, state.step, spec.progress);
     if resumed_from.is_none() {
-        let probe_model = Model::new(cfg.model.clone(), params.detached())?;
-        if let Some(row) = task.probe(&probe_model)? {
+        // Where the curves start: the eval split and the probe on the initial weights (step 0).
+        let start_model = Model::new(cfg.model.clone(), params.detached())?;
+        if let Some(ev) = task.evaluate(&start_model, cfg.batch_size, cfg.eval_batches)? {
+            log_eval(&mut metrics, &display, 0, &ev)?;
+        }
+        if let Some(row) = task.probe(&start_model)? {
             log_probe(&mut metrics, &display, 0, row)?;
         }
     }
@@ -277,28 +281,7 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         if is_last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
             let eval_model = Model::new(cfg.model.clone(), params.detached())?;
             if let Some(ev) = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)? {
-                let mut row = Map::new();
-                row.insert("step".into(), json!(state.step));
-                row.insert("eval_loss".into(), json!(ev.loss));
-                if ev.perplexity {
-                    row.insert("eval_ppl".into(), json!(ev.loss.exp()));
-                }
-                for (k, v) in &ev.metrics {
-                    row.insert(format!("eval_{k}"), json!(v));
-                }
-                row.insert("eval_tokens".into(), json!(ev.tokens));
-                row.insert("eval_rows".into(), json!(ev.rows));
-                metrics.write(&row)?;
-                let extra: Vec<String> = ev.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                display.println(format!(
-                    "step {}: eval loss {:.4}{} on {} tokens{}{}",
-                    state.step,
-                    ev.loss,
-                    if ev.perplexity { format!(" (ppl {:.2})", ev.loss.exp()) } else { String::new() },
-                    ev.tokens,
-                    if extra.is_empty() { "" } else { "; " },
-                    extra.join(", ")
-                ));
+                log_eval(&mut metrics, &display, state.step, &ev)?;
                 last_eval = Some(ev);
             }
         }
@@ -332,6 +315,32 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
         metrics_path,
     })
+}
+
+/// Writes an eval row (`eval_`-prefixed keys) and shows it.
+fn log_eval(metrics: &mut MetricsLog, display: &Display, step: usize, ev: &EvalResult) -> Result<(), TrainError> {
+    let mut row = Map::new();
+    row.insert("step".into(), json!(step));
+    row.insert("eval_loss".into(), json!(ev.loss));
+    if ev.perplexity {
+        row.insert("eval_ppl".into(), json!(ev.loss.exp()));
+    }
+    for (k, v) in &ev.metrics {
+        row.insert(format!("eval_{k}"), json!(v));
+    }
+    row.insert("eval_tokens".into(), json!(ev.tokens));
+    row.insert("eval_rows".into(), json!(ev.rows));
+    metrics.write(&row)?;
+    let extra: Vec<String> = ev.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    display.println(format!(
+        "step {step}: eval loss {:.4}{} on {} tokens{}{}",
+        ev.loss,
+        if ev.perplexity { format!(" (ppl {:.2})", ev.loss.exp()) } else { String::new() },
+        ev.tokens,
+        if extra.is_empty() { "" } else { "; " },
+        extra.join(", ")
+    ));
+    Ok(())
 }
 
 /// Writes a probe row: `step` plus the task's keys, each prefixed `probe_`.
