@@ -154,24 +154,9 @@ pub fn dpo_defaults(model: zerolm_model::ModelConfig) -> TrainConfig {
 }
 
 pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
-    let model_cfg = zerolm_model::io::read_config(&args.model)?;
-    if args.cfg.model != model_cfg {
-        return Err(TrainError::Config(format!(
-            "the model's shape comes from {}/config.json; `model.*` settings cannot change it",
-            args.model.display()
-        )));
-    }
+    stage::check_start_shape(&args.model, &args.cfg)?;
     let cfg = args.cfg;
-    cfg.validate()?;
-    let tokenizer_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
-    let tokenizer = TokenizerDir::load(&tokenizer_dir)?;
-    if TokenizerDir::load(&args.model)?.fingerprint != tokenizer.fingerprint {
-        return Err(TrainError::Config(format!(
-            "{} was trained with another tokenizer than {}",
-            args.model.display(),
-            tokenizer_dir.display()
-        )));
-    }
+    let (tokenizer, _) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
         return Err(TrainError::Config("no --input DPO token file given (make one with `tokenize dpo`)".into()));
     }
@@ -179,12 +164,9 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Dpo, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
     let weights = args.model.join("model.safetensors");
-    let policy_fingerprint = ref_logprobs::model_fingerprint(&args.model)?;
-    inputs.push(crate::checkpoint::InputFingerprint {
-        role: "model".into(),
-        path: weights.display().to_string(),
-        blake3: policy_fingerprint.clone(),
-    });
+    let start = stage::start_weights(&args.model)?;
+    let policy_fingerprint = start.blake3.clone();
+    inputs.push(start);
 
     let train_pairs = PairSet::new(&train_files, cfg.seq_len, tokenizer.pad_id);
     let eval_pairs = (!eval_files.is_empty()).then(|| PairSet::new(&eval_files, cfg.seq_len, tokenizer.pad_id));
@@ -216,12 +198,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
                 (chosen, rejected)
             }
             (None, Some(dir)) => {
-                if TokenizerDir::load(dir)?.fingerprint != tokenizer.fingerprint {
-                    return Err(TrainError::Config(format!(
-                        "--ref-model {} was trained with another tokenizer than the policy's",
-                        dir.display()
-                    )));
-                }
+                stage::start_tokenizer(dir, Some(&tokenizer.dir))?;
                 if ref_model.is_none() {
                     ref_model = Some(zerolm_model::io::load_model_dir(dir, &Device::Cpu)?);
                     inputs.push(crate::checkpoint::InputFingerprint {

@@ -83,15 +83,7 @@ pub fn compute(
 
 pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     let started = std::time::Instant::now();
-    let tokenizer_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
-    let tokenizer = TokenizerDir::load(&tokenizer_dir)?;
-    if TokenizerDir::load(&args.model)?.fingerprint != tokenizer.fingerprint {
-        return Err(TrainError::Config(format!(
-            "{} was trained with another tokenizer than {}",
-            args.model.display(),
-            tokenizer_dir.display()
-        )));
-    }
+    let (tokenizer, _) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
         return Err(TrainError::Config("no --input DPO token file given (make one with `tokenize dpo`)".into()));
     }

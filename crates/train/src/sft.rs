@@ -176,32 +176,9 @@ pub fn sft_defaults(model: zerolm_model::ModelConfig) -> TrainConfig {
 }
 
 pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
-    let model_cfg = zerolm_model::io::read_config(&args.model)?;
-    if args.cfg.model != model_cfg {
-        return Err(TrainError::Config(format!(
-            "the model's shape comes from {}/config.json; `model.*` settings cannot change it",
-            args.model.display()
-        )));
-    }
+    stage::check_start_shape(&args.model, &args.cfg)?;
     let cfg = args.cfg;
-    cfg.validate()?;
-    let tokenizer_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
-    let tokenizer = TokenizerDir::load(&tokenizer_dir)?;
-    let model_tok = TokenizerDir::load(&args.model)?;
-    if model_tok.fingerprint != tokenizer.fingerprint {
-        return Err(TrainError::Config(format!(
-            "{} was trained with another tokenizer than {}; use the tokenizer the model was trained with",
-            args.model.display(),
-            tokenizer_dir.display()
-        )));
-    }
-    if tokenizer.vocab_size() > cfg.model.vocab_size {
-        return Err(TrainError::Config(format!(
-            "the tokenizer has {} tokens but the model's vocab_size is {}",
-            tokenizer.vocab_size(),
-            cfg.model.vocab_size
-        )));
-    }
+    let (tokenizer, tokenizer_dir) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
         return Err(TrainError::Config("no --input token file given (make one with `tokenize sft`)".into()));
     }
@@ -209,12 +186,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Sft, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
     let weights_path = args.model.join("model.safetensors");
-    let (weights_hash, _) = zerolm_data::fingerprint::file(&weights_path)?;
-    inputs.push(crate::checkpoint::InputFingerprint {
-        role: "model".into(),
-        path: weights_path.display().to_string(),
-        blake3: weights_hash,
-    });
+    inputs.push(stage::start_weights(&args.model)?);
 
     let train = Examples::new(train_files.into_iter().flat_map(|f| f.rows), cfg.seq_len, tokenizer.pad_id);
     let eval = (!eval_files.is_empty())

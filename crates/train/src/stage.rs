@@ -113,3 +113,43 @@ pub fn train_and_export(
     export_model_dir(&dir, &spec.cfg.model, &outcome.params, tokenizer, &prov)?;
     Ok((outcome, dir))
 }
+
+/// The tokenizer of a stage that starts from a model directory: `--tokenizer` or, by default, the
+/// model's own; refused unless it is the model's (and its vocabulary fits the model's).
+pub fn start_tokenizer(model: &Path, tokenizer: Option<&Path>) -> Result<(TokenizerDir, PathBuf), TrainError> {
+    let dir = tokenizer.unwrap_or(model).to_path_buf();
+    let tok = TokenizerDir::load(&dir)?;
+    if TokenizerDir::load(model)?.fingerprint != tok.fingerprint {
+        return Err(TrainError::Config(format!(
+            "{} was trained with another tokenizer than {}; use the tokenizer the model was trained with",
+            model.display(),
+            dir.display()
+        )));
+    }
+    let vocab = zerolm_model::io::read_config(model)?.vocab_size;
+    if tok.vocab_size() > vocab {
+        return Err(TrainError::Config(format!(
+            "the tokenizer has {} tokens but {}'s vocab_size is {vocab}",
+            tok.vocab_size(),
+            model.display()
+        )));
+    }
+    Ok((tok, dir))
+}
+
+/// Checks that the settings keep the starting model's shape (it comes from `model/config.json`).
+pub fn check_start_shape(model: &Path, cfg: &crate::TrainConfig) -> Result<(), TrainError> {
+    if cfg.model != zerolm_model::io::read_config(model)? {
+        return Err(TrainError::Config(format!(
+            "the model's shape comes from {}/config.json; `model.*` settings cannot change it",
+            model.display()
+        )));
+    }
+    cfg.validate()
+}
+
+/// The starting model's weights as a run input (its blake3 joins the resume identity).
+pub fn start_weights(model: &Path) -> Result<InputFingerprint, TrainError> {
+    let path = model.join("model.safetensors");
+    Ok(InputFingerprint { role: "model".into(), blake3: fingerprint::file(&path)?.0, path: path.display().to_string() })
+}
