@@ -185,3 +185,35 @@ fn empty_completions_and_long_prompts_are_counted_skips() {
     let logps = &cache.extra["ref_chosen_logps"];
     assert!(logps.iter().all(|v| v.is_finite() && *v < 0.0), "{logps:?}");
 }
+
+#[test]
+fn a_killed_dpo_run_resumes_to_bit_identical_weights() {
+    let s = setup("resume");
+    let args = |out: &str| with(base(&s, out, 200), &["--ref-cache", &path(&s.cache), "--save-every", "10"]);
+    let r = dpo(&args("straight"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let killed = s.dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo")).args(args("killed")).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let complete = || {
+        std::fs::read_dir(killed.join("checkpoints"))
+            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".tmp") && e.path().join("trainer_state.json").is_file()))
+            .unwrap_or(false)
+    };
+    while !complete() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("model").exists(), "the run finished before the kill; the test would prove nothing");
+    let r = dpo(&args("killed"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
+    let a = std::fs::read(s.dir.join("straight/model/model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("model/model.safetensors")).unwrap();
+    assert!(a == b, "resumed DPO weights differ from the uninterrupted run's");
+    let mut other = args("killed");
+    other.extend(["--beta".into(), "0.2".into()]);
+    assert_user_error(&dpo(&other), "settings differ");
+}
