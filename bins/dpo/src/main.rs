@@ -44,13 +44,8 @@ struct Cli {
     /// λ of orpo.
     #[arg(long, default_value_t = 0.1)]
     orpo_lambda: f64,
-    /// File with an `answer` per row (e.g. data/dpo_eval.jsonl): greedy answer accuracy before and after.
-    #[arg(long)]
-    answer_check: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    answer_max: usize,
-    #[arg(long, default_value_t = 48)]
-    answer_max_new_tokens: usize,
+    #[command(flatten)]
+    answers: zerolm_train::cli::AnswerCheckArgs,
     #[arg(long)]
     no_progress: bool,
 }
@@ -96,21 +91,16 @@ fn run(cli: Cli) -> Result<()> {
         cfg,
         loss,
         loss_params,
-        answer_check: cli.answer_check,
-        answer_max: cli.answer_max,
-        answer_max_new_tokens: cli.answer_max_new_tokens,
+        answers: cli.answers,
         threads,
         no_resume: a.no_resume,
         progress: !cli.no_progress,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     })?;
     let o = &report.outcome;
-    let score = |s: &Option<zerolm_train::answers::Score>| {
-        s.as_ref().map_or("-".into(), |s| format!("{:.1}% ({}/{})", 100.0 * s.accuracy(), s.correct, s.total))
-    };
     let acc = o.eval.as_ref().and_then(|e| e.metrics.get("rewards/accuracies").copied());
     eprintln!(
-        "dpo: {} steps on {} pairs in {:.1}s{}; train loss {}; eval loss {}, eval rewards/accuracies {}; held-out answers {} → {}; model → {}",
+        "dpo: {} steps on {} pairs in {:.1}s{}; train loss {}; eval loss {}, eval rewards/accuracies {}; held-out answers {}; model → {}",
         o.step,
         report.pairs,
         o.elapsed_s,
@@ -118,8 +108,7 @@ fn run(cli: Cli) -> Result<()> {
         o.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
         o.eval.as_ref().map_or("-".into(), |e| format!("{:.4}", e.loss)),
         acc.map_or("-".into(), |a| format!("{a:.3}")),
-        score(&report.answers_before),
-        score(&report.answers_after),
+        zerolm_train::answers::before_after(&report.answers_before, &report.answers_after),
         report.model_dir.display()
     );
     Ok(())

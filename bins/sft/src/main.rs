@@ -1,7 +1,6 @@
 //! `sft`: supervised fine-tuning of a model directory on `tokenize sft` conversations; resumes from its
 //! newest checkpoint. All logic lives in `zerolm-train`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -18,16 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     train: TrainArgs,
-    /// Conversations with an `answer` field (e.g. data/sft_eval.jsonl): greedy-decode each question before
-    /// and after training and report how many replies contain the answer.
-    #[arg(long)]
-    answer_check: Option<PathBuf>,
-    /// Questions used by the answer check (0 = all).
-    #[arg(long, default_value_t = 0)]
-    answer_max: usize,
-    /// Reply length limit for the answer check.
-    #[arg(long, default_value_t = 48)]
-    answer_max_new_tokens: usize,
+    #[command(flatten)]
+    answers: zerolm_train::cli::AnswerCheckArgs,
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -49,28 +40,22 @@ fn run(cli: Cli) -> Result<()> {
         tokenizer: a.tokenizer,
         out: a.out,
         cfg,
-        answer_check: cli.answer_check,
-        answer_max: cli.answer_max,
-        answer_max_new_tokens: cli.answer_max_new_tokens,
+        answers: cli.answers,
         threads,
         no_resume: a.no_resume,
         progress: !cli.no_progress,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     })?;
     let o = &report.outcome;
-    let score = |s: &Option<zerolm_train::answers::Score>| {
-        s.as_ref().map_or("-".into(), |s| format!("{:.1}% ({}/{})", 100.0 * s.accuracy(), s.correct, s.total))
-    };
     eprintln!(
-        "sft: {} steps ({} supervised tokens) in {:.1}s{}; train loss {}; eval loss {}; held-out answers {} → {}; model → {}",
+        "sft: {} steps ({} supervised tokens) in {:.1}s{}; train loss {}; eval loss {}; held-out answers {}; model → {}",
         o.step,
         o.tokens_seen,
         o.elapsed_s,
         o.resumed_from.map_or(String::new(), |s| format!(", resumed from step {s}")),
         o.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
         o.eval.as_ref().map_or("-".into(), |e| format!("{:.4}", e.loss)),
-        score(&report.answers_before),
-        score(&report.answers_after),
+        zerolm_train::answers::before_after(&report.answers_before, &report.answers_after),
         report.model_dir.display()
     );
     Ok(())

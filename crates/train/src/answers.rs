@@ -34,6 +34,26 @@ pub struct Score {
     pub total: usize,
 }
 
+impl std::fmt::Display for Score {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}% ({}/{})", 100.0 * self.accuracy(), self.correct, self.total)
+    }
+}
+
+/// "before → after" for a run's last line ("-" where a score is missing).
+pub fn before_after(before: &Option<Score>, after: &Option<Score>) -> String {
+    let show = |s: &Option<Score>| s.as_ref().map_or("-".to_string(), Score::to_string);
+    format!("{} → {}", show(before), show(after))
+}
+
+/// Loads the questions `args` names, if any.
+pub fn load_for(args: &crate::cli::AnswerCheckArgs, tokenizer: &TokenizerDir) -> Result<Option<AnswerSet>, TrainError> {
+    match &args.answer_check {
+        Some(p) => Ok(Some(load(p, tokenizer, args.answer_max)?)),
+        None => Ok(None),
+    }
+}
+
 impl Score {
     pub fn accuracy(&self) -> f64 {
         if self.total == 0 {

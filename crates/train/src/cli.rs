@@ -65,6 +65,22 @@ pub struct TrainArgs {
     pub no_resume: bool,
 }
 
+/// The held-out answer check's flags (`sft`, `dpo`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AnswerCheckArgs {
+    /// File with an `answer` per row — conversations (e.g. data/sft_eval.jsonl) or preference rows whose
+    /// `prompt` is the question (e.g. data/dpo_eval.jsonl): greedy-decode each question before and after
+    /// training and count the replies that contain the answer.
+    #[arg(long)]
+    pub answer_check: Option<PathBuf>,
+    /// Questions used by the answer check (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub answer_max: usize,
+    /// Reply length limit for the answer check.
+    #[arg(long, default_value_t = 48)]
+    pub answer_max_new_tokens: usize,
+}
+
 impl TrainArgs {
     /// The resolved settings, and whether the user set `model.vocab_size` explicitly.
     pub fn resolve(

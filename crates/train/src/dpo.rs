@@ -126,9 +126,7 @@ pub struct DpoArgs {
     pub cfg: TrainConfig,
     pub loss: LossSpec,
     pub loss_params: LossParams,
-    pub answer_check: Option<PathBuf>,
-    pub answer_max: usize,
-    pub answer_max_new_tokens: usize,
+    pub answers: crate::cli::AnswerCheckArgs,
     pub threads: usize,
     pub no_resume: bool,
     pub progress: bool,
@@ -228,10 +226,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     };
     drop(resolve);
     drop(ref_model); // the reference model is not needed during training
-    let answer_set = match &args.answer_check {
-        Some(p) => Some(answers::load(p, &tokenizer, args.answer_max)?),
-        None => None,
-    };
+    let answer_set = answers::load_for(&args.answers, &tokenizer)?;
     let total = trainer::total_steps(&cfg, train.pairs.pairs.len())?;
     let pairs = train.pairs.pairs.len();
     eprintln!(
@@ -268,7 +263,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         eval,
         spec: args.loss.clone(),
         params: args.loss_params.clone(),
-        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answer_max_new_tokens)),
+        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
         device: Device::Cpu,
     };
     // The loss and its constants are part of the run's identity (a resume with other ones is refused).

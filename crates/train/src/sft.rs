@@ -140,10 +140,7 @@ pub struct SftArgs {
     pub tokenizer: Option<PathBuf>,
     pub out: PathBuf,
     pub cfg: TrainConfig,
-    /// Conversations with an `answer` field for the held-out answer check (before and after training).
-    pub answer_check: Option<PathBuf>,
-    pub answer_max: usize,
-    pub answer_max_new_tokens: usize,
+    pub answers: crate::cli::AnswerCheckArgs,
     pub threads: usize,
     pub no_resume: bool,
     pub progress: bool,
@@ -191,10 +188,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let train = Examples::new(train_files.into_iter().flat_map(|f| f.rows), cfg.seq_len, tokenizer.pad_id);
     let eval = (!eval_files.is_empty())
         .then(|| Examples::new(eval_files.into_iter().flat_map(|f| f.rows), cfg.seq_len, tokenizer.pad_id));
-    let answer_set = match &args.answer_check {
-        Some(p) => Some(answers::load(p, &tokenizer, args.answer_max)?),
-        None => None,
-    };
+    let answer_set = answers::load_for(&args.answers, &tokenizer)?;
     let total = trainer::total_steps(&cfg, train.rows.len())?;
     eprintln!(
         "sft: {} conversations ({} supervised tokens; {} truncated to {} tokens, {} without a supervised token \
@@ -216,7 +210,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
             "tokenizer": tokenizer_dir.display().to_string(),
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "inputs": inputs,
-            "answer_check": args.answer_check.as_ref().map(|p| p.display().to_string()),
+            "answer_check": args.answers.answer_check.as_ref().map(|p| p.display().to_string()),
             "total_steps": total,
             "config": serde_json::to_value(&cfg).expect("config serialises"),
         });
@@ -230,7 +224,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let task = SftTask {
         train,
         eval,
-        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answer_max_new_tokens)),
+        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
         device: Device::Cpu,
     };
     let spec = RunSpec {
