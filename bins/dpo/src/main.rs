@@ -15,7 +15,10 @@ use zerolm_train::TrainError;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(about = "Align a zerolm model with DPO and the TRL preference-loss family", version)]
+#[command(
+    about = "Align a zerolm model with DPO and the TRL preference-loss family",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     train: TrainArgs,
@@ -52,32 +55,65 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let model = cli.train.model.clone().ok_or_else(|| TrainError::Config("--model DIR (the policy to start from) is required".into()))?;
+    let model = cli.train.model.clone().ok_or_else(|| {
+        TrainError::Config("--model DIR (the policy to start from) is required".into())
+    })?;
     let model_cfg = zerolm_model::io::read_config(&model)?;
     let (cfg, _) = cli.train.resolve(|preset| match preset {
-        Some(_) => Err(TrainError::Config("dpo takes its model from --model; --preset is for pretrain".into())),
+        Some(_) => Err(TrainError::Config(
+            "dpo takes its model from --model; --preset is for pretrain".into(),
+        )),
         None => Ok(dpo::dpo_defaults(model_cfg.clone())),
     })?;
     let loss = LossSpec::parse(&cli.loss)?;
     let e = cli.label_smoothing;
     if !(0.0..0.5).contains(&e) {
-        return Err(TrainError::Config(format!("--label-smoothing must be in [0, 0.5), got {e}")).into());
+        return Err(
+            TrainError::Config(format!("--label-smoothing must be in [0, 0.5), got {e}")).into(),
+        );
     }
-    if loss.0.iter().any(|(k, _)| *k == zerolm_train::preference::LossKind::ExoPair) && e <= 0.0 {
-        return Err(TrainError::Config("exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into()).into());
+    if loss
+        .0
+        .iter()
+        .any(|(k, _)| *k == zerolm_train::preference::LossKind::ExoPair)
+        && e <= 0.0
+    {
+        return Err(TrainError::Config(
+            "exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into(),
+        )
+        .into());
     }
-    let simpo_only = loss.0.iter().all(|(k, _)| *k == zerolm_train::preference::LossKind::Simpo);
+    let simpo_only = loss
+        .0
+        .iter()
+        .all(|(k, _)| *k == zerolm_train::preference::LossKind::Simpo);
     let beta = cli.beta.unwrap_or(if simpo_only { 2.0 } else { 0.1 });
     if !(beta > 0.0 && beta.is_finite()) {
-        return Err(TrainError::Config(format!("--beta must be a positive number, got {beta}")).into());
+        return Err(
+            TrainError::Config(format!("--beta must be a positive number, got {beta}")).into(),
+        );
     }
     let ignores_smoothing = loss.0.iter().all(|(k, _)| {
-        !matches!(k, zerolm_train::preference::LossKind::Robust | zerolm_train::preference::LossKind::ExoPair)
+        !matches!(
+            k,
+            zerolm_train::preference::LossKind::Robust
+                | zerolm_train::preference::LossKind::ExoPair
+        )
     });
     if e > 0.0 && ignores_smoothing {
-        return Err(TrainError::Config("--label-smoothing applies to robust and exo_pair only; this --loss would ignore it".into()).into());
+        return Err(TrainError::Config(
+            "--label-smoothing applies to robust and exo_pair only; this --loss would ignore it"
+                .into(),
+        )
+        .into());
     }
-    let loss_params = LossParams { beta, label_smoothing: e, simpo_gamma: cli.simpo_gamma, orpo_lambda: cli.orpo_lambda, ..Default::default() };
+    let loss_params = LossParams {
+        beta,
+        label_smoothing: e,
+        simpo_gamma: cli.simpo_gamma,
+        orpo_lambda: cli.orpo_lambda,
+        ..Default::default()
+    };
     let a = cli.train;
     let report = dpo::run(DpoArgs {
         model,
@@ -98,7 +134,10 @@ fn run(cli: Cli) -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     })?;
     let o = &report.outcome;
-    let acc = o.eval.as_ref().and_then(|e| e.metrics.get("rewards/accuracies").copied());
+    let acc = o
+        .eval
+        .as_ref()
+        .and_then(|e| e.metrics.get("rewards/accuracies").copied());
     eprintln!(
         "dpo: {} steps on {} pairs in {:.1}s{}; train loss {}; eval loss {}, eval rewards/accuracies {}; held-out answers {}; model → {}",
         o.step,

@@ -43,13 +43,34 @@ fn setup(name: &str) -> Setup {
         let mut cfg = ModelConfig::preset("micro").unwrap();
         cfg.vocab_size = tok.vocab_size();
         let out = dir.join(name);
-        let prov = Provenance { stage: "test", step: 0, tokenizer_fingerprint: &tok.fingerprint, inputs: &[], config: &serde_json::json!({}) };
-        export_model_dir(&out, &cfg, &init_parameters(&cfg, seed, &Device::Cpu).unwrap(), &tok, &prov).unwrap();
+        let prov = Provenance {
+            stage: "test",
+            step: 0,
+            tokenizer_fingerprint: &tok.fingerprint,
+            inputs: &[],
+            config: &serde_json::json!({}),
+        };
+        export_model_dir(
+            &out,
+            &cfg,
+            &init_parameters(&cfg, seed, &Device::Cpu).unwrap(),
+            &tok,
+            &prov,
+        )
+        .unwrap();
         out
     };
     let enc = |input: &str| {
         let out = dir.join(input.replace(".jsonl", ".parquet"));
-        encode::run(&tok, &[root().join("data").join(input)], &out, &EncodeConfig::new(Kind::Dpo), &["t".into()], &mut ()).unwrap();
+        encode::run(
+            &tok,
+            &[root().join("data").join(input)],
+            &out,
+            &EncodeConfig::new(Kind::Dpo),
+            &["t".into()],
+            &mut (),
+        )
+        .unwrap();
         out
     };
     let (model, other_model) = (export(1, "model"), export(2, "other"));
@@ -58,7 +79,15 @@ fn setup(name: &str) -> Setup {
     let eval_cache = dir.join("ref_eval.parquet");
     ref_cache(&model, &train, &cache, 256);
     ref_cache(&model, &eval, &eval_cache, 256);
-    Setup { dir, model, other_model, train, eval, cache, eval_cache }
+    Setup {
+        dir,
+        model,
+        other_model,
+        train,
+        eval,
+        cache,
+        eval_cache,
+    }
 }
 
 fn ref_cache(model: &Path, input: &Path, out: &Path, max_len: usize) -> ref_logprobs::RefReport {
@@ -82,17 +111,44 @@ struct Run {
 }
 
 fn dpo(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpo")).args(args).output().unwrap();
-    Run { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    let out = Command::new(env!("CARGO_BIN_EXE_dpo"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn base(s: &Setup, out: &str, steps: usize) -> Vec<String> {
-    let mut a: Vec<String> = ["--threads", "1", "--batch-size", "4", "--max-len", "256", "--lr", "0.001", "--no-progress"]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-    a.extend(["--max-steps".into(), steps.to_string(), "--set".into(), "log_every=1".into(), "--set".into(), "eval_batches=4".into()]);
-    for (flag, p) in [("--model", &s.model), ("--input", &s.train), ("--out", &s.dir.join(out))] {
+    let mut a: Vec<String> = [
+        "--threads",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "256",
+        "--lr",
+        "0.001",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    a.extend([
+        "--max-steps".into(),
+        steps.to_string(),
+        "--set".into(),
+        "log_every=1".into(),
+        "--set".into(),
+        "eval_batches=4".into(),
+    ]);
+    for (flag, p) in [
+        ("--model", &s.model),
+        ("--input", &s.train),
+        ("--out", &s.dir.join(out)),
+    ] {
         a.extend([flag.to_string(), p.display().to_string()]);
     }
     a
@@ -109,48 +165,104 @@ fn path(p: &Path) -> String {
 
 fn assert_user_error(r: &Run, needle: &str) {
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains(needle), "expected `{needle}` in: {}", r.stderr);
+    assert!(
+        r.stderr.contains(needle),
+        "expected `{needle}` in: {}",
+        r.stderr
+    );
 }
 
 #[test]
 fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
     let s = setup("flow");
-    let args = with(base(&s, "run", 12), &["--ref-cache", &path(&s.cache), "--eval-input", &path(&s.eval), "--eval-ref-cache", &path(&s.eval_cache)]);
+    let args = with(
+        base(&s, "run", 12),
+        &[
+            "--ref-cache",
+            &path(&s.cache),
+            "--eval-input",
+            &path(&s.eval),
+            "--eval-ref-cache",
+            &path(&s.eval_cache),
+        ],
+    );
     let r = dpo(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rows = zerolm_train::metrics::read_rows(&s.dir.join("run/metrics.jsonl"));
     let first = rows.iter().find(|r| r.contains_key("loss")).unwrap();
     let loss = first["loss"].as_f64().unwrap();
-    assert!((loss - 2f64.ln()).abs() < 1e-5, "first loss {loss}, expected ln 2");
-    for key in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm", "learning_rate"] {
+    assert!(
+        (loss - 2f64.ln()).abs() < 1e-5,
+        "first loss {loss}, expected ln 2"
+    );
+    for key in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "grad_norm",
+        "learning_rate",
+    ] {
         assert!(first.contains_key(key), "train row lacks {key}: {first:?}");
     }
     let eval = rows.iter().find(|r| r.contains_key("eval_loss")).unwrap();
-    for key in ["eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logits/rejected"] {
+    for key in [
+        "eval_rewards/accuracies",
+        "eval_rewards/margins",
+        "eval_logps/chosen",
+        "eval_logits/rejected",
+    ] {
         assert!(eval.contains_key(key), "eval row lacks {key}: {eval:?}");
     }
-    assert!(first["rewards/chosen"].as_f64().unwrap().abs() < 1e-6, "policy = reference at step 1: rewards ≈ 0");
+    assert!(
+        first["rewards/chosen"].as_f64().unwrap().abs() < 1e-6,
+        "policy = reference at step 1: rewards ≈ 0"
+    );
     assert!(s.dir.join("run/model/model.safetensors").is_file());
 
     // Reference computed at start from --ref-model (no cache): the same first loss.
-    let r = dpo(&with(base(&s, "onthefly", 2), &["--ref-model", &path(&s.model)]));
+    let r = dpo(&with(
+        base(&s, "onthefly", 2),
+        &["--ref-model", &path(&s.model)],
+    ));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rows = zerolm_train::metrics::read_rows(&s.dir.join("onthefly/metrics.jsonl"));
     assert!((rows[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-5);
 
     // Refusals: cache from another reference model, from other data, with another --max-len; no reference.
-    let other = dpo(&with(base(&s, "x1", 2), &["--ref-cache", &path(&s.cache), "--ref-model", &path(&s.other_model)]));
+    let other = dpo(&with(
+        base(&s, "x1", 2),
+        &[
+            "--ref-cache",
+            &path(&s.cache),
+            "--ref-model",
+            &path(&s.other_model),
+        ],
+    ));
     assert_user_error(&other, "computed with reference model");
-    let wrong_data = dpo(&with(base(&s, "x2", 2), &["--ref-cache", &path(&s.eval_cache)]));
+    let wrong_data = dpo(&with(
+        base(&s, "x2", 2),
+        &["--ref-cache", &path(&s.eval_cache)],
+    ));
     assert_user_error(&wrong_data, "other DPO rows");
     let mut short = with(base(&s, "x3", 2), &["--ref-cache", &path(&s.cache)]);
     let at = short.iter().position(|a| a == "--max-len").unwrap() + 1;
     short[at] = "128".into();
     assert_user_error(&dpo(&short), "--max-len 256, this run uses 128");
     assert_user_error(&dpo(&base(&s, "x4", 2)), "needs reference log-probs");
-    assert_user_error(&dpo(&with(base(&s, "x5", 2), &["--loss", "dpo"])), "unknown loss `dpo`");
+    assert_user_error(
+        &dpo(&with(base(&s, "x5", 2), &["--loss", "dpo"])),
+        "unknown loss `dpo`",
+    );
     // Reference-free losses need no cache.
-    let simpo = dpo(&with(base(&s, "simpo", 2), &["--loss", "simpo", "--beta", "2"]));
+    let simpo = dpo(&with(
+        base(&s, "simpo", 2),
+        &["--loss", "simpo", "--beta", "2"],
+    ));
     assert_eq!(simpo.code, 0, "{}", simpo.stderr);
 }
 
@@ -163,23 +275,62 @@ fn empty_completions_and_long_prompts_are_counted_skips() {
     let mut cfg = ModelConfig::preset("micro").unwrap();
     cfg.vocab_size = tok.vocab_size();
     let model = dir.join("model");
-    let prov = Provenance { stage: "test", step: 0, tokenizer_fingerprint: &tok.fingerprint, inputs: &[], config: &serde_json::json!({}) };
-    export_model_dir(&model, &cfg, &init_parameters(&cfg, 1, &Device::Cpu).unwrap(), &tok, &prov).unwrap();
-    let row = |id: &str, p: Vec<u32>, c: Vec<u32>, r: Vec<u32>| TokenRow::Dpo { id: id.into(), prompt_ids: p, chosen_ids: c, rejected_ids: r };
+    let prov = Provenance {
+        stage: "test",
+        step: 0,
+        tokenizer_fingerprint: &tok.fingerprint,
+        inputs: &[],
+        config: &serde_json::json!({}),
+    };
+    export_model_dir(
+        &model,
+        &cfg,
+        &init_parameters(&cfg, 1, &Device::Cpu).unwrap(),
+        &tok,
+        &prov,
+    )
+    .unwrap();
+    let row = |id: &str, p: Vec<u32>, c: Vec<u32>, r: Vec<u32>| TokenRow::Dpo {
+        id: id.into(),
+        prompt_ids: p,
+        chosen_ids: c,
+        rejected_ids: r,
+    };
     let file = dir.join("pairs.parquet");
     let mut w = TokenWriter::create(&file, Kind::Dpo).unwrap();
     w.write(&[
         row("good", vec![1, 40, 41], vec![50, 2], vec![60, 2]),
         row("empty", vec![1, 40], vec![], vec![60, 2]),
-        row("long", (0..40).map(|i| 100 + i).collect(), vec![50, 2], vec![60, 2]),
-        row("cut", vec![1, 40], (0..50).map(|i| 200 + i).collect(), vec![60, 2]),
+        row(
+            "long",
+            (0..40).map(|i| 100 + i).collect(),
+            vec![50, 2],
+            vec![60, 2],
+        ),
+        row(
+            "cut",
+            vec![1, 40],
+            (0..50).map(|i| 200 + i).collect(),
+            vec![60, 2],
+        ),
     ])
     .unwrap();
     let mut meta = BTreeMap::new();
-    meta.insert(zerolm_data::artifact::keys::TOKENIZER_FINGERPRINT.to_string(), tok.fingerprint.clone());
+    meta.insert(
+        zerolm_data::artifact::keys::TOKENIZER_FINGERPRINT.to_string(),
+        tok.fingerprint.clone(),
+    );
     w.finish(meta).unwrap();
     let report = ref_cache(&model, &file, &dir.join("ref.parquet"), 32);
-    assert_eq!((report.rows, report.skipped_empty, report.skipped_long_prompt, report.truncated), (2, 1, 1, 1));
+    assert_eq!(
+        (
+            report.rows,
+            report.skipped_empty,
+            report.skipped_long_prompt,
+            report.truncated
+        ),
+        (2, 1, 1, 1)
+    );
     let cache = zerolm_data::artifact::read(&dir.join("ref.parquet"), Kind::Dpo).unwrap();
     assert_eq!(cache.rows.len(), 2);
     let logps = &cache.extra["ref_chosen_logps"];
@@ -189,30 +340,53 @@ fn empty_completions_and_long_prompts_are_counted_skips() {
 #[test]
 fn a_killed_dpo_run_resumes_to_bit_identical_weights() {
     let s = setup("resume");
-    let args = |out: &str| with(base(&s, out, 200), &["--ref-cache", &path(&s.cache), "--save-every", "10"]);
+    let args = |out: &str| {
+        with(
+            base(&s, out, 200),
+            &["--ref-cache", &path(&s.cache), "--save-every", "10"],
+        )
+    };
     let r = dpo(&args("straight"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let killed = s.dir.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo")).args(args("killed")).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo"))
+        .args(args("killed"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     let complete = || {
         std::fs::read_dir(killed.join("checkpoints"))
-            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".tmp") && e.path().join("trainer_state.json").is_file()))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    !e.file_name().to_string_lossy().ends_with(".tmp")
+                        && e.path().join("trainer_state.json").is_file()
+                })
+            })
             .unwrap_or(false)
     };
     while !complete() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!killed.join("model").exists(), "the run finished before the kill; the test would prove nothing");
+    assert!(
+        !killed.join("model").exists(),
+        "the run finished before the kill; the test would prove nothing"
+    );
     let r = dpo(&args("killed"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
     let a = std::fs::read(s.dir.join("straight/model/model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("model/model.safetensors")).unwrap();
-    assert!(a == b, "resumed DPO weights differ from the uninterrupted run's");
+    assert!(
+        a == b,
+        "resumed DPO weights differ from the uninterrupted run's"
+    );
     let mut other = args("killed");
     other.extend(["--beta".into(), "0.2".into()]);
     assert_user_error(&dpo(&other), "settings differ");

@@ -15,7 +15,10 @@ use zerolm_train::TrainError;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(about = "Sample from a zerolm model directory (raw prompt or chat)", version)]
+#[command(
+    about = "Sample from a zerolm model directory (raw prompt or chat)",
+    version
+)]
 struct Cli {
     /// Model directory (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
@@ -54,16 +57,30 @@ fn run(cli: Cli) -> Result<()> {
     let text = match (&cli.prompt, &cli.chat) {
         (Some(p), None) => p.clone(),
         (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,
-        _ => return Err(TrainError::Config("give --prompt TEXT (raw continuation) or --chat MESSAGE".into()).into()),
+        _ => {
+            return Err(TrainError::Config(
+                "give --prompt TEXT (raw continuation) or --chat MESSAGE".into(),
+            )
+            .into())
+        }
     };
     if let Some(path) = &cli.logits_out {
         let tensors = g.prompt_logits(&text)?;
         let bytes = zerolm_model::io::safetensors_bytes(&tensors, &Default::default())?;
         zerolm_data::fingerprint::write_atomically(path, &bytes)?;
-        eprintln!("wrote logits of {} positions to {}", tensors["ids"].dim(0)?, path.display());
+        eprintln!(
+            "wrote logits of {} positions to {}",
+            tensors["ids"].dim(0)?,
+            path.display()
+        );
         return Ok(());
     }
-    let sampling = SamplingConfig { temperature: cli.temperature, top_k: cli.top_k, top_p: cli.top_p, seed: cli.seed };
+    let sampling = SamplingConfig {
+        temperature: cli.temperature,
+        top_k: cli.top_k,
+        top_p: cli.top_p,
+        seed: cli.seed,
+    };
     let c = g.complete(&text, cli.max_new_tokens, sampling)?;
     if cli.prompt.is_some() {
         println!("{}{}", cli.prompt.as_deref().unwrap_or_default(), c.text);

@@ -16,7 +16,10 @@ struct Run {
 }
 
 fn generate(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_generate")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args(args)
+        .output()
+        .unwrap();
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -32,7 +35,13 @@ fn model_dir(name: &str) -> PathBuf {
     let mut cfg = ModelConfig::preset("micro").unwrap();
     cfg.vocab_size = tok.vocab_size();
     let params = init_parameters(&cfg, 1, &Device::Cpu).unwrap();
-    let prov = Provenance { stage: "test", step: 0, tokenizer_fingerprint: &tok.fingerprint, inputs: &[], config: &serde_json::json!({}) };
+    let prov = Provenance {
+        stage: "test",
+        step: 0,
+        tokenizer_fingerprint: &tok.fingerprint,
+        inputs: &[],
+        config: &serde_json::json!({}),
+    };
     export_model_dir(&dir, &cfg, &params, &tok, &prov).unwrap();
     dir
 }
@@ -41,10 +50,32 @@ fn model_dir(name: &str) -> PathBuf {
 fn raw_and_chat_generation_work_and_are_seeded() {
     let dir = model_dir("sample");
     let model = dir.display().to_string();
-    let g = generate(&["--model", &model, "--prompt", "Alice", "--max-new-tokens", "8"]);
+    let g = generate(&[
+        "--model",
+        &model,
+        "--prompt",
+        "Alice",
+        "--max-new-tokens",
+        "8",
+    ]);
     assert_eq!(g.code, 0, "{}", g.stderr);
-    assert!(g.stdout.starts_with("Alice") && g.stdout.trim_end().len() > "Alice".len(), "{}", g.stdout);
-    let sample = ["--model", &model, "--chat", "Where does Alice live?", "--temperature", "0.8", "--top-p", "0.9", "--seed", "5"];
+    assert!(
+        g.stdout.starts_with("Alice") && g.stdout.trim_end().len() > "Alice".len(),
+        "{}",
+        g.stdout
+    );
+    let sample = [
+        "--model",
+        &model,
+        "--chat",
+        "Where does Alice live?",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+    ];
     let (a, b) = (generate(&sample), generate(&sample));
     assert_eq!(a.code, 0, "{}", a.stderr);
     assert_eq!(a.stdout, b.stdout, "same seed, same sample");
@@ -52,13 +83,29 @@ fn raw_and_chat_generation_work_and_are_seeded() {
     other_seed[9] = "6";
     let c = generate(&other_seed);
     assert_eq!(c.code, 0, "{}", c.stderr);
-    assert_ne!(a.stdout, c.stdout, "an untrained model's samples should depend on the seed");
+    assert_ne!(
+        a.stdout, c.stdout,
+        "an untrained model's samples should depend on the seed"
+    );
 
     let logits = dir.join("logits.safetensors");
-    let l = generate(&["--model", &model, "--prompt", "Alice lives", "--logits-out", logits.to_str().unwrap()]);
+    let l = generate(&[
+        "--model",
+        &model,
+        "--prompt",
+        "Alice lives",
+        "--logits-out",
+        logits.to_str().unwrap(),
+    ]);
     assert_eq!(l.code, 0, "{}", l.stderr);
     let (t, _) = zerolm_model::io::load_safetensors(&logits, &Device::Cpu).unwrap();
-    assert_eq!(t["logits"].dims(), [t["ids"].dim(0).unwrap(), TokenizerDir::load(&dir).unwrap().vocab_size()]);
+    assert_eq!(
+        t["logits"].dims(),
+        [
+            t["ids"].dim(0).unwrap(),
+            TokenizerDir::load(&dir).unwrap().vocab_size()
+        ]
+    );
 }
 
 #[test]
@@ -70,7 +117,11 @@ fn bad_calls_exit_1_with_a_clear_message() {
     assert!(none.stderr.contains("--prompt"), "{}", none.stderr);
     let missing = generate(&["--model", "/nonexistent/model", "--prompt", "x"]);
     assert_eq!(missing.code, 1, "{}", missing.stderr);
-    assert!(missing.stderr.contains("/nonexistent/model/config.json"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/model/config.json"),
+        "{}",
+        missing.stderr
+    );
     let bad = generate(&["--model", &model, "--prompt", "x", "--temperature=-1"]);
     assert_eq!(bad.code, 1, "{}", bad.stderr);
     assert!(bad.stderr.contains("temperature"), "{}", bad.stderr);

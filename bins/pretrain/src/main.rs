@@ -13,7 +13,10 @@ use zerolm_train::{TrainConfig, TrainError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(about = "Pretrain a zerolm model from zero on token files from `tokenize pretrain`", version)]
+#[command(
+    about = "Pretrain a zerolm model from zero on token files from `tokenize pretrain`",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     train: TrainArgs,
@@ -24,12 +27,19 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let (cfg, vocab_explicit) = cli.train.resolve(|p| TrainConfig::pretrain_defaults(p.unwrap_or("tiny")))?;
+    let (cfg, vocab_explicit) = cli
+        .train
+        .resolve(|p| TrainConfig::pretrain_defaults(p.unwrap_or("tiny")))?;
     let a = cli.train;
     if a.model.is_some() {
-        return Err(TrainError::Config("pretrain starts from zero: --model is for the stages that fine-tune (sft, dpo)".into()).into());
+        return Err(TrainError::Config(
+            "pretrain starts from zero: --model is for the stages that fine-tune (sft, dpo)".into(),
+        )
+        .into());
     }
-    let tokenizer = a.tokenizer.ok_or_else(|| TrainError::Config("--tokenizer DIR is required".into()))?;
+    let tokenizer = a
+        .tokenizer
+        .ok_or_else(|| TrainError::Config("--tokenizer DIR is required".into()))?;
     let report = pretrain::run(PretrainArgs {
         inputs: a.input,
         eval_inputs: a.eval_input,

@@ -27,8 +27,24 @@ fn token_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let cfg = EncodeConfig::new(Kind::Pretrain);
     let train = dir.join("train.parquet");
     let eval = dir.join("eval.parquet");
-    encode::run(&tok, &[root().join("data/pretrain.jsonl")], &train, &cfg, &["test".into()], &mut ()).unwrap();
-    encode::run(&tok, &[root().join("data/pretrain_eval.jsonl")], &eval, &cfg, &["test".into()], &mut ()).unwrap();
+    encode::run(
+        &tok,
+        &[root().join("data/pretrain.jsonl")],
+        &train,
+        &cfg,
+        &["test".into()],
+        &mut (),
+    )
+    .unwrap();
+    encode::run(
+        &tok,
+        &[root().join("data/pretrain_eval.jsonl")],
+        &eval,
+        &cfg,
+        &["test".into()],
+        &mut (),
+    )
+    .unwrap();
     (train, eval, tok_dir)
 }
 
@@ -38,8 +54,14 @@ struct Run {
 }
 
 fn pretrain(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_pretrain")).args(args).output().unwrap();
-    Run { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    let out = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -48,10 +70,34 @@ fn args(list: &[&str]) -> Vec<String> {
 
 /// A micro-model run on the shipped data: 32-token rows, batch 4, checkpoints every 10 steps.
 fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec<String> {
-    let mut a = args(&["--preset", "micro", "--threads", "1", "--max-len", "32", "--batch-size", "4", "--lr", "0.003"]);
-    a.extend(args(&["--save-every", "10", "--eval-every", "50", "--no-progress", "--set", "eval_batches=4"]));
+    let mut a = args(&[
+        "--preset",
+        "micro",
+        "--threads",
+        "1",
+        "--max-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.003",
+    ]);
+    a.extend(args(&[
+        "--save-every",
+        "10",
+        "--eval-every",
+        "50",
+        "--no-progress",
+        "--set",
+        "eval_batches=4",
+    ]));
     a.extend(["--max-steps".into(), steps.to_string()]);
-    for (flag, p) in [("--input", train), ("--eval-input", eval), ("--tokenizer", tok), ("--out", out)] {
+    for (flag, p) in [
+        ("--input", train),
+        ("--eval-input", eval),
+        ("--tokenizer", tok),
+        ("--out", out),
+    ] {
         a.extend([flag.to_string(), p.display().to_string()]);
     }
     a
@@ -59,7 +105,11 @@ fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec
 
 fn assert_user_error(r: &Run, needle: &str) {
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains(needle), "expected `{needle}` in: {}", r.stderr);
+    assert!(
+        r.stderr.contains(needle),
+        "expected `{needle}` in: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -77,13 +127,34 @@ fn pretrain_learns_exports_and_generates() {
     for key in ["step", "lr", "grad_norm", "tokens_per_s", "elapsed_s"] {
         assert!(train_rows[0].contains_key(key), "metrics row lacks {key}");
     }
-    let evals: Vec<_> = rows.iter().filter(|r| r.contains_key("eval_loss")).collect();
-    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 50, 60], "eval at the start, every 50 steps and at the end");
-    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "zerolm.json"] {
+    let evals: Vec<_> = rows
+        .iter()
+        .filter(|r| r.contains_key("eval_loss"))
+        .collect();
+    assert_eq!(
+        evals
+            .iter()
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 50, 60],
+        "eval at the start, every 50 steps and at the end"
+    );
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "zerolm.json",
+    ] {
         assert!(out.join("model").join(f).is_file(), "model/{f} missing");
     }
     assert!(out.join("resolved_config.json").is_file());
-    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let ckpts: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(ckpts.len(), 2, "keep_checkpoints=2: {ckpts:?}");
 
     // The same command again: everything is done, it resumes at the end and re-exports the same weights.
@@ -91,7 +162,10 @@ fn pretrain_learns_exports_and_generates() {
     let again = pretrain(&micro(&train, &eval, &tok, &out, 60));
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stderr.contains("resuming from"), "{}", again.stderr);
-    assert_eq!(before, std::fs::read(out.join("model/model.safetensors")).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(out.join("model/model.safetensors")).unwrap()
+    );
 }
 
 #[test]
@@ -113,22 +187,36 @@ fn kill_and_rerun_gives_bit_identical_weights() {
     let ckpt_root = killed.join("checkpoints");
     let complete = |e: &std::fs::DirEntry| {
         let name = e.file_name().to_string_lossy().into_owned();
-        name.starts_with("step-") && !name.ends_with(".tmp") && e.path().join("trainer_state.json").is_file()
+        name.starts_with("step-")
+            && !name.ends_with(".tmp")
+            && e.path().join("trainer_state.json").is_file()
     };
-    while !std::fs::read_dir(&ckpt_root).map(|d| d.flatten().any(|e| complete(&e))).unwrap_or(false) {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+    while !std::fs::read_dir(&ckpt_root)
+        .map(|d| d.flatten().any(|e| complete(&e)))
+        .unwrap_or(false)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!killed.join("model").exists(), "the run finished before the kill; the test would prove nothing");
+    assert!(
+        !killed.join("model").exists(),
+        "the run finished before the kill; the test would prove nothing"
+    );
 
     let r = pretrain(&micro(&train, &eval, &tok, &killed, steps));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
     let a = std::fs::read(straight.join("model/model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("model/model.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from the uninterrupted run's");
+    assert!(
+        a == b,
+        "resumed weights differ from the uninterrupted run's"
+    );
     let steps_logged: Vec<u64> = zerolm_train::metrics::read_rows(&killed.join("metrics.jsonl"))
         .iter()
         .filter(|r| r.contains_key("loss"))
@@ -165,26 +253,53 @@ fn bad_inputs_are_refused_clearly() {
     std::fs::create_dir_all(&other_tok).unwrap();
     std::fs::copy(tok.join("tokenizer.json"), other_tok.join("tokenizer.json")).unwrap();
     let cfg = std::fs::read_to_string(tok.join("tokenizer_config.json")).unwrap();
-    std::fs::write(other_tok.join("tokenizer_config.json"), cfg.replacen('{', "{\"model_max_length_note\": 1,", 1)).unwrap();
-    assert_user_error(&pretrain(&micro(&train, &eval, &other_tok, &out, 5)), "re-run `tokenize` with this tokenizer");
+    std::fs::write(
+        other_tok.join("tokenizer_config.json"),
+        cfg.replacen('{', "{\"model_max_length_note\": 1,", 1),
+    )
+    .unwrap();
+    assert_user_error(
+        &pretrain(&micro(&train, &eval, &other_tok, &out, 5)),
+        "re-run `tokenize` with this tokenizer",
+    );
 
     // SFT tokens are not pretrain tokens.
     let tokd = TokenizerDir::load(&tok).unwrap();
     let sft = dir.join("sft.parquet");
-    encode::run(&tokd, &[root().join("data/sft_eval.jsonl")], &sft, &EncodeConfig::new(Kind::Sft), &["t".into()], &mut ()).unwrap();
-    assert_user_error(&pretrain(&micro(&sft, &eval, &tok, &out, 5)), "expected `pretrain`");
+    encode::run(
+        &tokd,
+        &[root().join("data/sft_eval.jsonl")],
+        &sft,
+        &EncodeConfig::new(Kind::Sft),
+        &["t".into()],
+        &mut (),
+    )
+    .unwrap();
+    assert_user_error(
+        &pretrain(&micro(&sft, &eval, &tok, &out, 5)),
+        "expected `pretrain`",
+    );
 
-    assert_user_error(&pretrain(&micro(&dir.join("nope.parquet"), &eval, &tok, &out, 5)), "nope.parquet");
+    assert_user_error(
+        &pretrain(&micro(&dir.join("nope.parquet"), &eval, &tok, &out, 5)),
+        "nope.parquet",
+    );
     let mut unknown = micro(&train, &eval, &tok, &out, 5);
     unknown.extend(args(&["--set", "model.hiden_size=8"]));
     assert_user_error(&pretrain(&unknown), "unknown setting `model.hiden_size`");
     let mut small_vocab = micro(&train, &eval, &tok, &out, 5);
     small_vocab.extend(args(&["--set", "model.vocab_size=10"]));
-    assert_user_error(&pretrain(&small_vocab), "smaller than the tokenizer's vocabulary");
+    assert_user_error(
+        &pretrain(&small_vocab),
+        "smaller than the tokenizer's vocabulary",
+    );
     let mut preset = micro(&train, &eval, &tok, &out, 5);
     preset[1] = "giant".into();
     assert_user_error(&pretrain(&preset), "unknown preset `giant`");
-    assert!(!out.join("model").exists(), "a failed run left a model behind");
+    assert!(
+        !out.join("model").exists(),
+        "a failed run left a model behind"
+    );
 
     // Divergence: a huge learning rate blows the loss up; the error says so and the checkpoint stays.
     let mut wild = micro(&train, &eval, &tok, &out, 20);
@@ -215,7 +330,11 @@ fn gradient_accumulation_matches_one_larger_batch() {
             .iter()
             .filter_map(|r| r.get("loss").and_then(|v| v.as_f64()))
             .collect();
-        let (w, _) = zerolm_model::io::load_safetensors(&out.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let (w, _) = zerolm_model::io::load_safetensors(
+            &out.join("model/model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         (losses, w)
     };
     let (la, wa) = run_with("whole", "8", "1");
@@ -225,7 +344,19 @@ fn gradient_accumulation_matches_one_larger_batch() {
         assert!((a - b).abs() < 1e-5 * a.abs(), "losses {la:?} vs {lb:?}");
     }
     for (name, a) in &wa {
-        let d = (a - &wb[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 1e-5, "`{name}` differs by {d} between batch 8 and 2 × 4 accumulated");
+        let d = (a - &wb[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d < 1e-5,
+            "`{name}` differs by {d} between batch 8 and 2 × 4 accumulated"
+        );
     }
 }

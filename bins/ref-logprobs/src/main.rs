@@ -13,7 +13,10 @@ use zerolm_train::ref_logprobs::{self, RefArgs};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(about = "Compute and cache reference log-probs of DPO pairs (forward only)", version)]
+#[command(
+    about = "Compute and cache reference log-probs of DPO pairs (forward only)",
+    version
+)]
 struct Cli {
     /// DPO token file(s) from `tokenize dpo`. Repeatable.
     #[arg(long, required = true)]

@@ -13,7 +13,10 @@ use zerolm_train::TrainError;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(about = "Fine-tune a zerolm model on chat conversations (loss on assistant tokens only)", version)]
+#[command(
+    about = "Fine-tune a zerolm model on chat conversations (loss on assistant tokens only)",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     train: TrainArgs,
@@ -26,10 +29,14 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let model = cli.train.model.clone().ok_or_else(|| TrainError::Config("--model DIR (the model to fine-tune) is required".into()))?;
+    let model = cli.train.model.clone().ok_or_else(|| {
+        TrainError::Config("--model DIR (the model to fine-tune) is required".into())
+    })?;
     let model_cfg = zerolm_model::io::read_config(&model)?;
     let (cfg, _) = cli.train.resolve(|preset| match preset {
-        Some(_) => Err(TrainError::Config("sft takes its model from --model; --preset is for pretrain".into())),
+        Some(_) => Err(TrainError::Config(
+            "sft takes its model from --model; --preset is for pretrain".into(),
+        )),
         None => Ok(sft::sft_defaults(model_cfg.clone())),
     })?;
     let a = cli.train;

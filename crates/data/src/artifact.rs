@@ -5,8 +5,8 @@ use crate::error::{DataError, Result};
 use crate::fingerprint;
 use crate::formats::Kind;
 use arrow::array::{
-    Array, ArrayRef, Float32Array, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt32Array,
-    UInt32Builder, UInt8Array, UInt8Builder,
+    Array, ArrayRef, Float32Array, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    UInt32Array, UInt32Builder, UInt8Array, UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -115,8 +115,16 @@ impl TokenWriter {
             path: tmp.clone(),
             cause: source,
         })?;
-        let mut fields: Vec<Field> = schema(kind).fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(extra.iter().map(|name| Field::new(*name, DataType::Float32, false)));
+        let mut fields: Vec<Field> = schema(kind)
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            extra
+                .iter()
+                .map(|name| Field::new(*name, DataType::Float32, false)),
+        );
         let schema = Arc::new(Schema::new(fields));
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
@@ -224,7 +232,11 @@ impl TokenWriter {
                 ]
             }
         };
-        columns.extend(extra.iter().map(|c| Arc::new(Float32Array::from(c.to_vec())) as ArrayRef));
+        columns.extend(
+            extra
+                .iter()
+                .map(|c| Arc::new(Float32Array::from(c.to_vec())) as ArrayRef),
+        );
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataError::Parquet {
                 path: self.tmp.clone(),
@@ -380,7 +392,10 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
         };
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
             if let Some(values) = column.as_any().downcast_ref::<Float32Array>() {
-                extra.entry(field.name().clone()).or_default().extend(values.values().iter().copied());
+                extra
+                    .entry(field.name().clone())
+                    .or_default()
+                    .extend(values.values().iter().copied());
             }
         }
         match kind {

@@ -72,31 +72,33 @@ impl ModelConfig {
     /// A named preset (see [`PRESETS`]). `vocab_size` is MiniMind's 6400; training stages replace it with
     /// the tokenizer's size unless the user sets it.
     pub fn preset(name: &str) -> Result<ModelConfig, ModelError> {
-        let base = |model_type, hidden, ffn, layers, heads, kv, head_dim: Option<usize>| ModelConfig {
-            model_type,
-            hidden_size: hidden,
-            intermediate_size: ffn,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: kv,
-            head_dim,
-            vocab_size: 6400,
-            rms_norm_eps: 1e-5,
-            rope_theta: 1e6,
-            max_position_embeddings: 32768,
-            tie_word_embeddings: true,
-            initializer_range: 0.02,
-            bos_token_id: Some(1),
-            eos_token_id: Some(2),
-            pad_token_id: Some(0),
-        };
+        let base =
+            |model_type, hidden, ffn, layers, heads, kv, head_dim: Option<usize>| ModelConfig {
+                model_type,
+                hidden_size: hidden,
+                intermediate_size: ffn,
+                num_hidden_layers: layers,
+                num_attention_heads: heads,
+                num_key_value_heads: kv,
+                head_dim,
+                vocab_size: 6400,
+                rms_norm_eps: 1e-5,
+                rope_theta: 1e6,
+                max_position_embeddings: 32768,
+                tie_word_embeddings: true,
+                initializer_range: 0.02,
+                bos_token_id: Some(1),
+                eos_token_id: Some(2),
+                pad_token_id: Some(0),
+            };
         Ok(match name {
             "micro" => base(ModelType::Llama, 32, 64, 2, 4, 2, None),
             "tiny" => base(ModelType::Llama, 128, 384, 4, 4, 2, None),
             "minimind2" => base(ModelType::Llama, 512, 1408, 8, 8, 2, None),
-            "minimind3" => {
-                ModelConfig { rms_norm_eps: 1e-6, ..base(ModelType::Qwen3, 768, 2432, 8, 8, 4, Some(96)) }
-            }
+            "minimind3" => ModelConfig {
+                rms_norm_eps: 1e-6,
+                ..base(ModelType::Qwen3, 768, 2432, 8, 8, 4, Some(96))
+            },
             other => {
                 let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
                 return Err(ModelError::Config(format!(
@@ -108,7 +110,8 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Whether queries and keys get a per-head RMSNorm (Qwen3).
@@ -140,7 +143,9 @@ impl ModelConfig {
         }
         let hd = self.head_dim();
         if hd == 0 || hd % 2 != 0 {
-            return bad(format!("head_dim ({hd}) must be even and positive (RoPE rotates pairs)"));
+            return bad(format!(
+                "head_dim ({hd}) must be even and positive (RoPE rotates pairs)"
+            ));
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return bad(format!(
@@ -148,15 +153,24 @@ impl ModelConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) || !(self.initializer_range >= 0.0) {
-            return bad("rms_norm_eps and rope_theta must be positive, initializer_range non-negative".into());
+        if !(self.rms_norm_eps > 0.0)
+            || !(self.rope_theta > 0.0)
+            || !(self.initializer_range >= 0.0)
+        {
+            return bad(
+                "rms_norm_eps and rope_theta must be positive, initializer_range non-negative"
+                    .into(),
+            );
         }
         Ok(())
     }
 
     /// Number of trainable parameters.
     pub fn num_parameters(&self) -> usize {
-        crate::params::parameter_shapes(self).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        crate::params::parameter_shapes(self)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 
     /// The `config.json` transformers loads: this struct plus the fields transformers needs to pick the
@@ -164,7 +178,10 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serialises");
         let o = v.as_object_mut().expect("object");
-        o.insert("architectures".into(), serde_json::json!([self.model_type.architecture()]));
+        o.insert(
+            "architectures".into(),
+            serde_json::json!([self.model_type.architecture()]),
+        );
         o.insert("head_dim".into(), serde_json::json!(self.head_dim()));
         o.insert("hidden_act".into(), "silu".into());
         o.insert("attention_bias".into(), false.into());
@@ -208,6 +225,10 @@ mod tests {
     fn bad_head_split_is_refused() {
         let mut c = ModelConfig::preset("tiny").unwrap();
         c.num_key_value_heads = 3;
-        assert!(c.validate().unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_key_value_heads"));
     }
 }

@@ -14,14 +14,20 @@ pub enum ModelError {
     #[error("model input: {0}")]
     Input(String),
     #[error("cannot read {path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
 impl ModelError {
     pub fn io(path: &Path, cause: std::io::Error) -> ModelError {
-        ModelError::Io { path: path.to_path_buf(), cause }
+        ModelError::Io {
+            path: path.to_path_buf(),
+            cause,
+        }
     }
 
     /// Whether the user can fix this (bad file or setting) rather than it being a bug.

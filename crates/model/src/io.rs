@@ -19,8 +19,10 @@ pub fn safetensors_bytes(
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ModelError> {
     let mut header = serde_json::Map::new();
-    let mut meta: serde_json::Map<String, serde_json::Value> =
-        metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let mut meta: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
     meta.insert("format".into(), "pt".into());
     header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut data: Vec<u8> = Vec::new();
@@ -34,7 +36,8 @@ pub fn safetensors_bytes(
             serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
         );
     }
-    let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serialises");
+    let mut head =
+        serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serialises");
     while head.len() % 8 != 0 {
         head.push(b' ');
     }
@@ -52,27 +55,40 @@ pub fn load_safetensors(
 ) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>), ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let bad = |e: String| ModelError::Weights(format!("{}: {e}", path.display()));
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let metadata: BTreeMap<String, String> =
-        header.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             safetensors::Dtype::F64 => data
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
                 .collect(),
-            safetensors::Dtype::F16 => {
-                data.chunks_exact(2).map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            safetensors::Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(bad(format!(
+                    "tensor `{name}` has dtype {other:?}; expected a float type"
+                )))
             }
-            safetensors::Dtype::BF16 => {
-                data.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-            }
-            other => return Err(bad(format!("tensor `{name}` has dtype {other:?}; expected a float type"))),
         };
         out.insert(name, Tensor::from_vec(values, shape, device)?);
     }
@@ -105,17 +121,24 @@ fn half_to_f32(h: u16) -> f32 {
 pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
     // transformers 5 may keep rope_theta only inside rope_parameters.
     if let Some(o) = value.as_object_mut() {
         if !o.contains_key("rope_theta") {
-            if let Some(theta) = o.get("rope_parameters").and_then(|r| r.get("rope_theta")).cloned() {
+            if let Some(theta) = o
+                .get("rope_parameters")
+                .and_then(|r| r.get("rope_theta"))
+                .cloned()
+            {
                 o.insert("rope_theta".into(), theta);
             }
         }
         let scaled = o.get("rope_scaling").is_some_and(|v| !v.is_null())
-            || o.get("rope_parameters").and_then(|r| r.get("rope_type")).and_then(|t| t.as_str()).is_some_and(|t| t != "default");
+            || o.get("rope_parameters")
+                .and_then(|r| r.get("rope_type"))
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t != "default");
         if scaled {
             return Err(ModelError::Config(format!(
                 "{}: RoPE scaling (rope_scaling / a non-default rope_type) is not supported; only plain RoPE models load",
@@ -123,16 +146,25 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, ModelError> {
             )));
         }
         // Some configs list several eos ids; the first is the one generation stops at here.
-        if let Some(first) = o.get("eos_token_id").and_then(|v| v.as_array()).and_then(|a| a.first()).cloned() {
+        if let Some(first) = o
+            .get("eos_token_id")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .cloned()
+        {
             o.insert("eos_token_id".into(), first);
         }
-        for (key, default) in [("tie_word_embeddings", serde_json::json!(false)), ("rms_norm_eps", serde_json::json!(1e-6))] {
+        for (key, default) in [
+            ("tie_word_embeddings", serde_json::json!(false)),
+            ("rms_norm_eps", serde_json::json!(1e-6)),
+        ] {
             o.entry(key).or_insert(default);
         }
     }
-    let cfg: ModelConfig =
-        serde_json::from_value(value).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
-    cfg.validate().map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    let cfg: ModelConfig = serde_json::from_value(value)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    cfg.validate()
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
     Ok(cfg)
 }
 
@@ -155,7 +187,10 @@ pub fn model_dir_files(
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
     Ok(vec![
         ("config.json", pretty(&cfg.to_hf_json())),
-        ("generation_config.json", pretty(&generation_config_json(cfg))),
+        (
+            "generation_config.json",
+            pretty(&generation_config_json(cfg)),
+        ),
         ("model.safetensors", safetensors_bytes(params, metadata)?),
     ])
 }
@@ -165,7 +200,9 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<crate::Model, Model
     let cfg = read_config(dir)?;
     let (params, _) = load_safetensors(&dir.join("model.safetensors"), device)?;
     crate::Model::new(cfg, params).map_err(|e| match e {
-        ModelError::Weights(m) => ModelError::Weights(format!("{}: {m}", dir.join("model.safetensors").display())),
+        ModelError::Weights(m) => {
+            ModelError::Weights(format!("{}: {m}", dir.join("model.safetensors").display()))
+        }
         other => other,
     })
 }
@@ -185,7 +222,10 @@ mod tests {
     #[test]
     fn safetensors_round_trip_keeps_values_and_metadata() {
         let mut t = BTreeMap::new();
-        t.insert("a".to_string(), Tensor::new(&[[1f32, 2.0], [3.0, -4.5]], &Device::Cpu).unwrap());
+        t.insert(
+            "a".to_string(),
+            Tensor::new(&[[1f32, 2.0], [3.0, -4.5]], &Device::Cpu).unwrap(),
+        );
         let mut meta = BTreeMap::new();
         meta.insert("zerolm.step".to_string(), "7".to_string());
         let bytes = safetensors_bytes(&t, &meta).unwrap();
@@ -193,10 +233,17 @@ mod tests {
         let p = dir.path().join("x.safetensors");
         std::fs::write(&p, bytes).unwrap();
         let (back, m) = load_safetensors(&p, &Device::Cpu).unwrap();
-        assert_eq!(back["a"].to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![3.0, -4.5]]);
+        assert_eq!(
+            back["a"].to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, -4.5]]
+        );
         assert_eq!(m["zerolm.step"], "7");
         assert_eq!(m["format"], "pt");
         let again = safetensors_bytes(&t, &meta).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), again, "same tensors, same bytes");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            again,
+            "same tensors, same bytes"
+        );
     }
 }

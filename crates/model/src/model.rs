@@ -70,7 +70,10 @@ impl Model {
     /// Builds the model over `params`, which must hold exactly the parameters [`parameter_shapes`] names,
     /// with those shapes, in f32. A tied model may also carry a `lm_head.weight` (some exporters write
     /// it); it is ignored.
-    pub fn new(cfg: ModelConfig, mut params: BTreeMap<String, Tensor>) -> Result<Model, ModelError> {
+    pub fn new(
+        cfg: ModelConfig,
+        mut params: BTreeMap<String, Tensor>,
+    ) -> Result<Model, ModelError> {
         cfg.validate()?;
         if cfg.tie_word_embeddings {
             params.remove("lm_head.weight");
@@ -78,7 +81,9 @@ impl Model {
         let expected = parameter_shapes(&cfg);
         for (name, shape) in &expected {
             let t = params.get(name).ok_or_else(|| {
-                ModelError::Weights(format!("missing tensor `{name}` (expected shape {shape:?})"))
+                ModelError::Weights(format!(
+                    "missing tensor `{name}` (expected shape {shape:?})"
+                ))
             })?;
             if t.dims() != shape.as_slice() {
                 return Err(ModelError::Weights(format!(
@@ -87,12 +92,20 @@ impl Model {
                 )));
             }
             if t.dtype() != DType::F32 {
-                return Err(ModelError::Weights(format!("tensor `{name}` is {:?}, expected f32", t.dtype())));
+                return Err(ModelError::Weights(format!(
+                    "tensor `{name}` is {:?}, expected f32",
+                    t.dtype()
+                )));
             }
         }
         if params.len() != expected.len() {
-            let known: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-            let extra: Vec<&str> = params.keys().map(String::as_str).filter(|n| !known.contains(n)).collect();
+            let known: std::collections::BTreeSet<&str> =
+                expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra: Vec<&str> = params
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !known.contains(n))
+                .collect();
             return Err(ModelError::Weights(format!(
                 "unexpected tensors for this config: {} (is config.json from the same model?)",
                 extra.join(", ")
@@ -109,8 +122,12 @@ impl Model {
                         k: get(&format!("{p}.self_attn.k_proj.weight")),
                         v: get(&format!("{p}.self_attn.v_proj.weight")),
                         o: get(&format!("{p}.self_attn.o_proj.weight")),
-                        q_norm: cfg.qk_norm().then(|| get(&format!("{p}.self_attn.q_norm.weight"))),
-                        k_norm: cfg.qk_norm().then(|| get(&format!("{p}.self_attn.k_norm.weight"))),
+                        q_norm: cfg
+                            .qk_norm()
+                            .then(|| get(&format!("{p}.self_attn.q_norm.weight"))),
+                        k_norm: cfg
+                            .qk_norm()
+                            .then(|| get(&format!("{p}.self_attn.k_norm.weight"))),
                     },
                     post_norm: get(&format!("{p}.post_attention_layernorm.weight")),
                     gate: get(&format!("{p}.mlp.gate_proj.weight")),
@@ -120,9 +137,21 @@ impl Model {
             })
             .collect();
         let embed = get("model.embed_tokens.weight");
-        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { get("lm_head.weight") };
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight")
+        };
         let device = embed.device().clone();
-        Ok(Model { norm: get("model.norm.weight"), cfg, params, embed, blocks, lm_head, device })
+        Ok(Model {
+            norm: get("model.norm.weight"),
+            cfg,
+            params,
+            embed,
+            blocks,
+            lm_head,
+            device,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -158,8 +187,16 @@ impl Model {
         }
         let hd = self.cfg.head_dim();
         let (cos, sin) = ops::rope_tables(hd, self.cfg.rope_theta, offset, t, &self.device)?;
-        let mask = if t > 1 { Some(ops::causal_mask(t, offset + t, &self.device)?) } else { None };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mask = if t > 1 {
+            Some(ops::causal_mask(t, offset + t, &self.device)?)
+        } else {
+            None
+        };
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         if let Some(c) = cache.as_mut() {
             c.layers.resize_with(self.blocks.len(), || None);
         }
@@ -180,7 +217,11 @@ impl Model {
     pub fn token_logprobs(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
         let (b, t) = ids.dims2()?;
         if targets.dims() != [b, t] {
-            return Err(ModelError::Input(format!("targets {:?} do not match ids {:?}", targets.dims(), ids.dims())));
+            return Err(ModelError::Input(format!(
+                "targets {:?} do not match ids {:?}",
+                targets.dims(),
+                ids.dims()
+            )));
         }
         let logits = self.forward(ids)?.reshape((b * t, self.cfg.vocab_size))?;
         Ok(ops::token_logprobs(&logits, &targets.flatten_all()?)?.reshape((b, t))?)
@@ -188,14 +229,21 @@ impl Model {
 
     /// Mean next-token cross-entropy over the positions where `weights` ([B, T], f32) is non-zero
     /// (all positions when `None`): the scalar training loss.
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, weights: Option<&Tensor>) -> Result<Tensor, ModelError> {
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        weights: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let lp = self.token_logprobs(ids, targets)?;
         Ok(match weights {
             None => lp.mean_all()?.neg()?,
             Some(w) => {
                 let count = w.sum_all()?.to_scalar::<f32>()?;
                 if count <= 0.0 {
-                    return Err(ModelError::Input("loss weights are all zero: no token to learn from".into()));
+                    return Err(ModelError::Input(
+                        "loss weights are all zero: no token to learn from".into(),
+                    ));
                 }
                 (lp * w)?.sum_all()?.affine(-1.0 / count as f64, 0.0)?
             }
@@ -241,10 +289,17 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
         let mut q = linear(x, &self.q)?.reshape((b, t, nh, hd))?;
         let mut k = linear(x, &self.k)?.reshape((b, t, nkv, hd))?;
-        let v = linear(x, &self.v)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = linear(x, &self.v)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, cfg.rms_norm_eps)?;
             k = rms_norm(&k, kn, cfg.rms_norm_eps)?;
@@ -269,7 +324,11 @@ impl Attention {
             scores = scores.broadcast_add(m)?;
         }
         let probs = ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, nh * hd))?;
         linear(&out, &self.o)
     }
 }

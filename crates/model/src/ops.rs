@@ -8,7 +8,12 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (HF Llama/Qwen3 order).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let inv = x.sqr()?.mean_keepdim(D::Minus1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+    let inv = x
+        .sqr()?
+        .mean_keepdim(D::Minus1)?
+        .affine(1.0, eps)?
+        .sqrt()?
+        .recip()?;
     x.broadcast_mul(&inv)?.broadcast_mul(weight)
 }
 
@@ -49,8 +54,9 @@ pub fn rope_tables(
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     // transformers computes inv_freq and the angles in f32; doing the same keeps logits within 1e-6.
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
     for p in offset..offset + len {
@@ -62,7 +68,10 @@ pub fn rope_tables(
             }
         }
     }
-    Ok((Tensor::from_vec(cos, (len, head_dim), device)?, Tensor::from_vec(sin, (len, head_dim), device)?))
+    Ok((
+        Tensor::from_vec(cos, (len, head_dim), device)?,
+        Tensor::from_vec(sin, (len, head_dim), device)?,
+    ))
 }
 
 /// Applies RoPE to `x` ([B, H, T, head_dim]) with tables [T, head_dim]:
@@ -80,7 +89,15 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn causal_mask(q_len: usize, k_len: usize, device: &Device) -> Result<Tensor> {
     let start = k_len - q_len;
     let mask: Vec<f32> = (0..q_len)
-        .flat_map(|i| (0..k_len).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..k_len).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (q_len, k_len), device)?.to_dtype(DType::F32)
 }
@@ -149,10 +166,18 @@ mod tests {
     fn rope_rotates_pairs_half_apart() {
         // One head, dim 4, position 1, theta 100: pairs (0,2) and (1,3) rotate by 1 and 0.1 rad.
         let (cos, sin) = rope_tables(4, 100.0, 1, 1, &Device::Cpu).unwrap();
-        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap().reshape((1, 1, 1, 4)).unwrap();
+        let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
         let y = vals(&rope(&x, &cos, &sin).unwrap());
         let (c0, s0, c1, s1) = (1f32.cos(), 1f32.sin(), 0.1f32.cos(), 0.1f32.sin());
-        let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
+        let want = [
+            1.0 * c0 - 3.0 * s0,
+            2.0 * c1 - 4.0 * s1,
+            3.0 * c0 + 1.0 * s0,
+            4.0 * c1 + 2.0 * s1,
+        ];
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{y:?} vs {want:?}");
         }
@@ -162,7 +187,10 @@ mod tests {
     fn causal_mask_with_offset_hides_only_the_future() {
         let m = vals(&causal_mask(2, 4, &Device::Cpu).unwrap());
         let hidden: Vec<bool> = m.iter().map(|v| v.is_infinite()).collect();
-        assert_eq!(hidden, [false, false, false, true, false, false, false, false]);
+        assert_eq!(
+            hidden,
+            [false, false, false, true, false, false, false, false]
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub fn parameter_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let hd = cfg.head_dim();
     let q = cfg.num_attention_heads * hd;
     let kv = cfg.num_key_value_heads * hd;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         out.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -30,9 +33,18 @@ pub fn parameter_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
         }
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate_size, h]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate_size, h]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate_size]));
+        out.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![cfg.intermediate_size, h],
+        ));
+        out.push((
+            format!("{p}.mlp.up_proj.weight"),
+            vec![cfg.intermediate_size, h],
+        ));
+        out.push((
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, cfg.intermediate_size],
+        ));
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     if !cfg.tie_word_embeddings {
@@ -92,8 +104,11 @@ pub fn init_parameters(
         let values: Vec<f32> = if shape.len() == 1 {
             vec![1.0; n]
         } else {
-            let mut rng = SplitMix64::new(seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-            (0..n).map(|_| (rng.normal() * cfg.initializer_range) as f32).collect()
+            let mut rng =
+                SplitMix64::new(seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            (0..n)
+                .map(|_| (rng.normal() * cfg.initializer_range) as f32)
+                .collect()
         };
         out.insert(name, Tensor::from_vec(values, shape, device)?);
     }

@@ -22,7 +22,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 42 }
+        SamplingConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 42,
+        }
     }
 }
 
@@ -46,8 +51,17 @@ impl Sampler {
     /// Picks a token from one row of logits.
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
         let greedy = || {
-            logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
-                as u32
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
+                .0 as u32
         };
         if self.cfg.temperature == 0.0 {
             return greedy();
@@ -58,7 +72,10 @@ impl Sampler {
             order.truncate(self.cfg.top_k);
         }
         let max = logits[order[0]] as f64;
-        let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / self.cfg.temperature).exp()).collect();
+        let mut probs: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] as f64 - max) / self.cfg.temperature).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.cfg.top_p < 1.0 {
@@ -96,7 +113,9 @@ pub fn generate(
     sampler: &mut Sampler,
 ) -> Result<Vec<u32>, ModelError> {
     if prompt.is_empty() {
-        return Err(ModelError::Input("the prompt is empty: give at least one token".into()));
+        return Err(ModelError::Input(
+            "the prompt is empty: give at least one token".into(),
+        ));
     }
     let max_pos = model.config().max_position_embeddings;
     if prompt.len() >= max_pos {
@@ -110,7 +129,10 @@ pub fn generate(
     let mut out = Vec::new();
     let mut next_input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     for _ in 0..max_new_tokens.min(room) {
-        let logits: Vec<f32> = model.forward_cached(&next_input, &mut cache)?.squeeze(0)?.to_vec1()?;
+        let logits: Vec<f32> = model
+            .forward_cached(&next_input, &mut cache)?
+            .squeeze(0)?
+            .to_vec1()?;
         let id = sampler.pick(&logits);
         out.push(id);
         if stop.contains(&id) {
@@ -130,7 +152,12 @@ mod tests {
         let logits = [0.1f32, 3.0, -1.0, 2.9];
         let mut g = Sampler::new(SamplingConfig::default()).unwrap();
         assert_eq!(g.pick(&logits), 1);
-        let mut k1 = Sampler::new(SamplingConfig { temperature: 1.0, top_k: 1, ..Default::default() }).unwrap();
+        let mut k1 = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..20 {
             assert_eq!(k1.pick(&logits), 1);
         }
@@ -139,7 +166,12 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus_and_seed_repeats() {
         let logits = [5f32, 4.9, -10.0, -10.0];
-        let cfg = SamplingConfig { temperature: 1.0, top_p: 0.9, seed: 3, ..Default::default() };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 3,
+            ..Default::default()
+        };
         let mut a = Sampler::new(cfg.clone()).unwrap();
         let mut b = Sampler::new(cfg).unwrap();
         let xs: Vec<u32> = (0..200).map(|_| a.pick(&logits)).collect();
@@ -151,7 +183,15 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        assert!(Sampler::new(SamplingConfig { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingConfig { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingConfig {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingConfig {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

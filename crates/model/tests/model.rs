@@ -21,22 +21,48 @@ fn configs() -> Vec<ModelConfig> {
 }
 
 fn ids(rows: &[&[u32]]) -> Tensor {
-    Tensor::new(rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), &Device::Cpu).unwrap()
+    Tensor::new(
+        rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
     for cfg in configs() {
         let init = init_parameters(&cfg, 5, &Device::Cpu).unwrap();
-        let vars: BTreeMap<String, Var> = init.iter().map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap())).collect();
-        let model = Model::new(cfg.clone(), vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()).unwrap();
+        let vars: BTreeMap<String, Var> = init
+            .iter()
+            .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+            .collect();
+        let model = Model::new(
+            cfg.clone(),
+            vars.iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect(),
+        )
+        .unwrap();
         let x = ids(&[&[1, 5, 9, 13, 2, 7], &[3, 3, 4, 40, 41, 49]]);
         let y = ids(&[&[5, 9, 13, 2, 7, 8], &[3, 4, 40, 41, 49, 0]]);
         let grads = model.loss(&x, &y, None).unwrap().backward().unwrap();
         for (name, var) in &vars {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{:?}: `{name}` has no gradient", cfg.model_type));
-            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-            assert!(norm.is_finite() && norm > 0.0, "{:?}: `{name}` gradient norm {norm}", cfg.model_type);
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{:?}: `{name}` has no gradient", cfg.model_type));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt();
+            assert!(
+                norm.is_finite() && norm > 0.0,
+                "{:?}: `{name}` gradient norm {norm}",
+                cfg.model_type
+            );
         }
     }
 }
@@ -44,21 +70,32 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 #[test]
 fn kv_cache_decoding_equals_the_full_forward() {
     for cfg in configs() {
-        let model = Model::new(cfg.clone(), init_parameters(&cfg, 9, &Device::Cpu).unwrap()).unwrap();
+        let model =
+            Model::new(cfg.clone(), init_parameters(&cfg, 9, &Device::Cpu).unwrap()).unwrap();
         let seq: Vec<u32> = vec![1, 17, 4, 33, 2, 9, 12, 40];
         let full = model.forward(&ids(&[&seq])).unwrap().squeeze(0).unwrap();
         // prefill 3 tokens, then one at a time
         let mut cache = KvCache::new();
-        let mut rows = vec![model.forward_cached(&ids(&[&seq[..3]]), &mut cache).unwrap()];
+        let mut rows = vec![model
+            .forward_cached(&ids(&[&seq[..3]]), &mut cache)
+            .unwrap()];
         for t in 3..seq.len() {
-            rows.push(model.forward_cached(&ids(&[&seq[t..t + 1]]), &mut cache).unwrap());
+            rows.push(
+                model
+                    .forward_cached(&ids(&[&seq[t..t + 1]]), &mut cache)
+                    .unwrap(),
+            );
         }
         assert_eq!(cache.len(), seq.len());
         for (k, row) in rows.iter().enumerate() {
             let pos = if k == 0 { 2 } else { k + 2 };
             let want: Vec<f32> = full.get(pos).unwrap().to_vec1().unwrap();
             let got: Vec<f32> = row.squeeze(0).unwrap().to_vec1().unwrap();
-            let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 1e-5, "{:?} position {pos}: {worst}", cfg.model_type);
         }
     }
@@ -68,17 +105,62 @@ fn kv_cache_decoding_equals_the_full_forward() {
 fn generation_is_seeded_and_stops_at_eos() {
     let cfg = configs().remove(0);
     let model = Model::new(cfg.clone(), init_parameters(&cfg, 3, &Device::Cpu).unwrap()).unwrap();
-    let sampling = SamplingConfig { temperature: 1.0, top_k: 20, top_p: 0.9, seed: 11 };
-    let a = generate(&model, &[1, 2, 3], 12, &[], &mut Sampler::new(sampling.clone()).unwrap()).unwrap();
-    let b = generate(&model, &[1, 2, 3], 12, &[], &mut Sampler::new(sampling).unwrap()).unwrap();
+    let sampling = SamplingConfig {
+        temperature: 1.0,
+        top_k: 20,
+        top_p: 0.9,
+        seed: 11,
+    };
+    let a = generate(
+        &model,
+        &[1, 2, 3],
+        12,
+        &[],
+        &mut Sampler::new(sampling.clone()).unwrap(),
+    )
+    .unwrap();
+    let b = generate(
+        &model,
+        &[1, 2, 3],
+        12,
+        &[],
+        &mut Sampler::new(sampling).unwrap(),
+    )
+    .unwrap();
     assert_eq!(a, b);
     assert_eq!(a.len(), 12);
     let stop = a[4];
-    let c = generate(&model, &[1, 2, 3], 12, &[stop], &mut Sampler::new(SamplingConfig { temperature: 1.0, top_k: 20, top_p: 0.9, seed: 11 }).unwrap()).unwrap();
+    let c = generate(
+        &model,
+        &[1, 2, 3],
+        12,
+        &[stop],
+        &mut Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 20,
+            top_p: 0.9,
+            seed: 11,
+        })
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c.last(), Some(&stop));
     assert!(c.len() <= 5);
-    let greedy = generate(&model, &[1, 2, 3], 5, &[], &mut Sampler::new(SamplingConfig::default()).unwrap()).unwrap();
-    let first = model.forward(&ids(&[&[1, 2, 3]])).unwrap().squeeze(0).unwrap().get(2).unwrap();
+    let greedy = generate(
+        &model,
+        &[1, 2, 3],
+        5,
+        &[],
+        &mut Sampler::new(SamplingConfig::default()).unwrap(),
+    )
+    .unwrap();
+    let first = model
+        .forward(&ids(&[&[1, 2, 3]]))
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .get(2)
+        .unwrap();
     assert_eq!(greedy[0], zerolm_model::model::argmax(&first).unwrap());
 }
 
@@ -105,15 +187,27 @@ fn bad_weights_and_inputs_name_the_problem() {
     let mut missing = params.clone();
     missing.remove("model.layers.1.mlp.up_proj.weight");
     let e = Model::new(cfg.clone(), missing).err().unwrap().to_string();
-    assert!(e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{e}"
+    );
     let mut wrong = params.clone();
-    wrong.insert("model.norm.weight".into(), Tensor::ones(7, candle_core::DType::F32, &Device::Cpu).unwrap());
+    wrong.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = Model::new(cfg.clone(), wrong).err().unwrap().to_string();
     assert!(e.contains("`model.norm.weight` has shape [7]"), "{e}");
-    params.insert("model.layers.9.extra".into(), Tensor::ones(1, candle_core::DType::F32, &Device::Cpu).unwrap());
+    params.insert(
+        "model.layers.9.extra".into(),
+        Tensor::ones(1, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = Model::new(cfg.clone(), params).err().unwrap().to_string();
     assert!(e.contains("model.layers.9.extra"), "{e}");
     let model = Model::new(cfg.clone(), init_parameters(&cfg, 1, &Device::Cpu).unwrap()).unwrap();
     let e = model.forward(&ids(&[&[1, 50]])).err().unwrap().to_string();
-    assert!(e.contains("token id 50") && e.contains("vocab_size 50"), "{e}");
+    assert!(
+        e.contains("token id 50") && e.contains("vocab_size 50"),
+        "{e}"
+    );
 }

@@ -30,12 +30,18 @@ impl Params {
 
     /// The parameters as tensors (tracked by autograd) for building a model.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Untracked views of the current values (for eval, export and checkpoints).
     pub fn detached(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     /// Overwrites every parameter with `values` (same names and shapes).
@@ -71,7 +77,9 @@ impl Grads {
             .iter()
             .map(|(name, var)| {
                 let g = store.get(var.as_tensor()).ok_or_else(|| {
-                    TrainError::Internal(format!("parameter `{name}` received no gradient (graph cut)"))
+                    TrainError::Internal(format!(
+                        "parameter `{name}` received no gradient (graph cut)"
+                    ))
                 })?;
                 Ok(g.flatten_all()?.to_vec1::<f32>()?)
             })
@@ -82,7 +90,9 @@ impl Grads {
     /// Adds another micro-batch's gradients.
     pub fn add(&mut self, other: &Grads) {
         for (a, b) in self.values.iter_mut().zip(&other.values) {
-            a.par_iter_mut().zip(b.par_iter()).for_each(|(x, y)| *x += *y);
+            a.par_iter_mut()
+                .zip(b.par_iter())
+                .for_each(|(x, y)| *x += *y);
         }
     }
 
@@ -90,7 +100,13 @@ impl Grads {
     pub fn norm(&self) -> f64 {
         self.values
             .iter()
-            .map(|g| g.par_chunks(1 << 16).map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>())
+            .map(|g| {
+                g.par_chunks(1 << 16)
+                    .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .sum::<f64>()
+            })
             .sum::<f64>()
             .sqrt()
     }
@@ -101,7 +117,12 @@ impl Grads {
             .vars
             .iter()
             .zip(&self.values)
-            .map(|((n, _), g)| (n.clone(), g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()))
+            .map(|((n, _), g)| {
+                (
+                    n.clone(),
+                    g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt(),
+                )
+            })
             .collect()
     }
 
@@ -112,14 +133,18 @@ impl Grads {
         if max_norm > 0.0 {
             let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
             if coef < 1.0 {
-                self.values.iter_mut().for_each(|g| g.par_iter_mut().for_each(|x| *x *= coef));
+                self.values
+                    .iter_mut()
+                    .for_each(|g| g.par_iter_mut().for_each(|x| *x *= coef));
             }
         }
         norm
     }
 
     pub fn is_finite(&self) -> bool {
-        self.values.iter().all(|g| g.par_iter().all(|x| x.is_finite()))
+        self.values
+            .iter()
+            .all(|g| g.par_iter().all(|x| x.is_finite()))
     }
 }
 
@@ -165,18 +190,24 @@ impl AdamW {
         let (one_m_b1, b2f, one_m_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
         for (i, (_, var)) in params.vars.iter().enumerate() {
             let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let shrink = if self.decay[i] { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let shrink = if self.decay[i] {
+                (1.0 - lr * self.cfg.weight_decay) as f32
+            } else {
+                1.0
+            };
             let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads.values[i]);
-            p.par_iter_mut().zip(m.par_iter_mut()).zip(v.par_iter_mut()).zip(g.par_iter()).for_each(
-                |(((p, m), v), g)| {
+            p.par_iter_mut()
+                .zip(m.par_iter_mut())
+                .zip(v.par_iter_mut())
+                .zip(g.par_iter())
+                .for_each(|(((p, m), v), g)| {
                     *p *= shrink;
                     *m += (*g - *m) * one_m_b1;
                     // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value=1-β2); p.addcdiv_(m, denom, value=-step)
                     *v = *v * b2f + one_m_b2 * *g * *g;
                     let denom = v.sqrt() / bc2_sqrt + eps;
                     *p += -step_size * *m / denom;
-                },
-            );
+                });
             var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
         }
         Ok(())
@@ -186,8 +217,14 @@ impl AdamW {
     pub fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>, TrainError> {
         let mut out = BTreeMap::new();
         for (i, (name, var)) in params.vars.iter().enumerate() {
-            out.insert(format!("{name}.exp_avg"), Tensor::from_slice(&self.m[i], var.shape(), &Device::Cpu)?);
-            out.insert(format!("{name}.exp_avg_sq"), Tensor::from_slice(&self.v[i], var.shape(), &Device::Cpu)?);
+            out.insert(
+                format!("{name}.exp_avg"),
+                Tensor::from_slice(&self.m[i], var.shape(), &Device::Cpu)?,
+            );
+            out.insert(
+                format!("{name}.exp_avg_sq"),
+                Tensor::from_slice(&self.v[i], var.shape(), &Device::Cpu)?,
+            );
         }
         Ok(out)
     }
@@ -203,9 +240,15 @@ impl AdamW {
         for (i, (name, var)) in params.vars.iter().enumerate() {
             for (suffix, slot) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
                 let key = format!("{name}.{suffix}");
-                let t = state.get(&key).ok_or_else(|| TrainError::Resume(format!("{source}: missing `{key}`")))?;
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| TrainError::Resume(format!("{source}: missing `{key}`")))?;
                 if t.dims() != var.dims() {
-                    return Err(TrainError::Resume(format!("{source}: `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                    return Err(TrainError::Resume(format!(
+                        "{source}: `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
                 }
                 *slot = t.flatten_all()?.to_vec1()?;
             }

@@ -36,7 +36,13 @@ pub struct Score {
 
 impl std::fmt::Display for Score {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.1}% ({}/{})", 100.0 * self.accuracy(), self.correct, self.total)
+        write!(
+            f,
+            "{:.1}% ({}/{})",
+            100.0 * self.accuracy(),
+            self.correct,
+            self.total
+        )
     }
 }
 
@@ -47,7 +53,10 @@ pub fn before_after(before: &Option<Score>, after: &Option<Score>) -> String {
 }
 
 /// Loads the questions `args` names, if any.
-pub fn load_for(args: &crate::cli::AnswerCheckArgs, tokenizer: &TokenizerDir) -> Result<Option<AnswerSet>, TrainError> {
+pub fn load_for(
+    args: &crate::cli::AnswerCheckArgs,
+    tokenizer: &TokenizerDir,
+) -> Result<Option<AnswerSet>, TrainError> {
     match &args.answer_check {
         Some(p) => Ok(Some(load(p, tokenizer, args.answer_max)?)),
         None => Ok(None),
@@ -73,12 +82,22 @@ pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerS
         if max > 0 && items.len() >= max {
             break;
         }
-        let bad = |msg: String| TrainError::Data(DataError::BadRow { at: row.at.clone(), msg });
+        let bad = |msg: String| {
+            TrainError::Data(DataError::BadRow {
+                at: row.at.clone(),
+                msg,
+            })
+        };
         let value = row.value.as_ref().map_err(|e| bad(e.clone()))?;
         let answer = match value.get("answer") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(bad("field `answer` (a non-empty string) is missing; the answer check needs it".into())),
+            _ => {
+                return Err(bad(
+                    "field `answer` (a non-empty string) is missing; the answer check needs it"
+                        .into(),
+                ))
+            }
         };
         let mut messages = match value.get("prompt") {
             // preference rows (the article's format): the prompt string is the user's question
@@ -88,7 +107,9 @@ pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerS
                 match formats::normalize(format, value, "text", formats::Template::Chat) {
                     Ok(Record::Chat(m)) => m,
                     Ok(_) => return Err(bad("expected a conversation".into())),
-                    Err(formats::Problem::Bad(m) | formats::Problem::Empty(m)) => return Err(bad(m)),
+                    Err(formats::Problem::Bad(m) | formats::Problem::Empty(m)) => {
+                        return Err(bad(m))
+                    }
                 }
             }
         };
@@ -99,17 +120,31 @@ pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerS
             return Err(bad("no user turn to ask".into()));
         }
         let text = tokenizer.template.render(&messages, true)?;
-        items.push(Question { prompt_ids: tokenizer.encode(&text)?, answer });
+        items.push(Question {
+            prompt_ids: tokenizer.encode(&text)?,
+            answer,
+        });
     }
     if items.is_empty() {
-        return Err(TrainError::Data(DataError::BadFile { path: path.into(), msg: "no questions".into() }));
+        return Err(TrainError::Data(DataError::BadFile {
+            path: path.into(),
+            msg: "no questions".into(),
+        }));
     }
-    Ok(AnswerSet { path: path.into(), items })
+    Ok(AnswerSet {
+        path: path.into(),
+        items,
+    })
 }
 
 /// Greedy-decodes every question (up to `max_new_tokens`, stopping at eos) and counts replies that
 /// contain the answer.
-pub fn check(model: &Model, tokenizer: &TokenizerDir, set: &AnswerSet, max_new_tokens: usize) -> Result<Score, TrainError> {
+pub fn check(
+    model: &Model,
+    tokenizer: &TokenizerDir,
+    set: &AnswerSet,
+    max_new_tokens: usize,
+) -> Result<Score, TrainError> {
     let eos = tokenizer.eos_id;
     let hits: Vec<bool> = set
         .items
@@ -121,5 +156,8 @@ pub fn check(model: &Model, tokenizer: &TokenizerDir, set: &AnswerSet, max_new_t
             Ok(reply.contains(&q.answer))
         })
         .collect::<Result<_, TrainError>>()?;
-    Ok(Score { correct: hits.iter().filter(|h| **h).count(), total: hits.len() })
+    Ok(Score {
+        correct: hits.iter().filter(|h| **h).count(),
+        total: hits.len(),
+    })
 }

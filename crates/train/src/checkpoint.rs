@@ -88,7 +88,10 @@ pub fn save(
     )?;
     let all = list(root)?;
     for (_, old) in all.iter().rev().skip(keep) {
-        std::fs::remove_dir_all(old).map_err(|cause| TrainError::Write { path: old.clone(), cause })?;
+        std::fs::remove_dir_all(old).map_err(|cause| TrainError::Write {
+            path: old.clone(),
+            cause,
+        })?;
     }
     Ok(dir)
 }
@@ -97,7 +100,9 @@ pub fn save(
 /// (and removed).
 pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(out) };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
@@ -105,7 +110,10 @@ pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError> {
             let _ = std::fs::remove_dir_all(&path);
             continue;
         }
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if path.join("trainer_state.json").is_file() {
                 out.push((step, path));
             }
@@ -138,12 +146,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
     }
     let (model, _) = load_safetensors(&dir.join("model.safetensors"), device)?;
     let (optimizer, _) = load_safetensors(&dir.join("optimizer.safetensors"), device)?;
-    Ok(Checkpoint { dir: dir.to_path_buf(), state, model, optimizer })
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        state,
+        model,
+        optimizer,
+    })
 }
 
 /// Explains how `saved` differs from `now` (the run's identity), or `None` when the run may resume.
 /// Keys in `allowed` may differ.
-pub fn config_difference(saved: &serde_json::Value, now: &serde_json::Value, allowed: &[&str]) -> Option<String> {
+pub fn config_difference(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    allowed: &[&str],
+) -> Option<String> {
     let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
         return (saved != now).then(|| "the settings differ".to_string());
     };

@@ -89,16 +89,26 @@ impl TrainArgs {
     ) -> Result<(TrainConfig, bool), TrainError> {
         let yaml = match &self.config {
             None => None,
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?),
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?,
+            ),
         };
         let yaml_value: serde_json::Value = match &yaml {
             None => serde_json::Value::Null,
             Some(text) => serde_yaml::from_str(text).map_err(|e| {
-                TrainError::Config(format!("{}: not valid YAML: {e}", self.config.as_ref().expect("set").display()))
+                TrainError::Config(format!(
+                    "{}: not valid YAML: {e}",
+                    self.config.as_ref().expect("set").display()
+                ))
             })?,
         };
-        let preset =
-            self.preset.clone().or_else(|| yaml_value.get("preset").and_then(|v| v.as_str()).map(str::to_string));
+        let preset = self.preset.clone().or_else(|| {
+            yaml_value
+                .get("preset")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
         let mut cfg = defaults(preset.as_deref())?;
         if let (Some(text), Some(p)) = (&yaml, &self.config) {
             let label = cfg.preset.clone();
@@ -122,8 +132,14 @@ impl TrainArgs {
         .collect();
         sets.extend(self.sets.iter().cloned());
         let cfg = apply_sets(&cfg, &sets)?;
-        let explicit = self.sets.iter().any(|s| s.trim_start().starts_with("model.vocab_size"))
-            || yaml_value.get("model").and_then(|m| m.get("vocab_size")).is_some();
+        let explicit = self
+            .sets
+            .iter()
+            .any(|s| s.trim_start().starts_with("model.vocab_size"))
+            || yaml_value
+                .get("model")
+                .and_then(|m| m.get("vocab_size"))
+                .is_some();
         Ok((cfg, explicit))
     }
 
@@ -137,9 +153,15 @@ impl TrainArgs {
 /// (bad input, flag, setting or checkpoint), 2 for internal failures.
 pub fn failure(err: &(dyn std::error::Error + Send + Sync + 'static)) -> std::process::ExitCode {
     eprintln!("error: {err}");
-    let user = err.downcast_ref::<TrainError>().is_some_and(TrainError::is_user_error)
-        || err.downcast_ref::<zerolm_model::ModelError>().is_some_and(|e| e.is_user_error())
-        || err.downcast_ref::<zerolm_data::DataError>().is_some_and(|e| e.is_user_error());
+    let user = err
+        .downcast_ref::<TrainError>()
+        .is_some_and(TrainError::is_user_error)
+        || err
+            .downcast_ref::<zerolm_model::ModelError>()
+            .is_some_and(|e| e.is_user_error())
+        || err
+            .downcast_ref::<zerolm_data::DataError>()
+            .is_some_and(|e| e.is_user_error());
     std::process::ExitCode::from(if user { 1 } else { 2 })
 }
 
@@ -188,7 +210,15 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> TrainArgs {
-        let mut argv = vec!["x", "--input", "a.parquet", "--tokenizer", "tok", "--out", "o"];
+        let mut argv = vec![
+            "x",
+            "--input",
+            "a.parquet",
+            "--tokenizer",
+            "tok",
+            "--out",
+            "o",
+        ];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).train
     }
@@ -203,16 +233,33 @@ mod tests {
             .resolve(pretrain)
             .unwrap();
         assert_eq!(c.preset, "micro");
-        assert_eq!(c.model.hidden_size, 32, "the YAML's preset shapes the model");
+        assert_eq!(
+            c.model.hidden_size, 32,
+            "the YAML's preset shapes the model"
+        );
         assert_eq!(c.model.num_hidden_layers, 1);
         assert_eq!(c.lr, 0.01);
-        assert_eq!(c.batch_size, 6, "--set wins over the flag, the flag over the YAML");
+        assert_eq!(
+            c.batch_size, 6,
+            "--set wins over the flag, the flag over the YAML"
+        );
         assert!(explicit, "vocab_size given in the YAML");
-        let (c, explicit) = parse(&["--preset", "tiny", "--lr", "0.5"]).resolve(pretrain).unwrap();
+        let (c, explicit) = parse(&["--preset", "tiny", "--lr", "0.5"])
+            .resolve(pretrain)
+            .unwrap();
         assert_eq!((c.model.hidden_size, c.lr, explicit), (128, 0.5, false));
-        let (c, _) = parse(&["--config", y, "--preset", "tiny"]).resolve(pretrain).unwrap();
-        assert_eq!((c.preset.as_str(), c.model.hidden_size), ("tiny", 128), "--preset wins and is what is recorded");
-        let e = parse(&["--config", "/no/such.yaml"]).resolve(pretrain).unwrap_err().to_string();
+        let (c, _) = parse(&["--config", y, "--preset", "tiny"])
+            .resolve(pretrain)
+            .unwrap();
+        assert_eq!(
+            (c.preset.as_str(), c.model.hidden_size),
+            ("tiny", 128),
+            "--preset wins and is what is recorded"
+        );
+        let e = parse(&["--config", "/no/such.yaml"])
+            .resolve(pretrain)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such.yaml"), "{e}");
     }
 }

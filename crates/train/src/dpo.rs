@@ -39,7 +39,12 @@ struct DpoTask<'a> {
 
 impl DpoTask<'_> {
     /// Loss tensor, completion tokens and TRL metrics for pairs `idx` of `split`.
-    fn pairs_loss(&self, model: &Model, split: &Split, idx: &[usize]) -> Result<(Tensor, usize, BTreeMap<String, f64>), TrainError> {
+    fn pairs_loss(
+        &self,
+        model: &Model,
+        split: &Split,
+        idx: &[usize],
+    ) -> Result<(Tensor, usize, BTreeMap<String, f64>), TrainError> {
         let (x, y, w) = split.pairs.batch(idx, &self.device)?;
         let s = sequence_logps(model, &x, &y, &w, true)?;
         let b = idx.len();
@@ -61,7 +66,9 @@ impl DpoTask<'_> {
         let loss = preference::batch_loss(&self.spec, &p, &self.params)?;
         let mut metrics = preference::reward_metrics(&p, self.params.beta)?;
         let lens: Vec<f64> = s.lens.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        let group = |r: std::ops::Range<usize>| s.logit_sums[r.clone()].iter().sum::<f64>() / lens[r].iter().sum::<f64>().max(1.0);
+        let group = |r: std::ops::Range<usize>| {
+            s.logit_sums[r.clone()].iter().sum::<f64>() / lens[r].iter().sum::<f64>().max(1.0)
+        };
         metrics.insert("logits/chosen".into(), group(0..b));
         metrics.insert("logits/rejected".into(), group(b..2 * b));
         let tokens = lens.iter().sum::<f64>() as usize;
@@ -76,11 +83,22 @@ impl Task for DpoTask<'_> {
 
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
         let (loss, tokens, metrics) = self.pairs_loss(model, &self.train, samples)?;
-        Ok(BatchLoss { loss, tokens, metrics })
+        Ok(BatchLoss {
+            loss,
+            tokens,
+            metrics,
+        })
     }
 
-    fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError> {
-        let Some(eval) = &self.eval else { return Ok(None) };
+    fn evaluate(
+        &self,
+        model: &Model,
+        batch_size: usize,
+        max_batches: usize,
+    ) -> Result<Option<EvalResult>, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
         let order: Vec<usize> = (0..eval.pairs.pairs.len()).collect();
         let (mut loss, mut tokens, mut rows) = (0f64, 0usize, 0usize);
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
@@ -99,11 +117,19 @@ impl Task for DpoTask<'_> {
         }
         let n = rows.max(1) as f64;
         let metrics = sums.into_iter().map(|(k, v)| (k, v / n)).collect();
-        Ok((rows > 0).then(|| EvalResult { loss: loss / n, tokens, rows, perplexity: false, metrics }))
+        Ok((rows > 0).then(|| EvalResult {
+            loss: loss / n,
+            tokens,
+            rows,
+            perplexity: false,
+            metrics,
+        }))
     }
 
     fn probe(&self, model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
-        let Some((set, tokenizer, max_new)) = self.answers else { return Ok(None) };
+        let Some((set, tokenizer, max_new)) = self.answers else {
+            return Ok(None);
+        };
         let score = answers::check(model, tokenizer, set, max_new)?;
         let mut row = Map::new();
         row.insert("answer_accuracy".into(), json!(score.accuracy()));
@@ -156,10 +182,14 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let cfg = args.cfg;
     let (tokenizer, _) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
-        return Err(TrainError::Config("no --input DPO token file given (make one with `tokenize dpo`)".into()));
+        return Err(TrainError::Config(
+            "no --input DPO token file given (make one with `tokenize dpo`)".into(),
+        ));
     }
-    let (train_files, mut inputs) = stage::read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "train")?;
-    let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Dpo, &tokenizer, "eval")?;
+    let (train_files, mut inputs) =
+        stage::read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "train")?;
+    let (eval_files, eval_prints) =
+        stage::read_token_files(&args.eval_inputs, Kind::Dpo, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
     let weights = args.model.join("model.safetensors");
     let start = stage::start_weights(&args.model)?;
@@ -167,13 +197,27 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     inputs.push(start);
 
     let train_pairs = PairSet::new(&train_files, cfg.seq_len, tokenizer.pad_id);
-    let eval_pairs = (!eval_files.is_empty()).then(|| PairSet::new(&eval_files, cfg.seq_len, tokenizer.pad_id));
+    let eval_pairs =
+        (!eval_files.is_empty()).then(|| PairSet::new(&eval_files, cfg.seq_len, tokenizer.pad_id));
     let needs_ref = args.loss.needs_reference();
-    let mut reference = if needs_ref { "none yet" } else { "none (reference-free loss)" }.to_string();
+    let mut reference = if needs_ref {
+        "none yet"
+    } else {
+        "none (reference-free loss)"
+    }
+    .to_string();
     let mut ref_model = None;
-    let mut resolve = |pairs: PairSet, cache: Option<&PathBuf>, role: &str, inputs: &mut Vec<_>| -> Result<Split, TrainError> {
+    let mut resolve = |pairs: PairSet,
+                       cache: Option<&PathBuf>,
+                       role: &str,
+                       inputs: &mut Vec<_>|
+     -> Result<Split, TrainError> {
         if !needs_ref {
-            return Ok(Split { pairs, ref_chosen: vec![], ref_rejected: vec![] });
+            return Ok(Split {
+                pairs,
+                ref_chosen: vec![],
+                ref_rejected: vec![],
+            });
         }
         let (c, r) = match (cache, &args.ref_model) {
             (Some(path), named) => {
@@ -217,11 +261,20 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
                 )))
             }
         };
-        Ok(Split { pairs, ref_chosen: c, ref_rejected: r })
+        Ok(Split {
+            pairs,
+            ref_chosen: c,
+            ref_rejected: r,
+        })
     };
     let train = resolve(train_pairs, args.ref_cache.as_ref(), "train", &mut inputs)?;
     let eval = match eval_pairs {
-        Some(p) => Some(resolve(p, args.eval_ref_cache.as_ref(), "eval", &mut inputs)?),
+        Some(p) => Some(resolve(
+            p,
+            args.eval_ref_cache.as_ref(),
+            "eval",
+            &mut inputs,
+        )?),
         None => None,
     };
     drop(resolve);
@@ -240,7 +293,10 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         args.loss.0,
         args.loss_params.beta,
     );
-    std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
+    std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write {
+        path: args.out.clone(),
+        cause,
+    })?;
     let resolved = json!({
         "stage": "dpo",
         "command": args.command,
@@ -263,12 +319,17 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         eval,
         spec: args.loss.clone(),
         params: args.loss_params.clone(),
-        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
+        answers: answer_set
+            .as_ref()
+            .map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
         device: Device::Cpu,
     };
     // The loss and its constants are part of the run's identity (a resume with other ones is refused).
     let mut identity = cfg.clone();
-    identity.preset = format!("{} | loss {:?} | {:?}", cfg.preset, args.loss.0, args.loss_params);
+    identity.preset = format!(
+        "{} | loss {:?} | {:?}",
+        cfg.preset, args.loss.0, args.loss_params
+    );
     let spec = RunSpec {
         stage: "dpo",
         out: &args.out,
@@ -282,5 +343,12 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     let (answers_before, answers_after) = crate::sft::probe_scores(&outcome, answer_set.is_some());
-    Ok(DpoReport { outcome, model_dir, pairs, reference, answers_before, answers_after })
+    Ok(DpoReport {
+        outcome,
+        model_dir,
+        pairs,
+        reference,
+        answers_before,
+        answers_after,
+    })
 }

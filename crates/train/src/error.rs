@@ -17,9 +17,16 @@ pub enum TrainError {
     Resume(String),
     /// Loss or gradients became NaN/Inf.
     #[error("training diverged at step {step}: {what}. {kept}")]
-    Diverged { step: usize, what: String, kept: String },
+    Diverged {
+        step: usize,
+        what: String,
+        kept: String,
+    },
     #[error("cannot write {path}: {cause}")]
-    Write { path: PathBuf, cause: std::io::Error },
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     /// A bug rather than bad input.
     #[error("internal error: {0}")]
     Internal(String),

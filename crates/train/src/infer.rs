@@ -52,18 +52,38 @@ impl Generator {
     }
 
     /// Continues `text` (already rendered; special-token strings become their ids).
-    pub fn complete(&self, text: &str, max_new_tokens: usize, sampling: SamplingConfig) -> Result<Completion, TrainError> {
+    pub fn complete(
+        &self,
+        text: &str,
+        max_new_tokens: usize,
+        sampling: SamplingConfig,
+    ) -> Result<Completion, TrainError> {
         let prompt_ids = self.tokenizer.encode(text)?;
         if prompt_ids.is_empty() {
             return Err(TrainError::Config("the prompt is empty".into()));
         }
         let mut sampler = Sampler::new(sampling)?;
         let eos = self.tokenizer.eos_id;
-        let new_ids = sample::generate(&self.model, &prompt_ids, max_new_tokens, &[eos], &mut sampler)?;
+        let new_ids = sample::generate(
+            &self.model,
+            &prompt_ids,
+            max_new_tokens,
+            &[eos],
+            &mut sampler,
+        )?;
         let stopped_at_eos = new_ids.last() == Some(&eos);
-        let visible = if stopped_at_eos { &new_ids[..new_ids.len() - 1] } else { &new_ids[..] };
+        let visible = if stopped_at_eos {
+            &new_ids[..new_ids.len() - 1]
+        } else {
+            &new_ids[..]
+        };
         let text = self.tokenizer.decode(visible)?;
-        Ok(Completion { prompt_ids, new_ids, text, stopped_at_eos })
+        Ok(Completion {
+            prompt_ids,
+            new_ids,
+            text,
+            stopped_at_eos,
+        })
     }
 
     /// The ids of `text` and the logits at every position ([T, vocab]): tensors `ids` (stored as f32
@@ -74,7 +94,10 @@ impl Generator {
         let logits = self.model.forward(&x)?.squeeze(0)?;
         let mut out = BTreeMap::new();
         out.insert("logits".to_string(), logits);
-        out.insert("ids".to_string(), Tensor::new(ids.as_slice(), &Device::Cpu)?);
+        out.insert(
+            "ids".to_string(),
+            Tensor::new(ids.as_slice(), &Device::Cpu)?,
+        );
         Ok(out)
     }
 }

@@ -3,11 +3,11 @@
 //! the stages built on it.
 
 pub mod adamw;
-pub mod answers;
 pub mod alloc;
+pub mod answers;
 pub mod checkpoint;
-pub mod dpo;
 pub mod cli;
+pub mod dpo;
 pub mod error;
 pub mod infer;
 pub mod metrics;

@@ -20,7 +20,10 @@ impl MetricsLog {
     /// Opens `path` for a run that continues after `resume_step` (0 = a fresh run): rows of later steps,
     /// written by the interrupted run after its last checkpoint, are dropped so no step appears twice.
     pub fn open(path: &Path, resume_step: Option<usize>) -> Result<MetricsLog, TrainError> {
-        let werr = |cause| TrainError::Write { path: path.to_path_buf(), cause };
+        let werr = |cause| TrainError::Write {
+            path: path.to_path_buf(),
+            cause,
+        };
         let kept: Vec<String> = match resume_step {
             None => Vec::new(),
             Some(step) => std::fs::read_to_string(path)
@@ -40,8 +43,14 @@ impl MetricsLog {
             text.push('\n');
         }
         zerolm_data::fingerprint::write_atomically(path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(werr)?;
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(werr)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<(), TrainError> {
@@ -50,7 +59,10 @@ impl MetricsLog {
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
-            .map_err(|cause| TrainError::Write { path: self.path.clone(), cause })
+            .map_err(|cause| TrainError::Write {
+                path: self.path.clone(),
+                cause,
+            })
     }
 }
 

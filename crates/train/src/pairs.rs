@@ -31,10 +31,24 @@ pub struct PairSet {
 
 impl PairSet {
     pub fn new(files: &[TokenFile], max_len: usize, pad_id: u32) -> PairSet {
-        let mut set =
-            PairSet { pairs: Vec::new(), max_len, pad_id, skipped_empty: 0, skipped_long_prompt: 0, truncated: 0 };
+        let mut set = PairSet {
+            pairs: Vec::new(),
+            max_len,
+            pad_id,
+            skipped_empty: 0,
+            skipped_long_prompt: 0,
+            truncated: 0,
+        };
         for row in files.iter().flat_map(|f| &f.rows) {
-            let TokenRow::Dpo { id, prompt_ids, chosen_ids, rejected_ids } = row else { continue };
+            let TokenRow::Dpo {
+                id,
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+            } = row
+            else {
+                continue;
+            };
             if prompt_ids.is_empty() || chosen_ids.is_empty() || rejected_ids.is_empty() {
                 set.skipped_empty += 1;
                 continue;
@@ -50,7 +64,12 @@ impl PairSet {
                 rejected.truncate(room);
                 set.truncated += 1;
             }
-            set.pairs.push(Pair { id: id.clone(), prompt: prompt_ids.clone(), chosen, rejected });
+            set.pairs.push(Pair {
+                id: id.clone(),
+                prompt: prompt_ids.clone(),
+                chosen,
+                rejected,
+            });
         }
         set
     }
@@ -74,13 +93,31 @@ impl PairSet {
 
     /// Inputs, targets and completion weights [2B, L] for pairs `idx`: the chosen sequences first, then
     /// the rejected ones in the same order.
-    pub fn batch(&self, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor, Tensor), TrainError> {
+    pub fn batch(
+        &self,
+        idx: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor, Tensor), TrainError> {
         let seqs: Vec<(&[u32], &[u32])> = idx
             .iter()
-            .map(|&i| (self.pairs[i].prompt.as_slice(), self.pairs[i].chosen.as_slice()))
-            .chain(idx.iter().map(|&i| (self.pairs[i].prompt.as_slice(), self.pairs[i].rejected.as_slice())))
+            .map(|&i| {
+                (
+                    self.pairs[i].prompt.as_slice(),
+                    self.pairs[i].chosen.as_slice(),
+                )
+            })
+            .chain(idx.iter().map(|&i| {
+                (
+                    self.pairs[i].prompt.as_slice(),
+                    self.pairs[i].rejected.as_slice(),
+                )
+            }))
             .collect();
-        let len = seqs.iter().map(|(p, c)| p.len() + c.len() - 1).max().unwrap_or(0);
+        let len = seqs
+            .iter()
+            .map(|(p, c)| p.len() + c.len() - 1)
+            .max()
+            .unwrap_or(0);
         let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
         for (p, c) in &seqs {
             let full: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
@@ -111,12 +148,21 @@ pub struct SeqLogps {
     pub logit_sums: Vec<f64>,
 }
 
-pub fn sequence_logps(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, with_logits: bool) -> Result<SeqLogps, TrainError> {
+pub fn sequence_logps(
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+    with_logits: bool,
+) -> Result<SeqLogps, TrainError> {
     let (rows, len) = x.dims2()?;
     let vocab = model.config().vocab_size;
     let logits = model.forward(x)?;
-    let lp = zerolm_model::ops::token_logprobs(&logits.reshape((rows * len, vocab))?, &y.flatten_all()?)?
-        .reshape((rows, len))?;
+    let lp = zerolm_model::ops::token_logprobs(
+        &logits.reshape((rows * len, vocab))?,
+        &y.flatten_all()?,
+    )?
+    .reshape((rows, len))?;
     let sums = (lp * w)?.sum(1)?;
     let lens = w.sum(1)?;
     let logit_sums = if with_logits {
@@ -125,7 +171,11 @@ pub fn sequence_logps(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, with_lo
     } else {
         Vec::new()
     };
-    Ok(SeqLogps { sums, lens, logit_sums })
+    Ok(SeqLogps {
+        sums,
+        lens,
+        logit_sums,
+    })
 }
 
 #[cfg(test)]
@@ -141,7 +191,12 @@ mod tests {
             metadata: BTreeMap::new(),
             rows: rows
                 .into_iter()
-                .map(|(id, p, c, r)| TokenRow::Dpo { id: id.into(), prompt_ids: p, chosen_ids: c, rejected_ids: r })
+                .map(|(id, p, c, r)| TokenRow::Dpo {
+                    id: id.into(),
+                    prompt_ids: p,
+                    chosen_ids: c,
+                    rejected_ids: r,
+                })
                 .collect(),
             extra: BTreeMap::new(),
         }
@@ -156,19 +211,39 @@ mod tests {
             ("cut", vec![1, 2], vec![3, 3, 3, 3], vec![4]),
         ]);
         let s = PairSet::new(&[f], 5, 0);
-        assert_eq!((s.skipped_empty, s.skipped_long_prompt, s.truncated), (1, 1, 1));
+        assert_eq!(
+            (s.skipped_empty, s.skipped_long_prompt, s.truncated),
+            (1, 1, 1)
+        );
         assert_eq!(s.pairs.len(), 2);
         assert_eq!(s.pairs[1].chosen, vec![3, 3, 3]);
-        let t = PairSet::new(&[file(vec![("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2])])], 6, 0);
+        let t = PairSet::new(
+            &[file(vec![("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2])])],
+            6,
+            0,
+        );
         assert_ne!(s.fingerprint(), t.fingerprint());
     }
 
     #[test]
     fn batch_puts_chosen_then_rejected_and_weights_the_completion_only() {
-        let s = PairSet::new(&[file(vec![("a", vec![1, 7], vec![3, 2], vec![4, 5, 2])])], 16, 0);
+        let s = PairSet::new(
+            &[file(vec![("a", vec![1, 7], vec![3, 2], vec![4, 5, 2])])],
+            16,
+            0,
+        );
         let (x, y, w) = s.batch(&[0], &Device::Cpu).unwrap();
-        assert_eq!(x.to_vec2::<u32>().unwrap(), vec![vec![1, 7, 3, 0], vec![1, 7, 4, 5]]);
-        assert_eq!(y.to_vec2::<u32>().unwrap(), vec![vec![7, 3, 2, 0], vec![7, 4, 5, 2]]);
-        assert_eq!(w.to_vec2::<f32>().unwrap(), vec![vec![0.0, 1.0, 1.0, 0.0], vec![0.0, 1.0, 1.0, 1.0]]);
+        assert_eq!(
+            x.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 7, 3, 0], vec![1, 7, 4, 5]]
+        );
+        assert_eq!(
+            y.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 3, 2, 0], vec![7, 4, 5, 2]]
+        );
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            vec![vec![0.0, 1.0, 1.0, 0.0], vec![0.0, 1.0, 1.0, 1.0]]
+        );
     }
 }

@@ -64,23 +64,34 @@ impl LossSpec {
             let (name, weight) = match part.split_once(':') {
                 Some((n, w)) => {
                     let w: f64 = w.trim().parse().map_err(|_| {
-                        TrainError::Config(format!("--loss {s}: weight `{w}` of `{n}` is not a number"))
+                        TrainError::Config(format!(
+                            "--loss {s}: weight `{w}` of `{n}` is not a number"
+                        ))
                     })?;
                     (n.trim(), w)
                 }
                 None => (part, 1.0),
             };
-            let kind = LOSS_NAMES.iter().find(|(n, _)| *n == name).map(|(_, k)| *k).ok_or_else(|| {
-                let known: Vec<&str> = LOSS_NAMES.iter().map(|(n, _)| *n).collect();
-                TrainError::Config(format!("--loss {s}: unknown loss `{name}`; known: {}", known.join(", ")))
-            })?;
+            let kind = LOSS_NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = LOSS_NAMES.iter().map(|(n, _)| *n).collect();
+                    TrainError::Config(format!(
+                        "--loss {s}: unknown loss `{name}`; known: {}",
+                        known.join(", ")
+                    ))
+                })?;
             out.push((kind, weight));
         }
         if out.is_empty() {
             return Err(TrainError::Config("--loss is empty".into()));
         }
         if let Some((k, w)) = out.iter().find(|(_, w)| !w.is_finite()) {
-            return Err(TrainError::Config(format!("--loss {s}: the weight of {k:?} must be a finite number, got {w}")));
+            return Err(TrainError::Config(format!(
+                "--loss {s}: the weight of {k:?} must be a finite number, got {w}"
+            )));
         }
         Ok(LossSpec(out))
     }
@@ -106,7 +117,13 @@ pub struct LossParams {
 
 impl Default for LossParams {
     fn default() -> Self {
-        LossParams { beta: 0.1, label_smoothing: 0.0, discopop_tau: 0.05, simpo_gamma: 0.5, orpo_lambda: 0.1 }
+        LossParams {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            discopop_tau: 0.05,
+            simpo_gamma: 0.5,
+            orpo_lambda: 0.1,
+        }
     }
 }
 
@@ -139,7 +156,9 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
     let refs = || -> Result<(Tensor, Tensor), TrainError> {
         match (&p.rc, &p.rr) {
             (Some(rc), Some(rr)) => Ok(((&p.lc - rc)?, (&p.lr - rr)?)),
-            _ => Err(TrainError::Config(format!("loss {kind:?} needs reference log-probs"))),
+            _ => Err(TrainError::Config(format!(
+                "loss {kind:?} needs reference log-probs"
+            ))),
         }
     };
     let out = match kind {
@@ -160,7 +179,8 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             let (cl, rl) = refs()?;
             let z = ((cl - rl)? * beta)?;
             let e = k.label_smoothing;
-            ((log_sigmoid(&z)? * -(1.0 - e))? + (log_sigmoid(&z.neg()?)? * e)?)?.affine(1.0 / (1.0 - 2.0 * e), 0.0)?
+            ((log_sigmoid(&z)? * -(1.0 - e))? + (log_sigmoid(&z.neg()?)? * e)?)?
+                .affine(1.0 / (1.0 - 2.0 * e), 0.0)?
         }
         LossKind::ExoPair => {
             let (cl, rl) = refs()?;
@@ -177,7 +197,8 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             let (cl, rl) = refs()?;
             let c = (cl * beta)?;
             let r = (rl * beta)?;
-            ((log_sigmoid(&c)?.neg()? - (log_sigmoid(&c.neg()?)? * 0.5)?)? - (log_sigmoid(&r.neg()?)? * 0.5)?)?
+            ((log_sigmoid(&c)?.neg()? - (log_sigmoid(&c.neg()?)? * 0.5)?)?
+                - (log_sigmoid(&r.neg()?)? * 0.5)?)?
         }
         LossKind::BcoPair => {
             let (cl, rl) = refs()?;
@@ -219,7 +240,8 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             // clamped below 0 so log(1 − e^m) stays finite for a memorised completion (m → 0)
             let mc = (&p.lc / &p.len_c)?.minimum(-1e-6)?;
             let mr = (&p.lr / &p.len_r)?.minimum(-1e-6)?;
-            let log_odds = |m: &Tensor| -> CResult<Tensor> { m - m.exp()?.affine(-1.0, 1.0)?.log()? };
+            let log_odds =
+                |m: &Tensor| -> CResult<Tensor> { m - m.exp()?.affine(-1.0, 1.0)?.log()? };
             let ratio = (log_odds(&mc)? - log_odds(&mr)?)?;
             (log_sigmoid(&ratio)? * -k.orpo_lambda)?
         }
@@ -255,7 +277,9 @@ pub fn batch_loss(spec: &LossSpec, p: &Pairs, k: &LossParams) -> Result<Tensor, 
 /// reference-free), logps/* the mean summed log-probs.
 pub fn reward_metrics(p: &Pairs, beta: f64) -> Result<BTreeMap<String, f64>, TrainError> {
     let v = |t: &Tensor| -> Result<Vec<f64>, TrainError> {
-        Ok(t.detach().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+        Ok(t.detach()
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?)
     };
     let (lc, lr) = (v(&p.lc)?, v(&p.lr)?);
     let (rc, rr) = match (&p.rc, &p.rr) {
@@ -290,7 +314,14 @@ mod tests {
 
     fn pairs(lc: &[f32], lr: &[f32], rc: &[f32], rr: &[f32]) -> Pairs {
         let n = lc.len();
-        Pairs { lc: t(lc), lr: t(lr), rc: Some(t(rc)), rr: Some(t(rr)), len_c: t(&vec![5.0; n]), len_r: t(&vec![5.0; n]) }
+        Pairs {
+            lc: t(lc),
+            lr: t(lr),
+            rc: Some(t(rc)),
+            rr: Some(t(rr)),
+            len_c: t(&vec![5.0; n]),
+            len_r: t(&vec![5.0; n]),
+        }
     }
 
     fn vals(x: &Tensor) -> Vec<f32> {
@@ -306,10 +337,21 @@ mod tests {
 
     #[test]
     fn test_vector_one_sigmoid_hinge_and_rewards() {
-        let p = pairs(&[-0.5, -10.0, -1.0], &[-0.1, -30.0, -21.0], &[-0.5, -10.1, -0.1], &[-0.1, -20.1, -0.1]);
+        let p = pairs(
+            &[-0.5, -10.0, -1.0],
+            &[-0.1, -30.0, -21.0],
+            &[-0.5, -10.1, -0.1],
+            &[-0.1, -20.1, -0.1],
+        );
         let k = LossParams::default();
-        close(&vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()), &[0.693147, 0.313262, 0.126928]);
-        close(&vals(&per_pair(LossKind::Hinge, &p, &k).unwrap()), &[1.0, 0.0, 0.0]);
+        close(
+            &vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()),
+            &[0.693147, 0.313262, 0.126928],
+        );
+        close(
+            &vals(&per_pair(LossKind::Hinge, &p, &k).unwrap()),
+            &[1.0, 0.0, 0.0],
+        );
         let m = reward_metrics(&p, 0.1).unwrap();
         assert!((m["rewards/chosen"] - (0.0 + 0.01 - 0.09) / 3.0).abs() < 1e-6);
         assert!((m["rewards/margins"] - 1.0).abs() < 1e-5, "{m:?}"); // mean of [0, 1, 2]
@@ -318,10 +360,21 @@ mod tests {
 
     #[test]
     fn test_vector_two_sigmoid_mean() {
-        let p = pairs(&[-3.0, -2.5, -4.0, -1.5], &[-5.0, -3.5, -6.0, -2.5], &[-2.8, -2.3, -3.8, -1.4], &[-3.2, -2.7, -4.2, -1.8]);
+        let p = pairs(
+            &[-3.0, -2.5, -4.0, -1.5],
+            &[-5.0, -3.5, -6.0, -2.5],
+            &[-2.8, -2.3, -3.8, -1.4],
+            &[-3.2, -2.7, -4.2, -1.8],
+        );
         let k = LossParams::default();
-        close(&vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()), &[0.616344, 0.663597, 0.616344, 0.663597]);
-        let mean = batch_loss(&LossSpec::parse("sigmoid").unwrap(), &p, &k).unwrap().to_scalar::<f32>().unwrap();
+        close(
+            &vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()),
+            &[0.616344, 0.663597, 0.616344, 0.663597],
+        );
+        let mean = batch_loss(&LossSpec::parse("sigmoid").unwrap(), &p, &k)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((mean as f64 - 0.639970).abs() < 1e-5);
     }
 
@@ -346,28 +399,53 @@ mod tests {
             close(&vals(&per_pair(kind, &p, &k).unwrap()), &[want, want]);
         }
         k.label_smoothing = 1e-3;
-        close(&vals(&per_pair(LossKind::ExoPair, &p, &k).unwrap()), &[2.761231, 2.761231]);
-        close(&vals(&per_pair(LossKind::Robust, &p, &k).unwrap()), &[0.693147, 0.693147]);
+        close(
+            &vals(&per_pair(LossKind::ExoPair, &p, &k).unwrap()),
+            &[2.761231, 2.761231],
+        );
+        close(
+            &vals(&per_pair(LossKind::Robust, &p, &k).unwrap()),
+            &[0.693147, 0.693147],
+        );
         assert_eq!(reward_metrics(&p, 0.1).unwrap()["rewards/accuracies"], 0.0);
     }
 
     #[test]
     fn reference_free_losses_and_sft_combination() {
-        let p = Pairs { rc: None, rr: None, ..pairs(&[-2.0, -3.0], &[-4.0, -3.0], &[0.0, 0.0], &[0.0, 0.0]) };
-        let k = LossParams { beta: 2.0, ..Default::default() };
+        let p = Pairs {
+            rc: None,
+            rr: None,
+            ..pairs(&[-2.0, -3.0], &[-4.0, -3.0], &[0.0, 0.0], &[0.0, 0.0])
+        };
+        let k = LossParams {
+            beta: 2.0,
+            ..Default::default()
+        };
         // simpo: −logσ(β·(lc/5 − lr/5) − γ) for pair 0: β·0.4 − 0.5 = 0.3
         let s = vals(&per_pair(LossKind::Simpo, &p, &k).unwrap());
-        assert!((s[0] as f64 - (1.0 + (-0.3f64).exp()).ln()).abs() < 1e-5, "{s:?}");
+        assert!(
+            (s[0] as f64 - (1.0 + (-0.3f64).exp()).ln()).abs() < 1e-5,
+            "{s:?}"
+        );
         // orpo with equal completions has log-odds ratio 0: −λ·logσ(0) = λ·ln 2 (pair 1)
         let o = vals(&per_pair(LossKind::Orpo, &p, &k).unwrap());
         assert!((o[1] as f64 - 0.1 * 2f64.ln()).abs() < 1e-6, "{o:?}");
         // sft = token-mean NLL of chosen: (2 + 3) / 10
-        let sft = batch_loss(&LossSpec::parse("sft").unwrap(), &p, &k).unwrap().to_scalar::<f32>().unwrap();
+        let sft = batch_loss(&LossSpec::parse("sft").unwrap(), &p, &k)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((sft - 0.5).abs() < 1e-6);
-        assert!(per_pair(LossKind::Sigmoid, &p, &k).is_err(), "sigmoid without a reference must refuse");
+        assert!(
+            per_pair(LossKind::Sigmoid, &p, &k).is_err(),
+            "sigmoid without a reference must refuse"
+        );
         let spec = LossSpec::parse("sigmoid:1, sft:0.2").unwrap();
         assert_eq!(spec.0, vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 0.2)]);
-        assert!(LossSpec::parse("dpo").unwrap_err().to_string().contains("known: sigmoid"));
+        assert!(LossSpec::parse("dpo")
+            .unwrap_err()
+            .to_string()
+            .contains("known: sigmoid"));
         assert!(LossSpec::parse("sigmoid:x").is_err());
         assert!(!LossSpec::parse("simpo,sft").unwrap().needs_reference());
     }
@@ -383,13 +461,28 @@ mod tests {
             len_c: t(&[4.0, 3.0]),
             len_r: t(&[5.0, 2.0]),
         };
-        let loss = batch_loss(&LossSpec::parse("sigmoid").unwrap(), &p, &LossParams::default()).unwrap();
+        let loss = batch_loss(
+            &LossSpec::parse("sigmoid").unwrap(),
+            &p,
+            &LossParams::default(),
+        )
+        .unwrap();
         let g = vals(loss.backward().unwrap().get(&lc).unwrap());
         // d/dlc mean(−logσ(βΔ)) = −β·σ(−βΔ)/N = −0.1·0.5/2 at Δ = 0
         close(&g, &[-0.025, -0.025]);
         // and a huge negative margin stays finite for discopop
         let far = pairs(&[-900.0], &[-1.0], &[-1.0], &[-1.0]);
-        let d = vals(&per_pair(LossKind::Discopop, &far, &LossParams { beta: 1.0, ..Default::default() }).unwrap());
+        let d = vals(
+            &per_pair(
+                LossKind::Discopop,
+                &far,
+                &LossParams {
+                    beta: 1.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
         assert!(d[0].is_finite() || d[0] == f32::INFINITY, "{d:?}");
         assert!(!d[0].is_nan());
     }
@@ -407,11 +500,17 @@ mod tests {
                 len_c: t(&[4.0, 3.0]),
                 len_r: t(&[5.0, 2.0]),
             };
-            let k = LossParams { label_smoothing: 0.1, ..Default::default() };
+            let k = LossParams {
+                label_smoothing: 0.1,
+                ..Default::default()
+            };
             let loss = batch_loss(&LossSpec(vec![(*kind, 1.0)]), &p, &k).unwrap();
             let g = loss.backward().unwrap();
             let gc = vals(g.get(&lc).unwrap());
-            assert!(gc.iter().all(|v| v.is_finite()) && gc.iter().any(|v| *v != 0.0), "{name}: {gc:?}");
+            assert!(
+                gc.iter().all(|v| v.is_finite()) && gc.iter().any(|v| *v != 0.0),
+                "{name}: {gc:?}"
+            );
         }
     }
 }

@@ -46,7 +46,12 @@ impl Packed {
         }
         let blocks = tokens.len().saturating_sub(1) / seq_len;
         let used = if blocks == 0 { 0 } else { blocks * seq_len + 1 };
-        Packed { dropped_tail: tokens.len() - used, tokens, seq_len, documents }
+        Packed {
+            dropped_tail: tokens.len() - used,
+            tokens,
+            seq_len,
+            documents,
+        }
     }
 
     pub fn blocks(&self) -> usize {
@@ -62,7 +67,10 @@ impl Packed {
             x.extend_from_slice(&self.tokens[b * l..b * l + l]);
             y.extend_from_slice(&self.tokens[b * l + 1..b * l + l + 1]);
         }
-        Ok((Tensor::from_vec(x, (blocks.len(), l), device)?, Tensor::from_vec(y, (blocks.len(), l), device)?))
+        Ok((
+            Tensor::from_vec(x, (blocks.len(), l), device)?,
+            Tensor::from_vec(y, (blocks.len(), l), device)?,
+        ))
     }
 
     /// Entropy (nats/token) of the unigram distribution of the packed stream: the loss of a model that
@@ -73,7 +81,11 @@ impl Packed {
             *counts.entry(*t).or_default() += 1;
         }
         let n = self.tokens.len() as f64;
-        counts.values().map(|&c| c as f64 / n).map(|p| -p * p.ln()).sum()
+        counts
+            .values()
+            .map(|&c| c as f64 / n)
+            .map(|p| -p * p.ln())
+            .sum()
     }
 }
 
@@ -90,11 +102,22 @@ impl Task for PretrainTask {
 
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
         let (x, y) = self.train.batch(samples, &self.device)?;
-        Ok(BatchLoss { loss: model.loss(&x, &y, None)?, tokens: samples.len() * self.train.seq_len, metrics: Default::default() })
+        Ok(BatchLoss {
+            loss: model.loss(&x, &y, None)?,
+            tokens: samples.len() * self.train.seq_len,
+            metrics: Default::default(),
+        })
     }
 
-    fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError> {
-        let Some(eval) = &self.eval else { return Ok(None) };
+    fn evaluate(
+        &self,
+        model: &Model,
+        batch_size: usize,
+        max_batches: usize,
+    ) -> Result<Option<EvalResult>, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
         let n = eval.blocks();
         let blocks: Vec<usize> = (0..n).collect();
         let mut total = 0f64;
@@ -108,7 +131,13 @@ impl Task for PretrainTask {
             total -= lp.sum_all()?.to_scalar::<f32>()? as f64;
             tokens += chunk.len() * eval.seq_len;
         }
-        Ok((tokens > 0).then(|| EvalResult { loss: total / tokens as f64, tokens, rows: tokens / eval.seq_len, perplexity: true, metrics: Default::default() }))
+        Ok((tokens > 0).then(|| EvalResult {
+            loss: total / tokens as f64,
+            tokens,
+            rows: tokens / eval.seq_len,
+            perplexity: true,
+            metrics: Default::default(),
+        }))
     }
 }
 
@@ -141,14 +170,22 @@ pub struct PretrainReport {
 
 pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     if args.inputs.is_empty() {
-        return Err(TrainError::Config("no --input token file given (make one with `tokenize pretrain`)".into()));
+        return Err(TrainError::Config(
+            "no --input token file given (make one with `tokenize pretrain`)".into(),
+        ));
     }
     let tokenizer = TokenizerDir::load(&args.tokenizer)?;
-    trainer::fit_vocab(&mut args.cfg.model, tokenizer.vocab_size(), args.vocab_explicit)?;
+    trainer::fit_vocab(
+        &mut args.cfg.model,
+        tokenizer.vocab_size(),
+        args.vocab_explicit,
+    )?;
     stage::special_ids(&mut args.cfg.model, &tokenizer);
     args.cfg.validate()?;
-    let (train_files, mut inputs) = stage::read_token_files(&args.inputs, Kind::Pretrain, &tokenizer, "train")?;
-    let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Pretrain, &tokenizer, "eval")?;
+    let (train_files, mut inputs) =
+        stage::read_token_files(&args.inputs, Kind::Pretrain, &tokenizer, "train")?;
+    let (eval_files, eval_prints) =
+        stage::read_token_files(&args.eval_inputs, Kind::Pretrain, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
 
     let train = Packed::new(&train_files, tokenizer.eos_id, args.cfg.seq_len);
@@ -161,7 +198,8 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
             args.cfg.batch_size
         )));
     }
-    let eval = (!eval_files.is_empty()).then(|| Packed::new(&eval_files, tokenizer.eos_id, args.cfg.seq_len));
+    let eval = (!eval_files.is_empty())
+        .then(|| Packed::new(&eval_files, tokenizer.eos_id, args.cfg.seq_len));
     if let Some(e) = &eval {
         if e.blocks() == 0 {
             return Err(TrainError::Config(format!(
@@ -184,24 +222,34 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         eval.as_ref().map_or(0, |e| e.blocks()),
         args.cfg.model.num_parameters(),
     );
-    std::fs::create_dir_all(&args.out)
-        .map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
+    std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write {
+        path: args.out.clone(),
+        cause,
+    })?;
     let resolved = json!({
-            "stage": "pretrain",
-            "command": args.command,
-            "threads": args.threads,
-            "tokenizer": args.tokenizer.display().to_string(),
-            "tokenizer_fingerprint": tokenizer.fingerprint,
-            "inputs": inputs,
-            "total_steps": total,
-            "config": serde_json::to_value(&args.cfg).expect("config serialises"),
-        });
+        "stage": "pretrain",
+        "command": args.command,
+        "threads": args.threads,
+        "tokenizer": args.tokenizer.display().to_string(),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "inputs": inputs,
+        "total_steps": total,
+        "config": serde_json::to_value(&args.cfg).expect("config serialises"),
+    });
 
     let init = init_parameters(&args.cfg.model, args.cfg.seed, &Device::Cpu)?;
     let parameters = args.cfg.model.num_parameters();
-    let (documents, train_tokens, blocks, dropped_tail) =
-        (train.documents, train.tokens.len(), train.blocks(), train.dropped_tail);
-    let task = PretrainTask { train, eval, device: Device::Cpu };
+    let (documents, train_tokens, blocks, dropped_tail) = (
+        train.documents,
+        train.tokens.len(),
+        train.blocks(),
+        train.dropped_tail,
+    );
+    let task = PretrainTask {
+        train,
+        eval,
+        device: Device::Cpu,
+    };
     let spec = RunSpec {
         stage: "pretrain",
         out: &args.out,
@@ -214,7 +262,16 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         resolved,
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
-    Ok(PretrainReport { outcome, model_dir, documents, train_tokens, blocks, dropped_tail, unigram_entropy, parameters })
+    Ok(PretrainReport {
+        outcome,
+        model_dir,
+        documents,
+        train_tokens,
+        blocks,
+        dropped_tail,
+        unigram_entropy,
+        parameters,
+    })
 }
 
 #[cfg(test)]
@@ -223,7 +280,13 @@ mod tests {
     use std::collections::BTreeMap as Map;
 
     fn file(docs: Vec<Vec<u32>>) -> TokenFile {
-        TokenFile { path: "x".into(), kind: Kind::Pretrain, metadata: Map::new(), rows: docs.into_iter().map(TokenRow::Doc).collect(), extra: Map::new() }
+        TokenFile {
+            path: "x".into(),
+            kind: Kind::Pretrain,
+            metadata: Map::new(),
+            rows: docs.into_iter().map(TokenRow::Doc).collect(),
+            extra: Map::new(),
+        }
     }
 
     #[test]
@@ -234,8 +297,14 @@ mod tests {
         assert_eq!(p.blocks(), 2);
         assert_eq!(p.dropped_tail, 0);
         let (x, y) = p.batch(&[1, 0], &Device::Cpu).unwrap();
-        assert_eq!(x.to_vec2::<u32>().unwrap(), vec![vec![2, 8, 9], vec![5, 6, 7]]);
-        assert_eq!(y.to_vec2::<u32>().unwrap(), vec![vec![8, 9, 2], vec![6, 7, 2]]);
+        assert_eq!(
+            x.to_vec2::<u32>().unwrap(),
+            vec![vec![2, 8, 9], vec![5, 6, 7]]
+        );
+        assert_eq!(
+            y.to_vec2::<u32>().unwrap(),
+            vec![vec![8, 9, 2], vec![6, 7, 2]]
+        );
     }
 
     #[test]

@@ -85,7 +85,9 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     let started = std::time::Instant::now();
     let (tokenizer, _) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
-        return Err(TrainError::Config("no --input DPO token file given (make one with `tokenize dpo`)".into()));
+        return Err(TrainError::Config(
+            "no --input DPO token file given (make one with `tokenize dpo`)".into(),
+        ));
     }
     let (files, inputs) = stage::read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "dpo")?;
     let pairs = PairSet::new(&files, args.max_len, tokenizer.pad_id);
@@ -97,17 +99,35 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     }
     let model = zerolm_model::io::load_model_dir(&args.model, &Device::Cpu)?;
     let mut meta = BTreeMap::new();
-    meta.insert(keys::REF_MODEL_FINGERPRINT.to_string(), model_fingerprint(&args.model)?);
-    meta.insert(keys::REF_MODEL.to_string(), args.model.display().to_string());
+    meta.insert(
+        keys::REF_MODEL_FINGERPRINT.to_string(),
+        model_fingerprint(&args.model)?,
+    );
+    meta.insert(
+        keys::REF_MODEL.to_string(),
+        args.model.display().to_string(),
+    );
     meta.insert(keys::ROWS_FINGERPRINT.to_string(), pairs.fingerprint());
     meta.insert(keys::MAX_LEN.to_string(), args.max_len.to_string());
-    meta.insert(artifact::keys::TOKENIZER_FINGERPRINT.to_string(), tokenizer.fingerprint.clone());
-    meta.insert(artifact::keys::VOCAB_SIZE.to_string(), tokenizer.vocab_size().to_string());
-    meta.insert(artifact::keys::INPUTS.to_string(), serde_json::to_string(&inputs).expect("json"));
+    meta.insert(
+        artifact::keys::TOKENIZER_FINGERPRINT.to_string(),
+        tokenizer.fingerprint.clone(),
+    );
+    meta.insert(
+        artifact::keys::VOCAB_SIZE.to_string(),
+        tokenizer.vocab_size().to_string(),
+    );
+    meta.insert(
+        artifact::keys::INPUTS.to_string(),
+        serde_json::to_string(&inputs).expect("json"),
+    );
     meta.insert(artifact::keys::COMMAND.to_string(), args.command.clone());
 
     let parts_dir = parts_dir(&args.out);
-    std::fs::create_dir_all(&parts_dir).map_err(|cause| TrainError::Write { path: parts_dir.clone(), cause })?;
+    std::fs::create_dir_all(&parts_dir).map_err(|cause| TrainError::Write {
+        path: parts_dir.clone(),
+        cause,
+    })?;
     let n = pairs.pairs.len();
     let part_rows = PART_ROWS.div_ceil(args.batch_size.max(1)) * args.batch_size.max(1);
     let parts = n.div_ceil(part_rows);
@@ -118,7 +138,12 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     );
     let bar = (args.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
-        b.set_style(ProgressStyle::with_template("ref-logprobs {bar:30} {pos}/{len} pairs · {per_sec} · {eta_precise}").expect("template"));
+        b.set_style(
+            ProgressStyle::with_template(
+                "ref-logprobs {bar:30} {pos}/{len} pairs · {per_sec} · {eta_precise}",
+            )
+            .expect("template"),
+        );
         b
     });
     let mut reused = 0;
@@ -126,9 +151,14 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         let range = k * part_rows..((k + 1) * part_rows).min(n);
         let path = parts_dir.join(format!("part-{k:05}.parquet"));
         let mut part_meta = meta.clone();
-        part_meta.insert(keys::PART.to_string(), format!("{}..{}", range.start, range.end));
+        part_meta.insert(
+            keys::PART.to_string(),
+            format!("{}..{}", range.start, range.end),
+        );
         if let Ok(existing) = artifact::read(&path, Kind::Dpo) {
-            if part_meta.iter().all(|(key, v)| key == artifact::keys::COMMAND || existing.metadata.get(key) == Some(v)) {
+            if part_meta.iter().all(|(key, v)| {
+                key == artifact::keys::COMMAND || existing.metadata.get(key) == Some(v)
+            }) {
                 reused += 1;
                 if let Some(b) = &bar {
                     b.inc(range.len() as u64);
@@ -158,7 +188,10 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     });
     meta.insert(artifact::keys::COUNTS.to_string(), counts.to_string());
     write_cache(&args.out, &pairs, 0..n, &c, &r, meta)?;
-    std::fs::remove_dir_all(&parts_dir).map_err(|cause| TrainError::Write { path: parts_dir, cause })?;
+    std::fs::remove_dir_all(&parts_dir).map_err(|cause| TrainError::Write {
+        path: parts_dir,
+        cause,
+    })?;
     Ok(RefReport {
         rows: n,
         parts_reused: reused,
@@ -170,7 +203,10 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
 }
 
 fn parts_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".parts");
     out.with_file_name(name)
 }
@@ -214,11 +250,18 @@ pub fn load_checked(
     ref_model: Option<&Path>,
     role: &str,
 ) -> Result<RefCache, TrainError> {
-    let data_flag = if role == "eval" { "--eval-input" } else { "--input" };
+    let data_flag = if role == "eval" {
+        "--eval-input"
+    } else {
+        "--input"
+    };
     let file = artifact::read(path, Kind::Dpo)?;
-    let refuse = |m: String| TrainError::Config(format!("{role} reference cache {}: {m}", path.display()));
+    let refuse =
+        |m: String| TrainError::Config(format!("{role} reference cache {}: {m}", path.display()));
     let (Some(c), Some(r)) = (file.extra.get(CHOSEN), file.extra.get(REJECTED)) else {
-        return Err(refuse(format!("no `{CHOSEN}`/`{REJECTED}` columns: make it with `ref-logprobs`")));
+        return Err(refuse(format!(
+            "no `{CHOSEN}`/`{REJECTED}` columns: make it with `ref-logprobs`"
+        )));
     };
     file.check_tokenizer(&tokenizer.fingerprint)?;
     let get = |k: &str| file.metadata.get(k).cloned().unwrap_or_default();
@@ -248,5 +291,9 @@ pub fn load_checked(
             )));
         }
     }
-    Ok(RefCache { chosen: c.clone(), rejected: r.clone(), model_fingerprint: recorded })
+    Ok(RefCache {
+        chosen: c.clone(),
+        rejected: r.clone(),
+        model_fingerprint: recorded,
+    })
 }

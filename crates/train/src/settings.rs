@@ -97,7 +97,10 @@ impl TrainConfig {
         if !(self.lr > 0.0) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return bad("lr must be positive and min_lr_ratio in [0, 1]");
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || !(self.eps > 0.0) {
+        if !(0.0..1.0).contains(&self.beta1)
+            || !(0.0..1.0).contains(&self.beta2)
+            || !(self.eps > 0.0)
+        {
             return bad("beta1 and beta2 must be in [0, 1) and eps positive");
         }
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
@@ -112,7 +115,9 @@ impl TrainConfig {
                 self.seq_len, self.model.max_position_embeddings
             )));
         }
-        self.model.validate().map_err(|e| TrainError::Config(e.to_string()))
+        self.model
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))
     }
 }
 
@@ -134,22 +139,33 @@ fn merge(into: &mut Value, from: &Value, prefix: &str, source: &str) -> Result<(
         if from.is_null() && prefix.is_empty() {
             return Ok(()); // an empty YAML file
         }
-        return Err(TrainError::Config(format!("{source}: expected a mapping of settings at `{prefix}`")));
+        return Err(TrainError::Config(format!(
+            "{source}: expected a mapping of settings at `{prefix}`"
+        )));
     };
     for (k, v) in map {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        let slot = lookup(into, prefix, k).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let slot =
+            lookup(into, prefix, k).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
         if slot.is_object() {
             merge(slot, v, &key, source)?;
         } else {
-            *slot = typed(slot, v, &key).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
+            *slot =
+                typed(slot, v, &key).map_err(|e| TrainError::Config(format!("{source}: {e}")))?;
         }
     }
     Ok(())
 }
 
 /// Applies `key=value` overrides (dotted keys reach into `model`).
-pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(base: &T, sets: &[String]) -> Result<T, TrainError> {
+pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(
+    base: &T,
+    sets: &[String],
+) -> Result<T, TrainError> {
     let mut value = serde_json::to_value(base).expect("settings serialise");
     for set in sets {
         let (key, raw) = set
@@ -157,14 +173,20 @@ pub fn apply_sets<T: Serialize + for<'de> Deserialize<'de>>(base: &T, sets: &[St
             .ok_or_else(|| TrainError::Config(format!("--set {set}: expected key=value")))?;
         let key = key.trim();
         if key == "preset" {
-            return Err(TrainError::Config(format!("--set {set}: choose the preset with --preset (it shapes the model)")));
+            return Err(TrainError::Config(format!(
+                "--set {set}: choose the preset with --preset (it shapes the model)"
+            )));
         }
-        let slot = lookup(&mut value, "", key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
-        let parsed: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-        *slot = typed(slot, &parsed, key).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        let slot = lookup(&mut value, "", key)
+            .map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        let parsed: Value =
+            serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        *slot = typed(slot, &parsed, key)
+            .map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
         // Optional fields (null by default) are only type-checked by deserialising: do it per setting so
         // the error names the one that failed.
-        serde_json::from_value::<T>(value.clone()).map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
+        serde_json::from_value::<T>(value.clone())
+            .map_err(|e| TrainError::Config(format!("--set {set}: {e}")))?;
     }
     serde_json::from_value(value).map_err(|e| TrainError::Config(format!("--set: {e}")))
 }
@@ -174,21 +196,37 @@ fn lookup<'a>(root: &'a mut Value, prefix: &str, key: &str) -> Result<&'a mut Va
     let mut cur = root;
     let mut path = prefix.to_string();
     for part in key.split('.') {
-        let known: Vec<String> = cur.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let known: Vec<String> = cur
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         let here = path.clone();
         if !path.is_empty() {
             path.push('.');
         }
         path.push_str(part);
-        let obj = cur.as_object_mut().ok_or_else(|| format!("`{here}` has no sub-keys"))?;
+        let obj = cur
+            .as_object_mut()
+            .ok_or_else(|| format!("`{here}` has no sub-keys"))?;
         if !obj.contains_key(part) {
             let mut near: Vec<&String> = known.iter().filter(|k| similar(k, part)).collect();
             if near.is_empty() {
                 near = known.iter().collect();
             }
-            let near: Vec<String> =
-                near.iter().map(|k| if here.is_empty() { k.to_string() } else { format!("{here}.{k}") }).collect();
-            return Err(format!("unknown setting `{path}`; known: {}", near.join(", ")));
+            let near: Vec<String> = near
+                .iter()
+                .map(|k| {
+                    if here.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{here}.{k}")
+                    }
+                })
+                .collect();
+            return Err(format!(
+                "unknown setting `{path}`; known: {}",
+                near.join(", ")
+            ));
         }
         cur = obj.get_mut(part).expect("checked");
     }
@@ -217,7 +255,9 @@ fn typed(old: &Value, new: &Value, key: &str) -> Result<Value, String> {
         (Value::Number(o), Value::Number(n)) if o.is_i64() => n.is_i64(),
         (Value::Number(_), Value::Number(_)) => true,
         (Value::String(_), Value::String(_)) => true,
-        (Value::String(_), Value::Number(_) | Value::Bool(_)) => return Ok(Value::String(new.to_string())),
+        (Value::String(_), Value::Number(_) | Value::Bool(_)) => {
+            return Ok(Value::String(new.to_string()))
+        }
         (Value::Array(_), Value::Array(_)) => true,
         _ => false,
     };
@@ -235,20 +275,38 @@ mod tests {
     #[test]
     fn sets_are_typed_and_reach_into_the_model() {
         let base = TrainConfig::pretrain_defaults("tiny").unwrap();
-        let c = apply_sets(&base, &["lr=3e-4".into(), "model.num_hidden_layers=2".into(), "seed=7".into()])
-            .unwrap();
+        let c = apply_sets(
+            &base,
+            &[
+                "lr=3e-4".into(),
+                "model.num_hidden_layers=2".into(),
+                "seed=7".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.lr, 3e-4);
         assert_eq!(c.model.num_hidden_layers, 2);
         assert_eq!(c.seed, 7);
-        let e = apply_sets(&base, &["batch_size=two".into()]).unwrap_err().to_string();
+        let e = apply_sets(&base, &["batch_size=two".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_size") && e.contains("integer"), "{e}");
-        let e = apply_sets(&base, &["learning_rate=1".into()]).unwrap_err().to_string();
+        let e = apply_sets(&base, &["learning_rate=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown setting `learning_rate`"), "{e}");
-        let e = apply_sets(&base, &["model.hidden=1".into()]).unwrap_err().to_string();
+        let e = apply_sets(&base, &["model.hidden=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.hidden_size"), "{e}");
-        let e = apply_sets(&base, &["model.head_dim=x".into()]).unwrap_err().to_string();
+        let e = apply_sets(&base, &["model.head_dim=x".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--set model.head_dim=x"), "{e}");
-        assert!(apply_sets(&base, &["preset=micro".into()]).unwrap_err().to_string().contains("--preset"));
+        assert!(apply_sets(&base, &["preset=micro".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("--preset"));
         let e = apply_sets(&base, &["lr".into()]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
     }
@@ -260,9 +318,13 @@ mod tests {
         assert_eq!(c.lr, 0.002);
         assert_eq!(c.model.hidden_size, 64);
         assert_eq!(c.model.num_hidden_layers, base.model.num_hidden_layers);
-        let e = apply_yaml(&base, "lrr: 1\n", "x.yaml").unwrap_err().to_string();
+        let e = apply_yaml(&base, "lrr: 1\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.yaml") && e.contains("lrr"), "{e}");
-        let e = apply_yaml(&base, "epochs: -1\n", "x.yaml").unwrap_err().to_string();
+        let e = apply_yaml(&base, "epochs: -1\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("epochs"), "{e}");
     }
 }

@@ -31,9 +31,20 @@ pub struct Examples {
 
 impl Examples {
     pub fn new(rows: impl IntoIterator<Item = TokenRow>, seq_len: usize, pad_id: u32) -> Examples {
-        let mut out = Examples { rows: Vec::new(), pad_id, truncated: 0, unsupervised: 0 };
+        let mut out = Examples {
+            rows: Vec::new(),
+            pad_id,
+            truncated: 0,
+            unsupervised: 0,
+        };
         for row in rows {
-            let TokenRow::Sft { mut input_ids, mut loss_mask } = row else { continue };
+            let TokenRow::Sft {
+                mut input_ids,
+                mut loss_mask,
+            } = row
+            else {
+                continue;
+            };
             if input_ids.len() > seq_len + 1 {
                 input_ids.truncate(seq_len + 1);
                 loss_mask.truncate(seq_len + 1);
@@ -50,12 +61,23 @@ impl Examples {
 
     /// Supervised target tokens over all rows.
     pub fn supervised_tokens(&self) -> usize {
-        self.rows.iter().map(|(_, m)| m.iter().skip(1).filter(|v| **v == 1).count()).sum()
+        self.rows
+            .iter()
+            .map(|(_, m)| m.iter().skip(1).filter(|v| **v == 1).count())
+            .sum()
     }
 
     /// Inputs, targets (u32) and weights (f32), each [B, L] with L the longest row in the batch minus one.
-    pub fn batch(&self, rows: &[usize], device: &Device) -> Result<(Tensor, Tensor, Tensor), TrainError> {
-        let len = rows.iter().map(|&r| self.rows[r].0.len() - 1).max().unwrap_or(0);
+    pub fn batch(
+        &self,
+        rows: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor, Tensor), TrainError> {
+        let len = rows
+            .iter()
+            .map(|&r| self.rows[r].0.len() - 1)
+            .max()
+            .unwrap_or(0);
         let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
         for &r in rows {
             let (ids, mask) = &self.rows[r];
@@ -78,7 +100,12 @@ impl Examples {
 
 /// The mean loss over the supervised tokens of a padded batch, as a tensor (0 with a zero gradient
 /// when no token is supervised), and that token count.
-pub fn masked_loss(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor) -> Result<(Tensor, usize), TrainError> {
+pub fn masked_loss(
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+) -> Result<(Tensor, usize), TrainError> {
     let lp = model.token_logprobs(x, y)?;
     let count = w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let loss = (lp * w)?.sum_all()?.affine(-1.0 / count.max(1.0), 0.0)?;
@@ -100,11 +127,22 @@ impl Task for SftTask<'_> {
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
         let (x, y, w) = self.train.batch(samples, &self.device)?;
         let (loss, tokens) = masked_loss(model, &x, &y, &w)?;
-        Ok(BatchLoss { loss, tokens, metrics: Default::default() })
+        Ok(BatchLoss {
+            loss,
+            tokens,
+            metrics: Default::default(),
+        })
     }
 
-    fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError> {
-        let Some(eval) = &self.eval else { return Ok(None) };
+    fn evaluate(
+        &self,
+        model: &Model,
+        batch_size: usize,
+        max_batches: usize,
+    ) -> Result<Option<EvalResult>, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
         let order: Vec<usize> = (0..eval.rows.len()).collect();
         let (mut nll, mut tokens, mut rows) = (0f64, 0usize, 0usize);
         for (i, chunk) in order.chunks(batch_size).enumerate() {
@@ -117,11 +155,19 @@ impl Task for SftTask<'_> {
             tokens += n;
             rows += chunk.len();
         }
-        Ok((tokens > 0).then(|| EvalResult { loss: nll / tokens as f64, tokens, rows, perplexity: true, metrics: Default::default() }))
+        Ok((tokens > 0).then(|| EvalResult {
+            loss: nll / tokens as f64,
+            tokens,
+            rows,
+            perplexity: true,
+            metrics: Default::default(),
+        }))
     }
 
     fn probe(&self, model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
-        let Some((set, tokenizer, max_new)) = self.answers else { return Ok(None) };
+        let Some((set, tokenizer, max_new)) = self.answers else {
+            return Ok(None);
+        };
         let score = answers::check(model, tokenizer, set, max_new)?;
         let mut row = Map::new();
         row.insert("answer_accuracy".into(), json!(score.accuracy()));
@@ -175,19 +221,33 @@ pub fn sft_defaults(model: zerolm_model::ModelConfig) -> TrainConfig {
 pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     stage::check_start_shape(&args.model, &args.cfg)?;
     let cfg = args.cfg;
-    let (tokenizer, tokenizer_dir) = stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
+    let (tokenizer, tokenizer_dir) =
+        stage::start_tokenizer(&args.model, args.tokenizer.as_deref())?;
     if args.inputs.is_empty() {
-        return Err(TrainError::Config("no --input token file given (make one with `tokenize sft`)".into()));
+        return Err(TrainError::Config(
+            "no --input token file given (make one with `tokenize sft`)".into(),
+        ));
     }
-    let (train_files, mut inputs) = stage::read_token_files(&args.inputs, Kind::Sft, &tokenizer, "train")?;
-    let (eval_files, eval_prints) = stage::read_token_files(&args.eval_inputs, Kind::Sft, &tokenizer, "eval")?;
+    let (train_files, mut inputs) =
+        stage::read_token_files(&args.inputs, Kind::Sft, &tokenizer, "train")?;
+    let (eval_files, eval_prints) =
+        stage::read_token_files(&args.eval_inputs, Kind::Sft, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
     let weights_path = args.model.join("model.safetensors");
     inputs.push(stage::start_weights(&args.model)?);
 
-    let train = Examples::new(train_files.into_iter().flat_map(|f| f.rows), cfg.seq_len, tokenizer.pad_id);
-    let eval = (!eval_files.is_empty())
-        .then(|| Examples::new(eval_files.into_iter().flat_map(|f| f.rows), cfg.seq_len, tokenizer.pad_id));
+    let train = Examples::new(
+        train_files.into_iter().flat_map(|f| f.rows),
+        cfg.seq_len,
+        tokenizer.pad_id,
+    );
+    let eval = (!eval_files.is_empty()).then(|| {
+        Examples::new(
+            eval_files.into_iter().flat_map(|f| f.rows),
+            cfg.seq_len,
+            tokenizer.pad_id,
+        )
+    });
     let answer_set = answers::load_for(&args.answers, &tokenizer)?;
     let total = trainer::total_steps(&cfg, train.rows.len())?;
     eprintln!(
@@ -201,30 +261,39 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         eval.as_ref().map_or(0, |e| e.rows.len()),
         answer_set.as_ref().map_or(0, |s| s.items.len()),
     );
-    std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write { path: args.out.clone(), cause })?;
+    std::fs::create_dir_all(&args.out).map_err(|cause| TrainError::Write {
+        path: args.out.clone(),
+        cause,
+    })?;
     let resolved = json!({
-            "stage": "sft",
-            "command": args.command,
-            "threads": args.threads,
-            "model": args.model.display().to_string(),
-            "tokenizer": tokenizer_dir.display().to_string(),
-            "tokenizer_fingerprint": tokenizer.fingerprint,
-            "inputs": inputs,
-            "answer_check": args.answers.answer_check.as_ref().map(|p| p.display().to_string()),
-            "total_steps": total,
-            "config": serde_json::to_value(&cfg).expect("config serialises"),
-        });
+        "stage": "sft",
+        "command": args.command,
+        "threads": args.threads,
+        "model": args.model.display().to_string(),
+        "tokenizer": tokenizer_dir.display().to_string(),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "inputs": inputs,
+        "answer_check": args.answers.answer_check.as_ref().map(|p| p.display().to_string()),
+        "total_steps": total,
+        "config": serde_json::to_value(&cfg).expect("config serialises"),
+    });
     let (init, _) = zerolm_model::io::load_safetensors(&weights_path, &Device::Cpu)?;
     let mut init = init;
     if cfg.model.tie_word_embeddings {
         init.remove("lm_head.weight");
     }
-    let (rows, supervised_tokens, truncated, unsupervised) =
-        (train.rows.len(), train.supervised_tokens(), train.truncated, train.unsupervised);
+    let (rows, supervised_tokens, truncated, unsupervised) = (
+        train.rows.len(),
+        train.supervised_tokens(),
+        train.truncated,
+        train.unsupervised,
+    );
     let task = SftTask {
         train,
         eval,
-        answers: answer_set.as_ref().map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
+        answers: answer_set
+            .as_ref()
+            .map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
         device: Device::Cpu,
     };
     let spec = RunSpec {
@@ -240,7 +309,16 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     let (answers_before, answers_after) = probe_scores(&outcome, answer_set.is_some());
-    Ok(SftReport { outcome, model_dir, rows, supervised_tokens, truncated, unsupervised, answers_before, answers_after })
+    Ok(SftReport {
+        outcome,
+        model_dir,
+        rows,
+        supervised_tokens,
+        truncated,
+        unsupervised,
+        answers_before,
+        answers_after,
+    })
 }
 
 /// The answer-check rows at step 0 and at the final step, read back from metrics.jsonl (the step-0 row
@@ -251,10 +329,16 @@ pub fn probe_scores(outcome: &Outcome, enabled: bool) -> (Option<Score>, Option<
     }
     let rows = crate::metrics::read_rows(&outcome.metrics_path);
     let at = |step: u64| {
-        rows.iter().rev().find(|r| r.get("step").and_then(Value::as_u64) == Some(step) && r.contains_key("probe_answer_total")).map(|r| Score {
-            correct: r["probe_answer_correct"].as_u64().unwrap_or(0) as usize,
-            total: r["probe_answer_total"].as_u64().unwrap_or(0) as usize,
-        })
+        rows.iter()
+            .rev()
+            .find(|r| {
+                r.get("step").and_then(Value::as_u64) == Some(step)
+                    && r.contains_key("probe_answer_total")
+            })
+            .map(|r| Score {
+                correct: r["probe_answer_correct"].as_u64().unwrap_or(0) as usize,
+                total: r["probe_answer_total"].as_u64().unwrap_or(0) as usize,
+            })
     };
     (at(0), at(outcome.step as u64))
 }
@@ -264,23 +348,46 @@ mod tests {
     use super::*;
 
     fn row(ids: &[u32], mask: &[u8]) -> TokenRow {
-        TokenRow::Sft { input_ids: ids.to_vec(), loss_mask: mask.to_vec() }
+        TokenRow::Sft {
+            input_ids: ids.to_vec(),
+            loss_mask: mask.to_vec(),
+        }
     }
 
     #[test]
     fn batches_shift_pad_and_weight_by_the_mask() {
-        let ex = Examples::new(vec![row(&[1, 5, 6, 2], &[0, 0, 1, 1]), row(&[1, 7, 2], &[0, 1, 1])], 10, 0);
+        let ex = Examples::new(
+            vec![
+                row(&[1, 5, 6, 2], &[0, 0, 1, 1]),
+                row(&[1, 7, 2], &[0, 1, 1]),
+            ],
+            10,
+            0,
+        );
         let (x, y, w) = ex.batch(&[0, 1], &Device::Cpu).unwrap();
-        assert_eq!(x.to_vec2::<u32>().unwrap(), vec![vec![1, 5, 6], vec![1, 7, 0]]);
-        assert_eq!(y.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 2], vec![7, 2, 0]]);
-        assert_eq!(w.to_vec2::<f32>().unwrap(), vec![vec![0.0, 1.0, 1.0], vec![1.0, 1.0, 0.0]]);
+        assert_eq!(
+            x.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 5, 6], vec![1, 7, 0]]
+        );
+        assert_eq!(
+            y.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 2], vec![7, 2, 0]]
+        );
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            vec![vec![0.0, 1.0, 1.0], vec![1.0, 1.0, 0.0]]
+        );
         assert_eq!(ex.supervised_tokens(), 4);
     }
 
     #[test]
     fn rows_without_supervision_are_counted_and_long_rows_truncated() {
         let ex = Examples::new(
-            vec![row(&[1, 5, 6], &[1, 0, 0]), row(&[1], &[1]), row(&[1, 2, 3, 4, 5, 6], &[0, 1, 1, 1, 1, 1])],
+            vec![
+                row(&[1, 5, 6], &[1, 0, 0]),
+                row(&[1], &[1]),
+                row(&[1, 2, 3, 4, 5, 6], &[0, 1, 1, 1, 1, 1]),
+            ],
             3,
             0,
         );

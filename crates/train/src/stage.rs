@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use serde_json::json;
 use zerolm_data::artifact::{self, TokenFile};
+use zerolm_data::fingerprint;
 use zerolm_data::formats::Kind;
 use zerolm_data::tokenizer::TokenizerDir;
-use zerolm_data::fingerprint;
 use zerolm_model::ModelConfig;
 
 use crate::checkpoint::InputFingerprint;
@@ -30,7 +30,11 @@ pub fn read_token_files(
         let file = artifact::read(path, kind)?;
         file.check_tokenizer(&tokenizer.fingerprint)?;
         let (hash, _) = fingerprint::file(path)?;
-        prints.push(InputFingerprint { role: role.to_string(), path: path.display().to_string(), blake3: hash });
+        prints.push(InputFingerprint {
+            role: role.to_string(),
+            path: path.display().to_string(),
+            blake3: hash,
+        });
         files.push(file);
     }
     Ok((files, prints))
@@ -40,7 +44,10 @@ pub fn read_token_files(
 pub fn special_ids(model: &mut ModelConfig, tokenizer: &TokenizerDir) {
     model.eos_token_id = Some(tokenizer.eos_id);
     model.pad_token_id = Some(tokenizer.pad_id);
-    model.bos_token_id = tokenizer.tokenizer.token_to_id(&tokenizer.template.bos_token).or(model.bos_token_id);
+    model.bos_token_id = tokenizer
+        .tokenizer
+        .token_to_id(&tokenizer.template.bos_token)
+        .or(model.bos_token_id);
 }
 
 /// Writes `value` as `<out>/resolved_config.json` (atomically).
@@ -71,9 +78,15 @@ pub fn export_model_dir(
     let mut meta = BTreeMap::new();
     meta.insert("zerolm.stage".to_string(), prov.stage.to_string());
     meta.insert("zerolm.step".to_string(), prov.step.to_string());
-    meta.insert("zerolm.tokenizer_fingerprint".to_string(), prov.tokenizer_fingerprint.to_string());
+    meta.insert(
+        "zerolm.tokenizer_fingerprint".to_string(),
+        prov.tokenizer_fingerprint.to_string(),
+    );
     let mut files = zerolm_model::io::model_dir_files(cfg, params, &meta)?;
-    let weights = files.iter().find(|(n, _)| *n == "model.safetensors").map(|(_, b)| fingerprint::bytes(b));
+    let weights = files
+        .iter()
+        .find(|(n, _)| *n == "model.safetensors")
+        .map(|(_, b)| fingerprint::bytes(b));
     let zerolm = json!({
         "stage": prov.stage,
         "step": prov.step,
@@ -82,10 +95,16 @@ pub fn export_model_dir(
         "inputs": prov.inputs,
         "config": prov.config,
     });
-    files.push(("zerolm.json", serde_json::to_vec_pretty(&zerolm).expect("json")));
+    files.push((
+        "zerolm.json",
+        serde_json::to_vec_pretty(&zerolm).expect("json"),
+    ));
     for name in ["tokenizer.json", "tokenizer_config.json"] {
         let src = tokenizer.dir.join(name);
-        let bytes = std::fs::read(&src).map_err(|cause| zerolm_data::DataError::Read { path: src.clone(), cause })?;
+        let bytes = std::fs::read(&src).map_err(|cause| zerolm_data::DataError::Read {
+            path: src.clone(),
+            cause,
+        })?;
         files.push((name, bytes));
     }
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
@@ -116,7 +135,10 @@ pub fn train_and_export(
 
 /// The tokenizer of a stage that starts from a model directory: `--tokenizer` or, by default, the
 /// model's own; refused unless it is the model's (and its vocabulary fits the model's).
-pub fn start_tokenizer(model: &Path, tokenizer: Option<&Path>) -> Result<(TokenizerDir, PathBuf), TrainError> {
+pub fn start_tokenizer(
+    model: &Path,
+    tokenizer: Option<&Path>,
+) -> Result<(TokenizerDir, PathBuf), TrainError> {
     let dir = tokenizer.unwrap_or(model).to_path_buf();
     let tok = TokenizerDir::load(&dir)?;
     if TokenizerDir::load(model)?.fingerprint != tok.fingerprint {
@@ -151,5 +173,9 @@ pub fn check_start_shape(model: &Path, cfg: &crate::TrainConfig) -> Result<(), T
 /// The starting model's weights as a run input (its blake3 joins the resume identity).
 pub fn start_weights(model: &Path) -> Result<InputFingerprint, TrainError> {
     let path = model.join("model.safetensors");
-    Ok(InputFingerprint { role: "model".into(), blake3: fingerprint::file(&path)?.0, path: path.display().to_string() })
+    Ok(InputFingerprint {
+        role: "model".into(),
+        blake3: fingerprint::file(&path)?.0,
+        path: path.display().to_string(),
+    })
 }

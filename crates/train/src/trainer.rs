@@ -47,7 +47,12 @@ pub trait Task {
     /// The loss of the model on these samples.
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError>;
     /// Loss on the eval split (up to `max_batches` batches of `batch_size`; 0 = all), if there is one.
-    fn evaluate(&self, model: &Model, batch_size: usize, max_batches: usize) -> Result<Option<EvalResult>, TrainError>;
+    fn evaluate(
+        &self,
+        model: &Model,
+        batch_size: usize,
+        max_batches: usize,
+    ) -> Result<Option<EvalResult>, TrainError>;
     /// A measurement logged as its own metrics row before a fresh run's first step (step 0) and after
     /// its last (e.g. SFT's held-out answer accuracy). The row's keys must not include `step`.
     fn probe(&self, _model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
@@ -111,7 +116,11 @@ pub fn total_steps(cfg: &TrainConfig, num_samples: usize) -> Result<usize, Train
 }
 
 /// Trains `init` (ignored when resuming) on `task`.
-pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) -> Result<Outcome, TrainError> {
+pub fn train(
+    task: &dyn Task,
+    init: BTreeMap<String, Tensor>,
+    spec: &RunSpec,
+) -> Result<Outcome, TrainError> {
     let cfg = spec.cfg;
     cfg.validate()?;
     let n = task.num_samples();
@@ -128,20 +137,33 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
     let config_json = serde_json::to_value(cfg).expect("config serialises");
 
     if spec.no_resume && root.exists() {
-        std::fs::remove_dir_all(&root).map_err(|cause| TrainError::Write { path: root.clone(), cause })?;
+        std::fs::remove_dir_all(&root).map_err(|cause| TrainError::Write {
+            path: root.clone(),
+            cause,
+        })?;
     }
     let params = Params::new(&init)?;
     drop(init);
     let mut opt = AdamW::new(
         &params,
-        AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay },
+        AdamWConfig {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+        },
     );
     let mut state = TrainerState {
         checkpoint_version: CHECKPOINT_VERSION,
         stage: spec.stage.to_string(),
         step: 0,
         total_steps: total,
-        cursor: DataCursor { micro_batches: 0, epoch: 0, batch_in_epoch: 0, shuffle_seed: cfg.seed },
+        cursor: DataCursor {
+            micro_batches: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            shuffle_seed: cfg.seed,
+        },
         tokens_seen: 0,
         elapsed_s: 0.0,
         threads: spec.threads,
@@ -153,8 +175,16 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
     if let Some((_, dir)) = checkpoint::list(&root)?.pop() {
         let ck = checkpoint::load(&dir, &device)?;
         check_resumable(&ck.state, &state, &dir)?;
-        params.load(&ck.model, &dir.join("model.safetensors").display().to_string())?;
-        opt.load_state(&params, &ck.optimizer, ck.state.step as u64, &dir.join("optimizer.safetensors").display().to_string())?;
+        params.load(
+            &ck.model,
+            &dir.join("model.safetensors").display().to_string(),
+        )?;
+        opt.load_state(
+            &params,
+            &ck.optimizer,
+            ck.state.step as u64,
+            &dir.join("optimizer.safetensors").display().to_string(),
+        )?;
         resumed_from = Some(ck.state.step);
         state.step = ck.state.step;
         state.cursor = ck.state.cursor;
@@ -167,7 +197,11 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
                 ck.state.threads, spec.threads
             );
         }
-        eprintln!("resuming from {} (step {}/{total})", dir.display(), state.step);
+        eprintln!(
+            "resuming from {} (step {}/{total})",
+            dir.display(),
+            state.step
+        );
     }
 
     stage::write_resolved_config(spec.out, &spec.resolved)?;
@@ -176,7 +210,10 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         // looking finished if this one fails.
         let model_dir = spec.out.join("model");
         if model_dir.exists() {
-            std::fs::remove_dir_all(&model_dir).map_err(|cause| TrainError::Write { path: model_dir, cause })?;
+            std::fs::remove_dir_all(&model_dir).map_err(|cause| TrainError::Write {
+                path: model_dir,
+                cause,
+            })?;
         }
     }
     let metrics_path = spec.out.join("metrics.jsonl");
@@ -201,7 +238,13 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
     let mut window = (Instant::now(), 0usize);
 
     while state.step < total {
-        let lr = lr_at(state.step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
+        let lr = lr_at(
+            state.step,
+            total,
+            cfg.lr,
+            cfg.warmup_steps,
+            cfg.min_lr_ratio,
+        );
         let mut grads: Option<Grads> = None;
         let mut loss_sum = 0f64;
         let mut step_tokens = 0usize;
@@ -216,9 +259,17 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
             let batch = task.batch_loss(&model, &order[at..at + cfg.batch_size])?;
             let value = batch.loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
-                return Err(diverged(&root, state.step + 1, format!("the loss is {value}")));
+                return Err(diverged(
+                    &root,
+                    state.step + 1,
+                    format!("the loss is {value}"),
+                ));
             }
-            let scaled = if cfg.grad_accum > 1 { batch.loss.affine(1.0 / cfg.grad_accum as f64, 0.0)? } else { batch.loss };
+            let scaled = if cfg.grad_accum > 1 {
+                batch.loss.affine(1.0 / cfg.grad_accum as f64, 0.0)?
+            } else {
+                batch.loss
+            };
             let g = Grads::collect(&params, &scaled.backward()?)?;
             match grads.as_mut() {
                 None => grads = Some(g),
@@ -234,7 +285,11 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         }
         let mut grads = grads.expect("grad_accum ≥ 1");
         if !grads.is_finite() {
-            return Err(diverged(&root, state.step + 1, "a gradient is NaN or infinite".into()));
+            return Err(diverged(
+                &root,
+                state.step + 1,
+                "a gradient is NaN or infinite".into(),
+            ));
         }
         let grad_norm = grads.clip(cfg.grad_clip);
         opt.update(&params, &grads, lr)?;
@@ -245,7 +300,8 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         window.1 += step_tokens;
 
         let is_last = state.step == total;
-        let log_now = state.step == 1 || is_last || (cfg.log_every > 0 && state.step % cfg.log_every == 0);
+        let log_now =
+            state.step == 1 || is_last || (cfg.log_every > 0 && state.step % cfg.log_every == 0);
         let elapsed = elapsed_before + started.elapsed().as_secs_f64();
         if log_now {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
@@ -275,7 +331,11 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
                 true,
             );
         } else {
-            display.step(state.step, format!("step {}/{total} loss {loss:.4}", state.step), false);
+            display.step(
+                state.step,
+                format!("step {}/{total} loss {loss:.4}", state.step),
+                false,
+            );
         }
 
         if is_last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
@@ -287,13 +347,20 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
         }
         if is_last || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-            checkpoint::save(&root, &state, &params.detached(), &opt.state_tensors(&params)?, cfg.keep_checkpoints)?;
+            checkpoint::save(
+                &root,
+                &state,
+                &params.detached(),
+                &opt.state_tensors(&params)?,
+                cfg.keep_checkpoints,
+            )?;
         }
     }
     display.finish();
-    let probed_at_end = crate::metrics::read_rows(&metrics_path)
-        .iter()
-        .any(|r| r.get("step").and_then(Value::as_u64) == Some(state.step as u64) && r.keys().any(|k| k.starts_with("probe_")));
+    let probed_at_end = crate::metrics::read_rows(&metrics_path).iter().any(|r| {
+        r.get("step").and_then(Value::as_u64) == Some(state.step as u64)
+            && r.keys().any(|k| k.starts_with("probe_"))
+    });
     if !probed_at_end {
         let probe_model = Model::new(cfg.model.clone(), params.detached())?;
         if let Some(row) = task.probe(&probe_model)? {
@@ -318,7 +385,12 @@ pub fn train(task: &dyn Task, init: BTreeMap<String, Tensor>, spec: &RunSpec) ->
 }
 
 /// Writes an eval row (`eval_`-prefixed keys) and shows it.
-fn log_eval(metrics: &mut MetricsLog, display: &Display, step: usize, ev: &EvalResult) -> Result<(), TrainError> {
+fn log_eval(
+    metrics: &mut MetricsLog,
+    display: &Display,
+    step: usize,
+    ev: &EvalResult,
+) -> Result<(), TrainError> {
     let mut row = Map::new();
     row.insert("step".into(), json!(step));
     row.insert("eval_loss".into(), json!(ev.loss));
@@ -331,11 +403,19 @@ fn log_eval(metrics: &mut MetricsLog, display: &Display, step: usize, ev: &EvalR
     row.insert("eval_tokens".into(), json!(ev.tokens));
     row.insert("eval_rows".into(), json!(ev.rows));
     metrics.write(&row)?;
-    let extra: Vec<String> = ev.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    let extra: Vec<String> = ev
+        .metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
     display.println(format!(
         "step {step}: eval loss {:.4}{} on {} tokens{}{}",
         ev.loss,
-        if ev.perplexity { format!(" (ppl {:.2})", ev.loss.exp()) } else { String::new() },
+        if ev.perplexity {
+            format!(" (ppl {:.2})", ev.loss.exp())
+        } else {
+            String::new()
+        },
         ev.tokens,
         if extra.is_empty() { "" } else { "; " },
         extra.join(", ")
@@ -344,7 +424,12 @@ fn log_eval(metrics: &mut MetricsLog, display: &Display, step: usize, ev: &EvalR
 }
 
 /// Writes a probe row: `step` plus the task's keys, each prefixed `probe_`.
-fn log_probe(metrics: &mut MetricsLog, display: &Display, step: usize, row: Map<String, Value>) -> Result<(), TrainError> {
+fn log_probe(
+    metrics: &mut MetricsLog,
+    display: &Display,
+    step: usize,
+    row: Map<String, Value>,
+) -> Result<(), TrainError> {
     let mut out = Map::new();
     out.insert("step".into(), json!(step));
     let mut shown = Vec::new();
@@ -386,11 +471,24 @@ fn check_resumable(saved: &TrainerState, now: &TrainerState, dir: &Path) -> Resu
         )));
     }
     if saved.tokenizer_fingerprint != now.tokenizer_fingerprint {
-        return Err(TrainError::Resume(format!("{}: the tokenizer differs from the checkpoint's; {hint}", dir.display())));
+        return Err(TrainError::Resume(format!(
+            "{}: the tokenizer differs from the checkpoint's; {hint}",
+            dir.display()
+        )));
     }
     if saved.inputs != now.inputs {
         let describe = |v: &[InputFingerprint]| {
-            v.iter().map(|i| format!("{} {} ({})", i.role, i.path, &i.blake3[..12.min(i.blake3.len())])).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|i| {
+                    format!(
+                        "{} {} ({})",
+                        i.role,
+                        i.path,
+                        &i.blake3[..12.min(i.blake3.len())]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         return Err(TrainError::Resume(format!(
             "{}: the input data differ from the checkpoint's (checkpoint: {}; now: {}); {hint}",
@@ -400,14 +498,21 @@ fn check_resumable(saved: &TrainerState, now: &TrainerState, dir: &Path) -> Resu
         )));
     }
     if let Some(d) = checkpoint::config_difference(&saved.config, &now.config, RESUMABLE_KEYS) {
-        return Err(TrainError::Resume(format!("{}: settings differ from the checkpoint's: {d}; {hint}", dir.display())));
+        return Err(TrainError::Resume(format!(
+            "{}: settings differ from the checkpoint's: {d}; {hint}",
+            dir.display()
+        )));
     }
     Ok(())
 }
 
 /// The model config with `vocab_size` and special ids taken from the tokenizer, unless the user set a
 /// larger vocabulary explicitly (rows past the tokenizer's are then never used).
-pub fn fit_vocab(model: &mut ModelConfig, tokenizer_vocab: usize, explicit: bool) -> Result<(), TrainError> {
+pub fn fit_vocab(
+    model: &mut ModelConfig,
+    tokenizer_vocab: usize,
+    explicit: bool,
+) -> Result<(), TrainError> {
     if explicit {
         if model.vocab_size < tokenizer_vocab {
             return Err(TrainError::Config(format!(

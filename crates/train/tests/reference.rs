@@ -20,8 +20,11 @@ struct Fixture {
 }
 
 fn fixture(arch: &str) -> Fixture {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/model").join(arch);
-    let cfg: ModelConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/model")
+        .join(arch);
+    let cfg: ModelConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let (init, _) = load_safetensors(&dir.join("init.safetensors"), &Device::Cpu).unwrap();
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -30,23 +33,40 @@ fn fixture(arch: &str) -> Fixture {
         .map(|name| {
             let v = st.tensor(name).unwrap();
             assert_eq!(v.dtype(), safetensors::Dtype::I64);
-            let vals: Vec<u32> =
-                v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+            let vals: Vec<u32> = v
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect();
             Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()
         })
         .collect();
     let v = st.tensor("logits0").unwrap();
     assert_eq!(v.dtype(), safetensors::Dtype::F32);
-    let vals: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vals: Vec<f32> = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let logits0 = Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap();
-    let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    Fixture { cfg, init, ids, logits0, expected }
+    let expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    Fixture {
+        cfg,
+        init,
+        ids,
+        logits0,
+        expected,
+    }
 }
 
 /// Inputs and next-token targets of a [B, T] batch: (ids[:, :-1], ids[:, 1:]) — transformers' shift.
 fn shifted(ids: &Tensor) -> (Tensor, Tensor) {
     let t = ids.dim(1).unwrap();
-    (ids.narrow(1, 0, t - 1).unwrap(), ids.narrow(1, 1, t - 1).unwrap())
+    (
+        ids.narrow(1, 0, t - 1).unwrap(),
+        ids.narrow(1, 1, t - 1).unwrap(),
+    )
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -61,14 +81,28 @@ fn check_logits_and_loss(arch: &str) {
     let theirs: Vec<f32> = f.logits0.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ours.len(), theirs.len());
     let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
     eprintln!("{arch}: max |Δlogit| {worst:.2e} (max |logit| {scale:.3})");
-    assert!(worst <= 1e-4 * scale.max(1.0), "{arch}: max |Δlogit| {worst:e} (scale {scale})");
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "{arch}: max |Δlogit| {worst:e} (scale {scale})"
+    );
 
     let (x, y) = shifted(&f.ids[0]);
-    let loss = model.loss(&x, &y, None).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let loss = model
+        .loss(&x, &y, None)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     let want = f.expected["loss0"].as_f64().unwrap();
-    eprintln!("{arch}: loss {loss} vs {want} (rel {:.1e})", rel(loss, want));
+    eprintln!(
+        "{arch}: loss {loss} vs {want} (rel {:.1e})",
+        rel(loss, want)
+    );
     assert!(rel(loss, want) < 1e-4, "{arch}: loss {loss} vs {want}");
 }
 
@@ -82,15 +116,33 @@ fn check_gradients(arch: &str) {
     let norms = grads.norms(&params);
     let want = f.expected["grad_norms"].as_object().unwrap();
     assert_eq!(norms.len(), want.len(), "{arch}: parameter sets differ");
-    let worst = norms.iter().map(|(k, n)| rel(*n, want[k].as_f64().unwrap_or(0.0))).fold(0.0, f64::max);
-    eprintln!("{arch}: gradient norms of {} parameters, worst relative difference {worst:.1e}", norms.len());
+    let worst = norms
+        .iter()
+        .map(|(k, n)| rel(*n, want[k].as_f64().unwrap_or(0.0)))
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{arch}: gradient norms of {} parameters, worst relative difference {worst:.1e}",
+        norms.len()
+    );
     for (name, n) in &norms {
-        let w = want[name].as_f64().unwrap_or_else(|| panic!("{arch}: transformers has no `{name}`"));
-        assert!(n.is_finite() && *n > 0.0, "{arch}: `{name}` gradient norm {n}");
-        assert!(rel(*n, w) < 1e-3, "{arch}: `{name}` gradient norm {n} vs {w}");
+        let w = want[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{arch}: transformers has no `{name}`"));
+        assert!(
+            n.is_finite() && *n > 0.0,
+            "{arch}: `{name}` gradient norm {n}"
+        );
+        assert!(
+            rel(*n, w) < 1e-3,
+            "{arch}: `{name}` gradient norm {n} vs {w}"
+        );
     }
     let total = f.expected["total_grad_norm"].as_f64().unwrap();
-    assert!(rel(grads.norm(), total) < 1e-3, "{arch}: total grad norm {} vs {total}", grads.norm());
+    assert!(
+        rel(grads.norm(), total) < 1e-3,
+        "{arch}: total grad norm {} vs {total}",
+        grads.norm()
+    );
 }
 
 fn check_adamw_curve(arch: &str) {
@@ -109,19 +161,35 @@ fn check_adamw_curve(arch: &str) {
     );
     let lr = o["lr"].as_f64().unwrap();
     let clip = o["clip"].as_f64().unwrap();
-    let curve: Vec<f64> = f.expected["loss_curve"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let norms: Vec<f64> =
-        f.expected["grad_norm_curve"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let curve: Vec<f64> = f.expected["loss_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let norms: Vec<f64> = f.expected["grad_norm_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(curve.len(), 10);
     let mut worst = 0f64;
     for (step, want) in curve.iter().enumerate() {
         let (x, y) = shifted(&f.ids[step % 2]);
         let loss = model.loss(&x, &y, None).unwrap();
         let value = loss.to_scalar::<f32>().unwrap() as f64;
-        assert!(rel(value, *want) < 1e-4, "{arch}: step {step} loss {value} vs {want}");
+        assert!(
+            rel(value, *want) < 1e-4,
+            "{arch}: step {step} loss {value} vs {want}"
+        );
         let mut grads = Grads::collect(&params, &loss.backward().unwrap()).unwrap();
         let n = grads.clip(clip);
-        assert!(rel(n, norms[step]) < 1e-3, "{arch}: step {step} grad norm {n} vs {}", norms[step]);
+        assert!(
+            rel(n, norms[step]) < 1e-3,
+            "{arch}: step {step} grad norm {n} vs {}",
+            norms[step]
+        );
         opt.update(&params, &grads, lr).unwrap();
         worst = worst.max(rel(value, *want));
     }
@@ -181,7 +249,12 @@ fn sft_masked_loss_is_the_mean_over_supervised_tokens_only() {
         .map(|&(i, j)| {
             let row = &logits[i][j];
             let max = row.iter().fold(f64::MIN, |m, v| m.max(*v as f64));
-            let lse = max + row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|v| (*v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             lse - row[targets[i][j] as usize] as f64
         })
         .sum::<f64>()
