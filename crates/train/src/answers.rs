@@ -137,6 +137,28 @@ pub fn load(path: &Path, tokenizer: &TokenizerDir, max: usize) -> Result<AnswerS
     })
 }
 
+/// The answer check as a training probe: questions, the tokenizer and the reply length limit.
+pub struct Probe<'a> {
+    pub set: &'a AnswerSet,
+    pub tokenizer: &'a TokenizerDir,
+    pub max_new_tokens: usize,
+}
+
+impl Probe<'_> {
+    /// The metrics row of one check (`answer_accuracy`, `answer_correct`, `answer_total`).
+    pub fn row(&self, model: &Model) -> Result<serde_json::Map<String, Value>, TrainError> {
+        let score = check(model, self.tokenizer, self.set, self.max_new_tokens)?;
+        let mut row = serde_json::Map::new();
+        row.insert(
+            "answer_accuracy".into(),
+            serde_json::json!(score.accuracy()),
+        );
+        row.insert("answer_correct".into(), serde_json::json!(score.correct));
+        row.insert("answer_total".into(), serde_json::json!(score.total));
+        Ok(row)
+    }
+}
+
 /// Greedy-decodes every question (up to `max_new_tokens`, stopping at eos) and counts replies that
 /// contain the answer.
 pub fn check(

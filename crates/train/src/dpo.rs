@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value};
 use zerolm_data::formats::Kind;
-use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::Model;
 
-use crate::answers::{self, AnswerSet, Score};
+use crate::answers::{self, Score};
 use crate::pairs::{sequence_logps, PairSet};
 use crate::preference::{self, LossParams, LossSpec, Pairs};
 use crate::ref_logprobs::{self, RefCache};
@@ -33,7 +32,7 @@ struct DpoTask<'a> {
     eval: Option<Split>,
     spec: LossSpec,
     params: LossParams,
-    answers: Option<(&'a AnswerSet, &'a TokenizerDir, usize)>,
+    answers: Option<answers::Probe<'a>>,
     device: Device,
 }
 
@@ -127,15 +126,7 @@ impl Task for DpoTask<'_> {
     }
 
     fn probe(&self, model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
-        let Some((set, tokenizer, max_new)) = self.answers else {
-            return Ok(None);
-        };
-        let score = answers::check(model, tokenizer, set, max_new)?;
-        let mut row = Map::new();
-        row.insert("answer_accuracy".into(), json!(score.accuracy()));
-        row.insert("answer_correct".into(), json!(score.correct));
-        row.insert("answer_total".into(), json!(score.total));
-        Ok(Some(row))
+        self.answers.as_ref().map(|p| p.row(model)).transpose()
     }
 }
 
@@ -191,7 +182,6 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let (eval_files, eval_prints) =
         stage::read_token_files(&args.eval_inputs, Kind::Dpo, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
-    let weights = args.model.join("model.safetensors");
     let start = stage::start_weights(&args.model)?;
     let policy_fingerprint = start.blake3.clone();
     inputs.push(start);
@@ -310,36 +300,32 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         "total_steps": total,
         "config": serde_json::to_value(&cfg).expect("config serialises"),
     });
-    let (mut init, _) = zerolm_model::io::load_safetensors(&weights, &Device::Cpu)?;
-    if cfg.model.tie_word_embeddings {
-        init.remove("lm_head.weight");
-    }
+    let init = stage::start_params(&args.model, &cfg.model)?;
     let task = DpoTask {
         train,
         eval,
         spec: args.loss.clone(),
         params: args.loss_params.clone(),
-        answers: answer_set
-            .as_ref()
-            .map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
+        answers: answer_set.as_ref().map(|set| answers::Probe {
+            set,
+            tokenizer: &tokenizer,
+            max_new_tokens: args.answers.answer_max_new_tokens,
+        }),
         device: Device::Cpu,
     };
-    // The loss and its constants are part of the run's identity (a resume with other ones is refused).
-    let mut identity = cfg.clone();
-    identity.preset = format!(
-        "{} | loss {:?} | {:?}",
-        cfg.preset, args.loss.0, args.loss_params
-    );
     let spec = RunSpec {
         stage: "dpo",
         out: &args.out,
-        cfg: &identity,
+        cfg: &cfg,
         inputs,
         tokenizer_fingerprint: tokenizer.fingerprint.clone(),
         threads: args.threads,
         no_resume: args.no_resume,
         progress: args.progress,
         resolved,
+        stage_settings: Some(
+            json!({"loss": format!("{:?}", args.loss.0), "loss_params": args.loss_params}),
+        ),
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     let (answers_before, answers_after) = crate::sft::probe_scores(&outcome, answer_set.is_some());

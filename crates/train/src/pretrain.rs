@@ -260,6 +260,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         no_resume: args.no_resume,
         progress: args.progress,
         resolved,
+        stage_settings: None,
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     Ok(PretrainReport {

@@ -9,10 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 use zerolm_data::artifact::TokenRow;
 use zerolm_data::formats::Kind;
-use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::Model;
 
-use crate::answers::{self, AnswerSet, Score};
+use crate::answers::{self, Score};
 use crate::settings::TrainConfig;
 use crate::stage;
 use crate::trainer::{self, BatchLoss, EvalResult, Outcome, RunSpec, Task};
@@ -115,7 +114,7 @@ pub fn masked_loss(
 struct SftTask<'a> {
     train: Examples,
     eval: Option<Examples>,
-    answers: Option<(&'a AnswerSet, &'a TokenizerDir, usize)>,
+    answers: Option<answers::Probe<'a>>,
     device: Device,
 }
 
@@ -165,15 +164,7 @@ impl Task for SftTask<'_> {
     }
 
     fn probe(&self, model: &Model) -> Result<Option<Map<String, Value>>, TrainError> {
-        let Some((set, tokenizer, max_new)) = self.answers else {
-            return Ok(None);
-        };
-        let score = answers::check(model, tokenizer, set, max_new)?;
-        let mut row = Map::new();
-        row.insert("answer_accuracy".into(), json!(score.accuracy()));
-        row.insert("answer_correct".into(), json!(score.correct));
-        row.insert("answer_total".into(), json!(score.total));
-        Ok(Some(row))
+        self.answers.as_ref().map(|p| p.row(model)).transpose()
     }
 }
 
@@ -233,7 +224,6 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let (eval_files, eval_prints) =
         stage::read_token_files(&args.eval_inputs, Kind::Sft, &tokenizer, "eval")?;
     inputs.extend(eval_prints);
-    let weights_path = args.model.join("model.safetensors");
     inputs.push(stage::start_weights(&args.model)?);
 
     let train = Examples::new(
@@ -277,11 +267,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         "total_steps": total,
         "config": serde_json::to_value(&cfg).expect("config serialises"),
     });
-    let (init, _) = zerolm_model::io::load_safetensors(&weights_path, &Device::Cpu)?;
-    let mut init = init;
-    if cfg.model.tie_word_embeddings {
-        init.remove("lm_head.weight");
-    }
+    let init = stage::start_params(&args.model, &cfg.model)?;
     let (rows, supervised_tokens, truncated, unsupervised) = (
         train.rows.len(),
         train.supervised_tokens(),
@@ -291,9 +277,11 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let task = SftTask {
         train,
         eval,
-        answers: answer_set
-            .as_ref()
-            .map(|s| (s, &tokenizer, args.answers.answer_max_new_tokens)),
+        answers: answer_set.as_ref().map(|set| answers::Probe {
+            set,
+            tokenizer: &tokenizer,
+            max_new_tokens: args.answers.answer_max_new_tokens,
+        }),
         device: Device::Cpu,
     };
     let spec = RunSpec {
@@ -306,6 +294,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         no_resume: args.no_resume,
         progress: args.progress,
         resolved,
+        stage_settings: None,
     };
     let (outcome, model_dir) = stage::train_and_export(&task, init, &spec, &tokenizer)?;
     let (answers_before, answers_after) = probe_scores(&outcome, answer_set.is_some());

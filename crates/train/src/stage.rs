@@ -179,3 +179,19 @@ pub fn start_weights(model: &Path) -> Result<InputFingerprint, TrainError> {
         path: path.display().to_string(),
     })
 }
+
+/// The starting model's weights as training parameters (a tied model's exported `lm_head.weight`, if
+/// any, is dropped: the head is the embedding).
+pub fn start_params(
+    model: &Path,
+    cfg: &zerolm_model::ModelConfig,
+) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let (mut params, _) = zerolm_model::io::load_safetensors(
+        &model.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    if cfg.tie_word_embeddings {
+        params.remove("lm_head.weight");
+    }
+    Ok(params)
+}

@@ -74,6 +74,9 @@ pub struct RunSpec<'a> {
     pub progress: bool,
     /// Written as `resolved_config.json` once the run is known to start or resume.
     pub resolved: Value,
+    /// Stage settings outside `TrainConfig` that change the result (e.g. DPO's loss and β): stored in
+    /// checkpoints under `stage_settings` and checked on resume like the rest of the config.
+    pub stage_settings: Option<Value>,
 }
 
 /// The end of a run.
@@ -134,7 +137,10 @@ pub fn train(
     let total = total_steps(cfg, n)?;
     let device = Device::Cpu;
     let root = checkpoint::checkpoint_root(spec.out);
-    let config_json = serde_json::to_value(cfg).expect("config serialises");
+    let mut config_json = serde_json::to_value(cfg).expect("config serialises");
+    if let (Some(o), Some(extra)) = (config_json.as_object_mut(), &spec.stage_settings) {
+        o.insert("stage_settings".into(), extra.clone());
+    }
 
     if spec.no_resume && root.exists() {
         std::fs::remove_dir_all(&root).map_err(|cause| TrainError::Write {
@@ -524,17 +530,4 @@ pub fn fit_vocab(
         model.vocab_size = tokenizer_vocab;
     }
     Ok(())
-}
-
-/// The metrics row as JSON value (for callers that print summaries).
-pub fn summary_json(o: &Outcome) -> Value {
-    json!({
-        "step": o.step,
-        "final_loss": o.final_loss,
-        "eval_loss": o.eval.as_ref().map(|e| e.loss),
-        "eval_ppl": o.eval.as_ref().map(|e| e.loss.exp()),
-        "tokens_seen": o.tokens_seen,
-        "elapsed_s": o.elapsed_s,
-        "resumed_from": o.resumed_from,
-    })
 }
