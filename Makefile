@@ -1,35 +1,23 @@
-# One target per step; each runs the same command line as tools/run-shipped.sh.
-# (The pipeline runner will generate these from pipelines/*.yaml once it exists.)
-OUT ?= runs
-STEP := OUT=$(OUT) tools/run-shipped.sh
-TOKEN_STEPS := tok-pretrain tok-pretrain-eval tok-sft tok-sft-eval tok-dpo tok-dpo-eval
+# `make` runs the main job through the pipeline runner (cached, resumable). `make STAGE` runs one stage of
+# pipelines/full.yaml with the same command line the pipeline runs — tokenizer, tok-pretrain, tok-sft,
+# pretrain, sft, ref-train, ref-eval, dpo, report, … (targets generated into Makefile.stages).
+.DEFAULT_GOAL := all
+BIN ?= $(CURDIR)/target/release
+STAGE_PREREQS := build
+include Makefile.stages
 
-.PHONY: all data tokenizer $(TOKEN_STEPS) pretrain sft ref dpo sample test bench clean
-all: sample
+.PHONY: all build status dag report test bench data clean stages-makefile
+all: build
+	$(BIN)/pipeline run pipelines/full.yaml
 
-data:
-	cargo run --release --bin make-data -- shipped --out data
+build:
+	cargo build --release
 
-tokenizer:
-	$(STEP) tokenizer
+status: build
+	$(BIN)/pipeline status pipelines/full.yaml
 
-$(TOKEN_STEPS): tokenizer
-	$(STEP) $@
-
-pretrain: tok-pretrain tok-pretrain-eval
-	$(STEP) pretrain
-
-sft: pretrain tok-sft tok-sft-eval
-	$(STEP) sft
-
-ref: sft tok-dpo tok-dpo-eval
-	$(STEP) ref
-
-dpo: ref
-	$(STEP) dpo
-
-sample: dpo
-	$(STEP) sample
+dag: build
+	$(BIN)/pipeline dag pipelines/full.yaml
 
 test:
 	cargo test --release --workspace
@@ -37,5 +25,13 @@ test:
 bench:
 	benches/pretrain.sh
 
+data:
+	cargo run --release --bin make-data -- shipped --out data
+
+# Regenerate Makefile.stages after editing pipelines/full.yaml (a test checks they agree).
+stages-makefile: build
+	$(BIN)/pipeline makefile pipelines/full.yaml --bin '$$(CURDIR)/target/release' > Makefile.stages.tmp
+	mv Makefile.stages.tmp Makefile.stages
+
 clean:
-	rm -rf $(OUT)
+	rm -rf runs

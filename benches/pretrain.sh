@@ -14,8 +14,8 @@ WARMUP=2
 PY=${PYTHON:-python3}
 W=${BENCH_DIR:-/tmp/zerolm-bench}
 mkdir -p "$W"
-cargo build --release --bin pretrain --bin tokenize
-[ -f runs/tokens/pretrain.parquet ] || tools/run-shipped.sh tokenizer tok-pretrain >/dev/null
+cargo build --release --bin pretrain --bin tokenize --bin pipeline
+target/release/pipeline run pipelines/full.yaml --until tok-pretrain --quiet
 rm -rf "$W/pretrain-$PRESET"
 echo "== zerolm pretrain --preset $PRESET (vocab 6400), batch ${B}x$T, $THREADS threads"
 /usr/bin/time -f "peak RSS %M KB" target/release/pretrain --preset "$PRESET" --set model.vocab_size=6400 \

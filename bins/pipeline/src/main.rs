@@ -1,0 +1,224 @@
+//! `pipeline`: run a YAML pipeline of zerolm stages (skipping the ones that are up to date), show its
+//! status and graph, write it as a Makefile, and report on a run. All logic lives in `zerolm-pipeline`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use zerolm_pipeline::{report, Graph, Pipeline, PipelineError, RunOptions, Selection, Verdict};
+
+#[derive(Parser)]
+#[command(
+    about = "Run zerolm pipelines: cached stages, resume after a kill, status, graph, report",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The pipeline file (YAML).
+    file: PathBuf,
+    /// Override a stage argument (`sft.lr=1e-3`) or a variable (`vars.out=/tmp/runs`); repeatable.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct Select {
+    /// Rerun this stage even if it is up to date (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Rerun every selected stage.
+    #[arg(long)]
+    force_all: bool,
+    /// Rerun this stage, then whatever downstream of it is out of date.
+    #[arg(long, value_name = "STAGE")]
+    from: Option<String>,
+    /// Stop after this stage (run only it and what it depends on).
+    #[arg(long, value_name = "STAGE")]
+    until: Option<String>,
+    /// Run only this stage (its inputs must exist).
+    #[arg(long, value_name = "STAGE")]
+    only: Option<String>,
+}
+
+impl Select {
+    fn selection(self) -> Selection {
+        Selection {
+            force: self.force,
+            force_all: self.force_all,
+            from: self.from,
+            until: self.until,
+            only: self.only,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the stages that are not up to date, in dependency order.
+    Run {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        select: Select,
+        /// Say what would run and why; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not echo the stages' output (it is still in RUN_DIR/logs/).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// For every stage: up to date, or will run and why.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The stage graph as text, Mermaid or DOT.
+    Dag {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print a Makefile with one target per stage (the same command lines).
+    Makefile {
+        #[command(flatten)]
+        target: Target,
+        /// Default of $(BIN), the directory of the stage binaries
+        /// (default: this binary's directory, relative to the current one when under it).
+        #[arg(long)]
+        bin: Option<String>,
+    },
+    /// Write an HTML report (plots, summary table, wall times) of a pipeline's last run.
+    Report {
+        /// The pipeline file, or its run directory (the one holding lock.json).
+        target: PathBuf,
+        /// Where to write it (default: RUN_DIR/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Run {
+            target,
+            select,
+            dry_run,
+            quiet,
+        } => {
+            let p = Pipeline::load(&target.file, &target.sets)?;
+            let opts = RunOptions {
+                selection: select.selection(),
+                dry_run,
+                quiet,
+            };
+            zerolm_pipeline::run(&p, &opts)?;
+        }
+        Cmd::Status { target } => {
+            let p = Pipeline::load(&target.file, &target.sets)?;
+            let list = zerolm_pipeline::status(&p, &Selection::default())?;
+            let stale = list
+                .iter()
+                .filter(|s| s.verdict != Verdict::UpToDate)
+                .count();
+            for s in &list {
+                match &s.verdict {
+                    Verdict::UpToDate => println!("  {:<16} up to date", s.name),
+                    Verdict::Run(why) => println!("  {:<16} will run: {}", s.name, why.join("; ")),
+                }
+            }
+            println!(
+                "{}: {} of {} stage(s) up to date",
+                target.file.display(),
+                list.len() - stale,
+                list.len()
+            );
+        }
+        Cmd::Dag { target, format } => {
+            let p = Pipeline::load(&target.file, &target.sets)?;
+            let g = Graph::build(&p)?;
+            print!(
+                "{}",
+                match format {
+                    Format::Text => g.text(&p),
+                    Format::Mermaid => g.mermaid(&p),
+                    Format::Dot => g.dot(&p),
+                }
+            );
+        }
+        Cmd::Makefile { target, bin } => {
+            let p = Pipeline::load(&target.file, &target.sets)?;
+            let g = Graph::build(&p)?;
+            let cwd = std::env::current_dir()?;
+            let bin = bin.unwrap_or_else(|| {
+                let dir = std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.to_path_buf()))
+                    .unwrap_or_default();
+                match dir.strip_prefix(&cwd) {
+                    Ok(rel) => format!("$(CURDIR)/{}", rel.display()),
+                    Err(_) => dir.display().to_string(),
+                }
+            });
+            let invoked = format!("pipeline makefile {}", target.file.display());
+            print!(
+                "{}",
+                zerolm_pipeline::makefile::makefile(&p, &g, &cwd, &bin, &invoked)
+            );
+        }
+        Cmd::Report { target, out } => {
+            let (run_dir, title) = if target.is_dir() {
+                (target.clone(), format!("zerolm run {}", target.display()))
+            } else {
+                let p = Pipeline::load(&target, &[])?;
+                (
+                    p.run_dir.clone(),
+                    format!("zerolm pipeline {}", target.display()),
+                )
+            };
+            let records = report::load_records(&run_dir)?;
+            let out = out.unwrap_or_else(|| run_dir.join("report"));
+            let r = report::write(&records, &out, &title)?;
+            println!("{}", r.markdown);
+            println!("report: {}", r.dir.join("index.html").display());
+            if let Some(m) = r.final_model {
+                println!("final model: {}", m.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let internal = e
+                .downcast_ref::<PipelineError>()
+                .is_some_and(|p| !p.is_user_error());
+            eprintln!("pipeline: error: {e:#}");
+            ExitCode::from(if internal { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! `pipeline report`: one self-contained HTML page (inline SVG plots) plus `summary.md` and one SVG per
+//! plot, from a run directory's lock (which stages ran, how long) and the training stages' `metrics.jsonl`
+//! (pretrain/SFT loss and eval loss, DPO loss, reward margins and accuracies, held-out answer checks).
+
+use crate::error::{PipelineError, Result};
+use crate::lockfile::{write_atomically, LockFile};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// One finished stage as the report sees it.
+#[derive(Debug, Clone)]
+pub struct StageRecord {
+    pub name: String,
+    /// The binary's name (`pretrain`, `sft`, `dpo`, …).
+    pub kind: String,
+    /// Its `--out`, resolved.
+    pub out: Option<PathBuf>,
+    pub wall_s: f64,
+    pub finished_unix: u64,
+    pub rows: Vec<Map<String, Value>>,
+}
+
+/// The finished stages of the run directory `run_dir`, in run order.
+pub fn load_records(run_dir: &Path) -> Result<Vec<StageRecord>> {
+    let path = LockFile::path(run_dir);
+    if !path.is_file() {
+        return Err(PipelineError::Usage(format!(
+            "{}: no lock file; run the pipeline first (`pipeline run FILE`) or name its run directory",
+            path.display()
+        )));
+    }
+    let lock = LockFile::load(run_dir, "")?;
+    let dir = PathBuf::from(&lock.dir);
+    let mut names: Vec<String> = lock
+        .order
+        .iter()
+        .filter(|n| lock.stages.contains_key(*n))
+        .cloned()
+        .collect();
+    for n in lock.stages.keys() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let e = &lock.stages[&name];
+        let kind = Path::new(&e.program)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out_dir = e
+            .argv
+            .windows(2)
+            .find(|w| w[0] == "--out")
+            .map(|w| crate::spec::normalize(&dir.join(&w[1])));
+        let rows = out_dir
+            .as_ref()
+            .map(|d| read_rows(&d.join("metrics.jsonl")))
+            .unwrap_or_default();
+        out.push(StageRecord {
+            name,
+            kind,
+            out: out_dir,
+            wall_s: e.wall_s,
+            finished_unix: e.finished_unix,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+fn read_rows(path: &Path) -> Vec<Map<String, Value>> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Map<String, Value>>(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (step, value) of every row holding `key`.
+fn series(rows: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| {
+            let v = r.get(key)?.as_f64()?;
+            let s = r.get("step")?.as_f64()?;
+            v.is_finite().then_some((s, v))
+        })
+        .collect()
+}
+
+fn first_last(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    Some((points.first()?.1, points.last()?.1))
+}
+
+/// `42.0% (168/400)` from a probe row.
+fn answers(row: &Map<String, Value>) -> Option<String> {
+    let c = row.get("probe_answer_correct")?.as_u64()?;
+    let t = row.get("probe_answer_total")?.as_u64()?;
+    let pct = if t == 0 {
+        0.0
+    } else {
+        100.0 * c as f64 / t as f64
+    };
+    Some(format!("{pct:.1}% ({c}/{t})"))
+}
+
+fn probes(r: &StageRecord) -> Vec<&Map<String, Value>> {
+    r.rows
+        .iter()
+        .filter(|row| row.contains_key("probe_answer_total"))
+        .collect()
+}
+
+/// The summary rows: (what, value).
+pub fn summary_rows(records: &[StageRecord]) -> Vec<(String, String)> {
+    let by = |kind: &str| records.iter().rev().find(|r| r.kind == kind);
+    let mut rows = Vec::new();
+    let (pre, sft, dpo) = (by("pretrain"), by("sft"), by("dpo"));
+    if let Some(r) = pre {
+        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
+            rows.push((
+                "pretrain eval loss, start → end".into(),
+                format!("{a:.3} → {b:.3}"),
+            ));
+        }
+    }
+    if let Some(r) = sft {
+        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
+            rows.push((
+                "SFT eval loss, start → end".into(),
+                format!("{a:.3} → {b:.3}"),
+            ));
+        }
+    }
+    let sft_probes = sft.map(probes).unwrap_or_default();
+    let dpo_probes = dpo.map(probes).unwrap_or_default();
+    if let Some(a) = sft_probes.first().and_then(|r| answers(r)) {
+        rows.push(("held-out answer accuracy after pretrain".into(), a));
+    }
+    let after_sft = sft_probes
+        .last()
+        .filter(|_| sft_probes.len() > 1)
+        .or(dpo_probes.first());
+    if let Some(a) = after_sft.and_then(|r| answers(r)) {
+        rows.push(("held-out answer accuracy after SFT".into(), a));
+    }
+    if let Some(a) = dpo_probes
+        .last()
+        .filter(|_| dpo_probes.len() > 1)
+        .and_then(|r| answers(r))
+    {
+        rows.push(("held-out answer accuracy after DPO".into(), a));
+    }
+    if let Some(r) = dpo {
+        if let Some((a, b)) = first_last(&series(&r.rows, "eval_rewards/accuracies")) {
+            rows.push((
+                "held-out preference accuracy (eval_rewards/accuracies), before → after DPO".into(),
+                format!("{a:.3} → {b:.3}"),
+            ));
+        }
+        if let Some((a, b)) = first_last(&series(&r.rows, "eval_rewards/margins")) {
+            rows.push((
+                "held-out reward margin (eval_rewards/margins), before → after DPO".into(),
+                format!("{a:.3} → {b:.3}"),
+            ));
+        }
+        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
+            rows.push((
+                "DPO eval loss, start → end".into(),
+                format!("{a:.4} → {b:.4}"),
+            ));
+        }
+    }
+    rows
+}
+
+/// The plots: (file stem, title, series).
+type Plot = (String, String, Vec<(String, Vec<(f64, f64)>)>);
+
+fn plots(records: &[StageRecord]) -> Vec<Plot> {
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| !r.rows.is_empty()) {
+        let mut groups = vec![("loss", "loss")];
+        if r.rows.iter().any(|row| row.contains_key("rewards/margins")) {
+            groups.push(("rewards/margins", "reward margin"));
+            groups.push(("rewards/accuracies", "reward accuracy"));
+        }
+        for (key, title) in groups {
+            let mut s = Vec::new();
+            for (k, label) in [
+                (key.to_string(), "train"),
+                (format!("eval_{key}"), "held-out"),
+            ] {
+                let pts = series(&r.rows, &k);
+                if !pts.is_empty() {
+                    s.push((format!("{label} {key}"), pts));
+                }
+            }
+            if !s.is_empty() {
+                out.push((
+                    format!("{}-{}", r.name, key.replace('/', "-")),
+                    format!("{} — {title}", r.name),
+                    s,
+                ));
+            }
+        }
+    }
+    out
+}
+
+const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+fn tick(v: f64) -> String {
+    if (v == v.trunc() && v.abs() < 1e7) || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A line chart as standalone SVG.
+pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h) = (640.0, 340.0);
+    let (l, r, t, b) = (64.0, 620.0, 36.0, 280.0);
+    let pts = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y0 -= 0.5;
+        y1 += 0.5;
+    }
+    let pad = (y1 - y0) * 0.05;
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (r - l);
+    let sy = |y: f64| b - (y - y0) / (y1 - y0) * (b - t);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" font-size=\"14\" text-anchor=\"middle\">{}</text>\n\
+         <rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
+        w / 2.0,
+        xml(title),
+        r - l,
+        b - t
+    );
+    for k in 0..=4 {
+        let f = k as f64 / 4.0;
+        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
+        s.push_str(&format!(
+            "<line x1=\"{l}\" x2=\"{r}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.0}</text>\n",
+            l - 4.0,
+            sy(yv) + 4.0,
+            tick(yv),
+            b + 16.0,
+            y = sy(yv),
+            x = sx(xv),
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step</text>\n",
+        (l + r) / 2.0,
+        b + 30.0
+    ));
+    for (k, (label, p)) in series.iter().enumerate() {
+        let c = COLOURS[k % COLOURS.len()];
+        let line: Vec<String> = p
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            line.join(" ")
+        ));
+        if p.len() <= 40 {
+            for &(x, y) in p {
+                s.push_str(&format!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{c}\"/>",
+                    sx(x),
+                    sy(y)
+                ));
+            }
+            s.push('\n');
+        }
+        // The legend: one row under the axis.
+        let (lx, ly) = (l + 200.0 * k as f64, h - 10.0);
+        s.push_str(&format!(
+            "<line x1=\"{lx}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            lx + 20.0,
+            lx + 24.0,
+            ly + 4.0,
+            xml(label)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// `2026-11-28 16:06 UTC` from unix seconds.
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// What `write` produced.
+#[derive(Debug)]
+pub struct Report {
+    pub dir: PathBuf,
+    pub markdown: String,
+    pub final_model: Option<PathBuf>,
+}
+
+/// Writes the report for `records` into `out` (replaced whole: built beside it, then renamed).
+pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report> {
+    let summary = summary_rows(records);
+    let final_model = records
+        .iter()
+        .rev()
+        .filter(|r| matches!(r.kind.as_str(), "pretrain" | "sft" | "dpo"))
+        .find_map(|r| r.out.as_ref().map(|o| o.join("model")))
+        .filter(|m| m.is_dir());
+    let mut md = format!("# {title}\n\n| | |\n|---|---|\n");
+    for (k, v) in &summary {
+        md.push_str(&format!("| {k} | {v} |\n"));
+    }
+    md.push_str("\n| stage | wall time | finished |\n|---|---:|---|\n");
+    let total: f64 = records.iter().map(|r| r.wall_s).sum();
+    for r in records {
+        md.push_str(&format!(
+            "| {} | {:.1} s | {} |\n",
+            r.name,
+            r.wall_s,
+            utc(r.finished_unix)
+        ));
+    }
+    md.push_str(&format!("| total | {total:.1} s | |\n"));
+    if let Some(m) = &final_model {
+        md.push_str(&format!("\nFinal model: `{}`\n", m.display()));
+    }
+
+    let charts = plots(records);
+    let mut html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+         body{{font-family:sans-serif;max-width:1320px;margin:24px auto;color:#222}}\
+         table{{border-collapse:collapse;margin:12px 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}\
+         .plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>\n<h1>{t}</h1>\n<h2>Summary</h2>\n<table>\n",
+        t = xml(title)
+    );
+    for (k, v) in &summary {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td></tr>\n",
+            xml(k),
+            xml(v)
+        ));
+    }
+    html.push_str("</table>\n<h2>Stages</h2>\n<table><tr><th>stage</th><th>wall time</th><th>finished</th></tr>\n");
+    for r in records {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{:.1} s</td><td>{}</td></tr>\n",
+            xml(&r.name),
+            r.wall_s,
+            utc(r.finished_unix)
+        ));
+    }
+    html.push_str(&format!(
+        "<tr><th>total</th><th>{total:.1} s</th><th></th></tr></table>\n"
+    ));
+    if let Some(m) = &final_model {
+        html.push_str(&format!(
+            "<p>Final model: <code>{}</code></p>\n",
+            xml(&m.display().to_string())
+        ));
+    }
+    html.push_str("<h2>Curves</h2>\n<div class=\"plots\">\n");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for (stem, title, s) in &charts {
+        let svg = svg_chart(title, s);
+        html.push_str(&svg);
+        files.push((format!("{stem}.svg"), svg));
+    }
+    html.push_str("</div>\n</body></html>\n");
+    files.push(("index.html".into(), html));
+    files.push(("summary.md".into(), md.clone()));
+
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| PipelineError::write(&tmp, e))?;
+    for (name, text) in &files {
+        write_atomically(&tmp.join(name), text.as_bytes())?;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| PipelineError::write(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| PipelineError::write(out, e))?;
+    Ok(Report {
+        dir: out.to_path_buf(),
+        markdown: md,
+        final_model,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn summary_reads_the_curves_and_answer_checks() {
+        use serde_json::json;
+        let rec = |name: &str, rows: Vec<Value>| StageRecord {
+            name: name.into(),
+            kind: name.into(),
+            out: None,
+            wall_s: 2.0,
+            finished_unix: 0,
+            rows: rows.into_iter().map(row).collect(),
+        };
+        let records = vec![
+            rec(
+                "pretrain",
+                vec![
+                    json!({"step": 0, "eval_loss": 8.0}),
+                    json!({"step": 10, "loss": 3.0}),
+                    json!({"step": 10, "eval_loss": 2.5}),
+                ],
+            ),
+            rec(
+                "sft",
+                vec![
+                    json!({"step": 0, "probe_answer_correct": 0, "probe_answer_total": 4}),
+                    json!({"step": 5, "probe_answer_correct": 1, "probe_answer_total": 4}),
+                ],
+            ),
+            rec(
+                "dpo",
+                vec![
+                    json!({"step": 0, "eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0, "probe_answer_correct": 1, "probe_answer_total": 4}),
+                    json!({"step": 3, "rewards/margins": 0.5, "rewards/accuracies": 1.0}),
+                    json!({"step": 3, "eval_rewards/accuracies": 0.75, "eval_rewards/margins": 0.25, "probe_answer_correct": 2, "probe_answer_total": 4}),
+                ],
+            ),
+        ];
+        let rows = summary_rows(&records);
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(a, _)| a.starts_with(k))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("pretrain eval loss").unwrap(), "8.000 → 2.500");
+        assert_eq!(
+            get("held-out answer accuracy after pretrain").unwrap(),
+            "0.0% (0/4)"
+        );
+        assert_eq!(
+            get("held-out answer accuracy after SFT").unwrap(),
+            "25.0% (1/4)"
+        );
+        assert_eq!(
+            get("held-out answer accuracy after DPO").unwrap(),
+            "50.0% (2/4)"
+        );
+        assert_eq!(
+            get("held-out preference accuracy").unwrap(),
+            "0.000 → 0.750"
+        );
+        let p = plots(&records);
+        let names: Vec<&str> = p.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pretrain-loss",
+                "dpo-rewards-margins",
+                "dpo-rewards-accuracies"
+            ]
+        );
+        let svg = svg_chart(&p[0].1, &p[0].2);
+        assert!(svg.contains("<polyline") && svg.contains("held-out loss"));
+        let dir = tempfile::tempdir().unwrap();
+        let r = write(&records, &dir.path().join("report"), "t").unwrap();
+        assert!(r.dir.join("index.html").is_file());
+        assert!(r.dir.join("dpo-rewards-accuracies.svg").is_file());
+        assert!(r.markdown.contains("| total | 6.0 s | |"));
+        assert_eq!(utc(1_796_486_400), "2026-12-05 16:00 UTC");
+    }
+}

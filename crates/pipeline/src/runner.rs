@@ -1,0 +1,678 @@
+//! Running a pipeline: decide per stage whether it is up to date (its fingerprint — binary hash,
+//! argument vector, dep hashes — matches the lock and its outputs are still the ones it wrote), run the
+//! others in dependency order with their output teed into a per-stage log, and record each success in
+//! the lock. Also `status`: the same decision without running anything.
+
+use crate::error::{PipelineError, Result};
+use crate::graph::Graph;
+use crate::lockfile::{LockEntry, LockFile, PidLock, RunState};
+use crate::spec::{Pipeline, Stage};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Which stages a run considers and which it reruns regardless of their fingerprint.
+#[derive(Default, Debug, Clone)]
+pub struct Selection {
+    /// Rerun these stages even if up to date.
+    pub force: Vec<String>,
+    pub force_all: bool,
+    /// This stage (rerun) and everything downstream of it.
+    pub from: Option<String>,
+    /// This stage and everything upstream of it.
+    pub until: Option<String>,
+    /// Only this stage (its deps must exist).
+    pub only: Option<String>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct RunOptions {
+    pub selection: Selection,
+    /// Say what would run, run nothing.
+    pub dry_run: bool,
+    /// Do not echo the stages' own output (it still goes to their logs).
+    pub quiet: bool,
+}
+
+/// Whether a stage needs to run, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    UpToDate,
+    Run(Vec<String>),
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub ran: Vec<String>,
+    pub up_to_date: Vec<String>,
+    pub seconds: f64,
+}
+
+/// The fingerprint of a stage as it stands now.
+#[derive(Debug, Clone)]
+struct Fingerprint {
+    binary: PathBuf,
+    binary_hash: String,
+    deps: BTreeMap<String, String>,
+    /// Deps that do not exist (yet).
+    missing: Vec<String>,
+    value: String,
+}
+
+/// Finds a stage's binary: a path (relative to the pipeline file), `pipeline` itself, a binary next
+/// to the running `pipeline`, or one on PATH.
+pub fn locate(program: &str, p: &Pipeline) -> Result<PathBuf> {
+    let me = std::env::current_exe().ok();
+    if program.contains('/') {
+        let path = p.dir.join(program);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(PipelineError::Invalid(format!(
+                "binary `{program}` not found at {}",
+                path.display()
+            )))
+        };
+    }
+    if let Some(me) = &me {
+        if program == "pipeline" {
+            return Ok(me.clone());
+        }
+        if let Some(dir) = me.parent() {
+            let next = dir.join(program);
+            if next.is_file() {
+                return Ok(next);
+            }
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let cand = dir.join(program);
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(PipelineError::Invalid(format!(
+        "binary `{program}` is neither next to {} nor on PATH; build it (`cargo build --release`) or name its path",
+        me.map(|m| m.display().to_string()).unwrap_or_else(|| "pipeline".into())
+    )))
+}
+
+fn fingerprint(stage: &Stage, p: &Pipeline, state: &mut RunState) -> Result<Fingerprint> {
+    let binary = locate(&stage.program, p).map_err(|e| {
+        PipelineError::Invalid(format!(
+            "{}:{}: stage `{}`: {e}",
+            p.file.display(),
+            stage.line,
+            stage.name
+        ))
+    })?;
+    let binary_hash = state
+        .hashes
+        .hash(&binary)?
+        .ok_or_else(|| PipelineError::read(&binary, std::io::ErrorKind::NotFound.into()))?;
+    let mut deps = BTreeMap::new();
+    let mut missing = Vec::new();
+    for d in &stage.deps {
+        match state.hashes.hash(&d.abs)? {
+            Some(h) => {
+                deps.insert(d.written.clone(), h);
+            }
+            None => missing.push(d.written.clone()),
+        }
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(stage.program.as_bytes());
+    h.update(b"\0");
+    h.update(binary_hash.as_bytes());
+    for a in &stage.argv {
+        h.update(b"\0a");
+        h.update(a.as_bytes());
+    }
+    for (d, dh) in &deps {
+        h.update(b"\0d");
+        h.update(d.as_bytes());
+        h.update(b"=");
+        h.update(dh.as_bytes());
+    }
+    Ok(Fingerprint {
+        binary,
+        binary_hash,
+        deps,
+        missing,
+        value: h.finalize().to_hex().to_string(),
+    })
+}
+
+/// Flag groups (`--lr 0.001`) of an argument vector, for describing what changed.
+fn groups(argv: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in argv {
+        match out.last_mut() {
+            Some(last) if !a.starts_with("--") => {
+                last.push(' ');
+                last.push_str(a);
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    out
+}
+
+fn verdict(
+    stage: &Stage,
+    fp: &Fingerprint,
+    entry: Option<&LockEntry>,
+    state: &mut RunState,
+) -> Result<Verdict> {
+    let Some(e) = entry else {
+        let why = match state.started.get(&stage.name) {
+            Some(f) if *f == fp.value => "it was interrupted; it resumes from its partial outputs",
+            Some(_) => "it was interrupted under other settings; it starts over",
+            None => "it has not run yet",
+        };
+        return Ok(Verdict::Run(vec![why.into()]));
+    };
+    let mut why = Vec::new();
+    if e.binary_hash != fp.binary_hash {
+        why.push(format!(
+            "the binary `{}` changed ({})",
+            stage.program,
+            fp.binary.display()
+        ));
+    }
+    if e.argv != stage.argv {
+        let (old, new) = (groups(&e.argv), groups(&stage.argv));
+        let gone: Vec<&String> = old.iter().filter(|g| !new.contains(g)).collect();
+        let added: Vec<&String> = new.iter().filter(|g| !old.contains(g)).collect();
+        let mut s = "arguments changed:".to_string();
+        for g in gone {
+            s.push_str(&format!(" -`{g}`"));
+        }
+        for g in added {
+            s.push_str(&format!(" +`{g}`"));
+        }
+        if s.ends_with(':') {
+            s.push_str(" order");
+        }
+        why.push(s);
+    }
+    for (d, h) in &fp.deps {
+        match e.deps.get(d) {
+            None => why.push(format!("new dep `{d}`")),
+            Some(old) if old != h => why.push(format!("dep `{d}` changed")),
+            _ => {}
+        }
+    }
+    for d in e.deps.keys() {
+        if !fp.deps.contains_key(d) && !fp.missing.contains(d) {
+            why.push(format!("dep `{d}` was removed"));
+        }
+    }
+    for d in &fp.missing {
+        why.push(format!("dep `{d}` does not exist"));
+    }
+    for o in &stage.outs {
+        match (state.hashes.hash(&o.abs)?, e.outs.get(&o.written)) {
+            (None, _) => why.push(format!("output `{}` is missing", o.written)),
+            (Some(now), Some(then)) if now != *then => why.push(format!(
+                "output `{}` was modified after the stage wrote it",
+                o.written
+            )),
+            (Some(_), None) => why.push(format!("output `{}` is new", o.written)),
+            _ => {}
+        }
+    }
+    Ok(if why.is_empty() {
+        Verdict::UpToDate
+    } else {
+        Verdict::Run(why)
+    })
+}
+
+/// The selected stages (in run order) and the forced ones.
+fn select(p: &Pipeline, g: &Graph, sel: &Selection) -> Result<(Vec<usize>, BTreeSet<usize>)> {
+    let all: BTreeSet<usize> = (0..p.stages.len()).collect();
+    let mut chosen = all.clone();
+    let mut forced = BTreeSet::new();
+    if let Some(only) = &sel.only {
+        if sel.from.is_some() || sel.until.is_some() {
+            return Err(PipelineError::Usage(
+                "--only cannot be combined with --from or --until".into(),
+            ));
+        }
+        chosen = BTreeSet::from([p.stage_index(only, "--only")?]);
+    }
+    if let Some(from) = &sel.from {
+        let i = p.stage_index(from, "--from")?;
+        chosen = &chosen & &g.descendants(i);
+        forced.insert(i);
+    }
+    if let Some(until) = &sel.until {
+        let i = p.stage_index(until, "--until")?;
+        chosen = &chosen & &g.ancestors(i);
+    }
+    for f in &sel.force {
+        let i = p.stage_index(f, "--force")?;
+        if !chosen.contains(&i) {
+            return Err(PipelineError::Usage(format!(
+                "--force {f}: stage `{f}` is not among the selected stages"
+            )));
+        }
+        forced.insert(i);
+    }
+    if sel.force_all {
+        forced = chosen.clone();
+    }
+    let order = g
+        .order
+        .iter()
+        .copied()
+        .filter(|i| chosen.contains(i))
+        .collect();
+    Ok((order, forced))
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone)]
+pub struct StageStatus {
+    pub name: String,
+    pub verdict: Verdict,
+}
+
+/// What `run` would do, stage by stage, without running anything. A stage downstream of one that will
+/// run is reported as such (it reruns if that stage's outputs change).
+pub fn status(p: &Pipeline, sel: &Selection) -> Result<Vec<StageStatus>> {
+    let g = Graph::build(p)?;
+    let (order, forced) = select(p, &g, sel)?;
+    let lock = LockFile::load(&p.run_dir, &p.name)?;
+    let mut state = RunState::load(&p.run_dir);
+    let mut will_run = BTreeSet::new();
+    let mut out = Vec::new();
+    for i in order {
+        let st = &p.stages[i];
+        let fp = fingerprint(st, p, &mut state)?;
+        let mut v = verdict(st, &fp, lock.stages.get(&st.name), &mut state)?;
+        if forced.contains(&i) {
+            v = Verdict::Run(vec!["forced".into()]);
+        }
+        let ups: Vec<&str> = g.upstream[i]
+            .iter()
+            .filter(|u| will_run.contains(*u))
+            .map(|&u| p.stages[u].name.as_str())
+            .collect();
+        if !ups.is_empty() {
+            let note = format!(
+                "upstream {} will run (if its outputs change, this stage reruns)",
+                ups.iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            v = match v {
+                Verdict::UpToDate => Verdict::Run(vec![note]),
+                Verdict::Run(mut why) => {
+                    // Missing deps are explained by the upstream stage that makes them.
+                    why.retain(|w| !w.ends_with("does not exist"));
+                    if why.is_empty() {
+                        why.push(note);
+                    }
+                    Verdict::Run(why)
+                }
+            };
+        }
+        if matches!(v, Verdict::Run(_)) {
+            will_run.insert(i);
+        }
+        out.push(StageStatus {
+            name: st.name.clone(),
+            verdict: v,
+        });
+    }
+    Ok(out)
+}
+
+/// Shell-style rendering of a command line (for logs and messages).
+pub fn shell_line(program: &str, argv: &[String]) -> String {
+    std::iter::once(program.to_string())
+        .chain(argv.iter().map(|a| shell_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+fn relative(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match path.strip_prefix(&cwd) {
+        Ok(r) if !r.as_os_str().is_empty() => r.display().to_string(),
+        _ => path.display().to_string(),
+    }
+}
+
+/// Runs the pipeline.
+pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let g = Graph::build(p)?;
+    let (order, forced) = select(p, &g, &opts.selection)?;
+    // Every binary must be there before anything starts.
+    for &i in &order {
+        locate(&p.stages[i].program, p)
+            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", p.at(i))))?;
+    }
+    if opts.dry_run {
+        for s in status(p, &opts.selection)? {
+            let i = p.stage(&s.name).expect("known stage");
+            match s.verdict {
+                Verdict::UpToDate => eprintln!("  {:<16} up to date", s.name),
+                Verdict::Run(why) => {
+                    eprintln!("  {:<16} would run: {}", s.name, why.join("; "));
+                    eprintln!(
+                        "  {:<16}   $ {}",
+                        "",
+                        shell_line(&p.stages[i].program, &p.stages[i].argv)
+                    );
+                }
+            }
+        }
+        return Ok(RunSummary::default());
+    }
+    let _pid = PidLock::acquire(&p.run_dir)?;
+    let mut lock = LockFile::load(&p.run_dir, &p.name)?;
+    lock.dir = p.dir.display().to_string();
+    lock.order = g.order.iter().map(|&i| p.stages[i].name.clone()).collect();
+    let mut state = RunState::load(&p.run_dir);
+    let mut summary = RunSummary::default();
+    let total = order.len();
+    eprintln!(
+        "pipeline: {} — {total} stage(s); run dir {}",
+        p.file.display(),
+        relative(&p.run_dir)
+    );
+    for (k, &i) in order.iter().enumerate() {
+        let st = &p.stages[i];
+        let tag = format!("[{}/{total}] {}", k + 1, st.name);
+        let fp = fingerprint(st, p, &mut state)?;
+        if let Some(d) = fp.missing.first() {
+            let producer = g.upstream[i]
+                .iter()
+                .map(|&u| format!("`{}`", p.stages[u].name))
+                .collect::<Vec<_>>();
+            let hint = if producer.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; it comes from stage {}, which this run did not include",
+                    producer.join("/")
+                )
+            };
+            return Err(PipelineError::StageFailed(format!(
+                "{}: dep `{d}` does not exist{hint}",
+                p.at(i)
+            )));
+        }
+        let mut v = verdict(st, &fp, lock.stages.get(&st.name), &mut state)?;
+        if forced.contains(&i) {
+            v = Verdict::Run(vec!["forced".into()]);
+        }
+        let why = match v {
+            Verdict::UpToDate => {
+                eprintln!("{tag}: up to date");
+                summary.up_to_date.push(st.name.clone());
+                continue;
+            }
+            Verdict::Run(why) => why,
+        };
+        eprintln!("{tag}: running — {}", why.join("; "));
+        // Outputs that another command wrote are removed first: the finished ones of an earlier
+        // successful run, or the partial ones of a run started with another fingerprint. Partial
+        // outputs of this very command stay, so a training stage resumes from its checkpoint.
+        let resume =
+            !lock.stages.contains_key(&st.name) && state.started.get(&st.name) == Some(&fp.value);
+        if !resume {
+            for o in &st.outs {
+                remove_output(&o.abs, &o.written)?;
+            }
+        }
+        if lock.stages.remove(&st.name).is_some() {
+            lock.save(&p.run_dir)?;
+        }
+        state.started.insert(st.name.clone(), fp.value.clone());
+        state.save(&p.run_dir)?;
+        for o in &st.outs {
+            if let Some(parent) = o.abs.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| PipelineError::write(parent, e))?;
+            }
+        }
+        let started = Instant::now();
+        execute(p, st, &fp.binary, opts.quiet)?;
+        let wall_s = started.elapsed().as_secs_f64();
+        let mut outs = BTreeMap::new();
+        for o in &st.outs {
+            let h = state.hashes.hash(&o.abs)?.ok_or_else(|| {
+                PipelineError::StageFailed(format!(
+                    "{}: the stage exited 0 but did not write its output `{}`; fix `outs:` or the command",
+                    p.at(i),
+                    o.written
+                ))
+            })?;
+            outs.insert(o.written.clone(), h);
+        }
+        lock.stages.insert(
+            st.name.clone(),
+            LockEntry {
+                program: st.program.clone(),
+                binary: fp.binary.display().to_string(),
+                binary_hash: fp.binary_hash.clone(),
+                argv: st.argv.clone(),
+                deps: fp.deps.clone(),
+                outs,
+                fingerprint: fp.value.clone(),
+                wall_s,
+                finished_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+        );
+        lock.save(&p.run_dir)?;
+        state.started.remove(&st.name);
+        state.save(&p.run_dir)?;
+        eprintln!("{tag}: done in {wall_s:.1}s");
+        summary.ran.push(st.name.clone());
+    }
+    state.save(&p.run_dir)?;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "pipeline: {} ran, {} up to date, in {:.2}s",
+        summary.ran.len(),
+        summary.up_to_date.len(),
+        summary.seconds
+    );
+    for (label, path) in &p.results {
+        eprintln!("  {label}: {}", relative(path));
+    }
+    Ok(summary)
+}
+
+fn remove_output(abs: &Path, written: &str) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(abs) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    eprintln!("    removing the earlier output `{written}`");
+    let res = if meta.is_dir() {
+        std::fs::remove_dir_all(abs)
+    } else {
+        std::fs::remove_file(abs)
+    };
+    res.map_err(|e| PipelineError::write(abs, e))
+}
+
+/// Runs one stage with the pipeline's directory as working directory; its stdout and stderr go to
+/// `RUN_DIR/logs/STAGE.log` (appended, one header per attempt) and, unless `quiet`, to our stderr.
+fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
+    let log_path = p.run_dir.join("logs").join(format!("{}.log", st.name));
+    std::fs::create_dir_all(log_path.parent().expect("has a parent"))
+        .map_err(|e| PipelineError::write(&log_path, e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| PipelineError::write(&log_path, e))?;
+    let line = shell_line(&binary.display().to_string(), &st.argv);
+    writeln!(
+        log,
+        "=== {} (unix time) · in {}\n$ {line}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        p.dir.display()
+    )
+    .map_err(|e| PipelineError::write(&log_path, e))?;
+    eprintln!("    $ {}", shell_line(&st.program, &st.argv));
+    let mut cmd = Command::new(binary);
+    cmd.args(&st.argv)
+        .current_dir(&p.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| {
+        PipelineError::StageFailed(format!(
+            "{}: cannot start {}: {e}",
+            p.at(p.stage(&st.name).expect("known")),
+            binary.display()
+        ))
+    })?;
+    let log = Arc::new(Mutex::new(log));
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let pumps: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let (log, tail) = (log.clone(), tail.clone());
+        std::thread::spawn(move || pump(stream, &log, &tail, quiet))
+    })
+    .collect();
+    let status = child
+        .wait()
+        .map_err(|e| PipelineError::Internal(format!("waiting for {}: {e}", st.name)))?;
+    for t in pumps {
+        let _ = t.join();
+    }
+    if status.success() {
+        return Ok(());
+    }
+    let how = match status.code() {
+        Some(c) => format!("exit code {c}"),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            format!("killed by signal {}", status.signal().unwrap_or(0))
+        }
+    };
+    let tail: Vec<String> = tail.lock().expect("tail").iter().cloned().collect();
+    Err(PipelineError::StageFailed(format!(
+        "{} failed ({how}); downstream stages were not run. Last lines of its log ({}):\n{}",
+        p.at(p.stage(&st.name).expect("known")),
+        relative(&log_path),
+        tail.iter()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )))
+}
+
+const TAIL_LINES: usize = 20;
+
+fn pump(
+    stream: Box<dyn Read + Send>,
+    log: &Mutex<std::fs::File>,
+    tail: &Mutex<VecDeque<String>>,
+    quiet: bool,
+) {
+    let reader = BufReader::new(stream);
+    for chunk in reader.split(b'\n') {
+        let Ok(bytes) = chunk else { break };
+        let text = String::from_utf8_lossy(&bytes);
+        // A progress bar redraws with \r: keep the last state of the line.
+        let line = text.rsplit('\r').next().unwrap_or("").to_string();
+        if let Ok(mut f) = log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+        if !quiet {
+            eprintln!("    │ {line}");
+        }
+        let mut t = tail.lock().expect("tail");
+        t.push_back(line);
+        if t.len() > TAIL_LINES {
+            t.pop_front();
+        }
+    }
+}
+
+/// On Linux the stage is killed when the pipeline dies (even by SIGKILL), so a killed pipeline never
+/// leaves a stage writing its outputs behind a later run's back.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_groups_and_quoting() {
+        let argv: Vec<String> = ["sub", "--lr", "0.1", "--strict", "--input", "a b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            groups(&argv),
+            ["sub", "--lr 0.1", "--strict", "--input a b"]
+        );
+        assert_eq!(
+            shell_line("x", &argv),
+            "x sub --lr 0.1 --strict --input 'a b'"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

@@ -1,0 +1,502 @@
+//! `pipeline` as a user runs it, on a micro-sized copy of the shipped flow (tokenizer → tokenize →
+//! pretrain → SFT → ref-logprobs → DPO → report): a full run; an immediate rerun runs nothing; a touched
+//! input reruns nothing, a changed one exactly the affected stages; `--set` reruns from that stage; a
+//! pipeline killed during pretraining resumes to the same final weights as an uninterrupted run; a failing
+//! stage stops the run and reports; a held lock refuses a second run; every validation error names the
+//! file, line and stage; the committed Makefile.stages is what `pipeline makefile` writes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The stage binaries sit next to `pipeline`; build any that are missing (e.g. under `cargo test -p`).
+fn binaries() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
+    let dir = exe.parent().unwrap().to_path_buf();
+    let needed = ["tokenize", "pretrain", "sft", "ref-logprobs", "dpo"];
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    if !missing.is_empty() {
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo()).args([
+            "build",
+            "--profile",
+            if profile == "debug" { "dev" } else { &profile },
+        ]);
+        for b in &missing {
+            cmd.args(["--bin", b]);
+        }
+        assert!(cmd.status().unwrap().success(), "building {missing:?}");
+    }
+    dir
+}
+
+const PIPELINE: &str = r#"vars:
+  data: ../data
+  out: ../runs
+run_dir: ${vars.out}/pipeline
+stages:
+  tokenizer:
+    cmd: tokenize train-tokenizer
+    args: {input: "${vars.data}/pretrain.jsonl", out: "${vars.out}/tokenizer", vocab-size: 600}
+  tok-pretrain:
+    cmd: tokenize pretrain
+    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/pretrain.jsonl", out: "${vars.out}/tokens/pretrain.parquet"}
+  tok-pretrain-eval:
+    cmd: tokenize pretrain
+    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/pretrain_eval.jsonl", out: "${vars.out}/tokens/pretrain_eval.parquet"}
+  tok-sft:
+    cmd: tokenize sft
+    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/sft.jsonl", out: "${vars.out}/tokens/sft.parquet", max-len: 256}
+  tok-dpo:
+    cmd: tokenize dpo
+    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/dpo.jsonl", out: "${vars.out}/tokens/dpo.parquet", max-len: 256}
+  pretrain:
+    cmd: pretrain
+    args:
+      preset: micro
+      tokenizer: ${stages.tokenizer.outs[0]}
+      input: ${stages.tok-pretrain.outs[0]}
+      eval-input: ${stages.tok-pretrain-eval.outs[0]}
+      out: ${vars.out}/pretrain
+      max-steps: 300
+      batch-size: 4
+      max-len: 32
+      lr: 3e-3
+      save-every: 10
+      eval-every: 100
+      threads: 1
+      no-progress: true
+      set: {eval_batches: 4}
+  sft:
+    cmd: sft
+    args:
+      model: ${stages.pretrain.outs[0]}/model
+      input: ${stages.tok-sft.outs[0]}
+      out: ${vars.out}/sft
+      max-steps: 6
+      batch-size: 4
+      lr: 1e-3
+      answer-check: ${vars.data}/sft_eval.jsonl
+      answer-max: 3
+      answer-max-new-tokens: 8
+      threads: 1
+      no-progress: true
+  ref:
+    cmd: ref-logprobs
+    args: {model: "${stages.sft.outs[0]}/model", input: "${stages.tok-dpo.outs[0]}", out: "${vars.out}/ref/dpo.parquet", threads: 1}
+  dpo:
+    cmd: dpo
+    args:
+      model: ${stages.sft.outs[0]}/model
+      input: ${stages.tok-dpo.outs[0]}
+      ref-cache: ${stages.ref.outs[0]}
+      out: ${vars.out}/dpo
+      max-steps: 4
+      batch-size: 2
+      lr: 1e-4
+      threads: 1
+      no-progress: true
+  report:
+    cmd: pipeline report tiny.yaml
+    args: {out: "${vars.out}/report"}
+    deps: ["${stages.pretrain.outs[0]}", "${stages.sft.outs[0]}", "${stages.dpo.outs[0]}"]
+results:
+  final model: ${vars.out}/dpo/model
+"#;
+
+const ALL: [&str; 10] = [
+    "tokenizer",
+    "tok-pretrain",
+    "tok-pretrain-eval",
+    "tok-sft",
+    "tok-dpo",
+    "pretrain",
+    "sft",
+    "ref",
+    "dpo",
+    "report",
+];
+
+/// A fresh project directory: data/ (a slice of the shipped data) and pipes/tiny.yaml.
+fn project(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zerolm-pipeline-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("pipes")).unwrap();
+    for (file, lines) in [
+        ("pretrain.jsonl", 2000),
+        ("pretrain_eval.jsonl", 64),
+        ("sft.jsonl", 200),
+        ("sft_eval.jsonl", 10),
+        ("dpo.jsonl", 32),
+    ] {
+        let text = std::fs::read_to_string(repo().join("data").join(file)).unwrap();
+        let part: Vec<&str> = text.lines().take(lines).collect();
+        std::fs::write(dir.join("data").join(file), part.join("\n") + "\n").unwrap();
+    }
+    std::fs::write(dir.join("pipes/tiny.yaml"), PIPELINE).unwrap();
+    dir
+}
+
+struct Out {
+    code: i32,
+    stderr: String,
+    stdout: String,
+}
+
+impl Out {
+    /// The stages this run started.
+    fn ran(&self) -> BTreeSet<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix('['))
+            .filter_map(|l| l.split_once("] "))
+            .filter_map(|(_, rest)| rest.split_once(": running"))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn pipeline_in(cwd: &Path, args: &[&str]) -> Out {
+    binaries();
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+fn run(dir: &Path, extra: &[&str]) -> Out {
+    let mut args = vec!["run", "pipes/tiny.yaml", "--quiet"];
+    args.extend_from_slice(extra);
+    pipeline_in(dir, &args)
+}
+
+fn weights(dir: &Path, stage: &str) -> Vec<u8> {
+    std::fs::read(dir.join("runs").join(stage).join("model/model.safetensors")).unwrap()
+}
+
+#[test]
+fn full_run_caching_set_kill_resume_and_failure() {
+    // 1. A full run runs every stage and writes the report.
+    let a = project("a");
+    let r = run(&a, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.ran(), set(&ALL), "{}", r.stderr);
+    let report = std::fs::read_to_string(a.join("runs/report/index.html")).unwrap();
+    assert!(
+        report.contains("<svg") && report.contains("pretrain — loss"),
+        "report lacks plots"
+    );
+    let summary = std::fs::read_to_string(a.join("runs/report/summary.md")).unwrap();
+    assert!(
+        summary.contains("held-out answer accuracy after SFT"),
+        "{summary}"
+    );
+    assert!(summary.contains("| dpo |"), "{summary}");
+    assert!(r.stderr.contains("final model: "), "{}", r.stderr);
+
+    // 2. An immediate rerun runs nothing, from any working directory.
+    let r = run(&a, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.ran().is_empty(), "{}", r.stderr);
+    assert!(r.stderr.contains("0 ran, 10 up to date"), "{}", r.stderr);
+    let r = pipeline_in(&a.join("pipes"), &["status", "tiny.yaml"]);
+    assert!(
+        r.stdout.contains("10 of 10 stage(s) up to date"),
+        "{}",
+        r.stdout
+    );
+
+    // 3. A kill -9 of the pipeline during pretraining (which takes the stage down with it), then the
+    //    same command: it takes over the stale lock, resumes pretraining from its checkpoint and ends
+    //    with the uninterrupted run's weights, bit for bit.
+    let b = project("b");
+    let r = run(&b, &["--until", "tok-pretrain-eval"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["run", "pipes/tiny.yaml", "--quiet"])
+        .current_dir(&b)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpts = b.join("runs/pretrain/checkpoints");
+    let t0 = Instant::now();
+    while !std::fs::read_dir(&ckpts)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().join("trainer_state.json").is_file())
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !b.join("runs/pretrain/model").exists(),
+        "pretraining finished before the kill; the test would prove nothing"
+    );
+    // The stage died with the pipeline: nothing writes behind the rerun's back.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = std::fs::read_dir(&ckpts).unwrap().count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_dir(&ckpts).unwrap().count(), before);
+    let r = run(&b, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("taking over the stale lock"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("pretrain: running — it was interrupted; it resumes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.ran(),
+        set(&["pretrain", "sft", "ref", "dpo", "report"]),
+        "{}",
+        r.stderr
+    );
+    assert!(weights(&a, "pretrain") == weights(&b, "pretrain"));
+    assert!(
+        weights(&a, "dpo") == weights(&b, "dpo"),
+        "final weights differ from the uninterrupted run's"
+    );
+
+    // 4. Touching an input (same content) reruns nothing; changing it reruns exactly what depends on it.
+    let sft_data = a.join("data/sft.jsonl");
+    let text = std::fs::read_to_string(&sft_data).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&sft_data, &text).unwrap();
+    let r = run(&a, &[]);
+    assert!(r.ran().is_empty(), "{}", r.stderr);
+    let fewer: Vec<&str> = text.lines().skip(1).collect();
+    std::fs::write(&sft_data, fewer.join("\n") + "\n").unwrap();
+    let r = pipeline_in(&a, &["status", "pipes/tiny.yaml"]);
+    assert!(
+        r.stdout.contains("dep `../data/sft.jsonl` changed"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&a, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.ran(),
+        set(&["tok-sft", "sft", "ref", "dpo", "report"]),
+        "{}",
+        r.stderr
+    );
+
+    // 5. --set changes a stage's arguments: it and everything downstream rerun; upstream does not.
+    let r = run(&a, &["--set", "sft.lr=2e-3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.ran(),
+        set(&["sft", "ref", "dpo", "report"]),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("+`--lr 0.002`"), "{}", r.stderr);
+
+    // 6. A failing stage: the run stops there, says which stage, its exit code and its log's tail;
+    //    downstream stages do not run and the failure is not recorded as done.
+    let r = run(&a, &["--set", "sft.max-steps=lots"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stage `sft` failed (exit code 1)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("invalid value 'lots'"), "{}", r.stderr);
+    assert!(r.stderr.contains("logs/sft.log"), "{}", r.stderr);
+    assert_eq!(r.ran(), set(&["sft"]), "{}", r.stderr);
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("runs/pipeline/lock.json")).unwrap())
+            .unwrap();
+    assert!(lock["stages"].get("sft").is_none());
+    assert!(lock["stages"].get("pretrain").is_some());
+    let log = std::fs::read_to_string(a.join("runs/pipeline/logs/sft.log")).unwrap();
+    assert!(log.contains("invalid value 'lots'"));
+
+    // 7. A live holder of the lock refuses a second run.
+    let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(
+        a.join("runs/pipeline/pid.lock"),
+        format!("{} 0\n", holder.id()),
+    )
+    .unwrap();
+    let r = run(&a, &[]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("another `pipeline run` (pid {})", holder.id())),
+        "{}",
+        r.stderr
+    );
+
+    // 8. --only / --dry-run.
+    let r = run(&a, &["--dry-run"]);
+    assert!(
+        r.stderr.contains("sft              would run"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.ran().is_empty());
+    let r = run(&a, &["--only", "report"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("stage `report`: dep `../runs/sft` does not exist"),
+        "{}",
+        r.stderr
+    );
+
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+fn invalid(name: &str, yaml: &str) -> String {
+    let dir = project(name);
+    std::fs::write(dir.join("pipes/bad.yaml"), yaml).unwrap();
+    let r = pipeline_in(&dir, &["run", "pipes/bad.yaml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        !dir.join("pipes/.zerolm").exists(),
+        "an invalid pipeline started"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    r.stderr
+}
+
+#[test]
+fn validation_errors_name_the_file_line_and_stage() {
+    let e = invalid(
+        "unknown",
+        "stages:\n  a:\n    cmd: tokenize\n    argz: {}\n",
+    );
+    assert!(
+        e.contains("pipes/bad.yaml:4:") && e.contains("unknown field `argz`"),
+        "{e}"
+    );
+    let e = invalid(
+        "cycle",
+        "stages:\n  a:\n    cmd: tokenize\n    args: {input: b.txt, out: a.txt}\n  b:\n    cmd: tokenize\n    args: {input: a.txt, out: b.txt}\n",
+    );
+    assert!(
+        e.contains("pipes/bad.yaml:2: stage `a`: dependency cycle: a ← b ← a"),
+        "{e}"
+    );
+    let e = invalid(
+        "missing",
+        "stages:\n  a:\n    cmd: tokenize\n    args: {input: ../data/none.jsonl}\n",
+    );
+    assert!(
+        e.contains("pipes/bad.yaml:2: stage `a`: dep `../data/none.jsonl`")
+            && e.contains("does not exist and no stage produces it"),
+        "{e}"
+    );
+    let e = invalid(
+        "twice",
+        "stages:\n  a:\n    cmd: tokenize\n    args: {out: x}\n  b:\n    cmd: tokenize\n    args: {out: x}\n",
+    );
+    assert!(
+        e.contains("pipes/bad.yaml:5: stage `b`: output `x` is also written by stage `a`"),
+        "{e}"
+    );
+    let e = invalid("binary", "stages:\n  a:\n    cmd: no-such-binary-zerolm\n");
+    assert!(
+        e.contains(
+            "pipes/bad.yaml:2: stage `a`: binary `no-such-binary-zerolm` is neither next to"
+        ),
+        "{e}"
+    );
+    let dir = project("setx");
+    let r = pipeline_in(&dir, &["run", "pipes/tiny.yaml", "--set", "nope.lr=1"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("--set nope.lr=1: no stage `nope`"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shipped_pipelines_validate_and_the_makefile_is_generated_from_full_yaml() {
+    let r = pipeline_in(
+        &repo(),
+        &[
+            "makefile",
+            "pipelines/full.yaml",
+            "--bin",
+            "$(CURDIR)/target/release",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let committed = std::fs::read_to_string(repo().join("Makefile.stages")).unwrap();
+    assert!(
+        r.stdout == committed,
+        "Makefile.stages is out of date: regenerate it with `target/release/pipeline makefile pipelines/full.yaml > Makefile.stages`"
+    );
+    assert!(committed.contains("\tcd pipelines && $(BIN)/sft --model ../runs/pretrain/model"));
+    let r = pipeline_in(&repo(), &["dag", "pipelines/full.yaml", "--format", "dot"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("\"ref-train\" -> \"dpo\""),
+        "{}",
+        r.stdout
+    );
+    // minimind.yaml points at user-supplied MiniMind files: point its vars at the shipped ones.
+    let r = pipeline_in(
+        &repo(),
+        &[
+            "dag",
+            "pipelines/minimind.yaml",
+            "--set",
+            "vars.pretrain_data=../data/pretrain.jsonl",
+            "--set",
+            "vars.sft_data=../data/sft.jsonl",
+            "--set",
+            "vars.dpo_data=../data/dpo.jsonl",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("--preset minimind2"), "{}", r.stdout);
+    let r = pipeline_in(&repo(), &["dag", "pipelines/minimind.yaml"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("does not exist and no stage produces it"),
+        "{}",
+        r.stderr
+    );
+}
