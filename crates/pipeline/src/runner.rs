@@ -660,6 +660,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn selection_flags_pick_the_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in"), "x").unwrap();
+        let text = "stages:
+  a: {cmd: x, args: {input: in, out: a}}
+  b: {cmd: x, args: {input: a, out: b}}
+  c: {cmd: x, args: {input: b, out: c}}
+  d: {cmd: x, args: {input: in, out: d}}
+";
+        let p = Pipeline::parse(text, Path::new("s.yaml"), dir.path(), &[]).unwrap();
+        let g = Graph::build(&p).unwrap();
+        let pick = |sel: Selection| {
+            let (order, forced) = select(&p, &g, &sel).unwrap();
+            let names = |v: Vec<usize>| -> Vec<String> {
+                v.into_iter().map(|i| p.stages[i].name.clone()).collect()
+            };
+            (names(order), names(forced.into_iter().collect()))
+        };
+        let from = |s: &str| Selection {
+            from: Some(s.into()),
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(from("b")),
+            (vec!["b".into(), "c".into()], vec!["b".into()])
+        );
+        let until = Selection {
+            until: Some("b".into()),
+            force_all: true,
+            ..Selection::default()
+        };
+        assert_eq!(
+            pick(until),
+            (vec!["a".into(), "b".into()], vec!["a".into(), "b".into()])
+        );
+        let only = Selection {
+            only: Some("d".into()),
+            ..Selection::default()
+        };
+        assert_eq!(pick(only).0, vec!["d".to_string()]);
+        let bad = Selection {
+            only: Some("d".into()),
+            force: vec!["a".into()],
+            ..Selection::default()
+        };
+        let e = select(&p, &g, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("--force a: stage `a` is not among the selected"),
+            "{e}"
+        );
+        let e = select(&p, &g, &from("zz")).unwrap_err().to_string();
+        assert!(e.contains("no stage `zz` (stages: a, b, c, d)"), "{e}");
+    }
+
+    #[test]
     fn argument_groups_and_quoting() {
         let argv: Vec<String> = ["sub", "--lr", "0.1", "--strict", "--input", "a b"]
             .iter()
