@@ -6,6 +6,7 @@ matrices only), timed the same way: tokens per second over the measured steps af
     python benches/pretrain_py.py --preset minimind2 --batch-size 4 --seq-len 256 --threads 2
 """
 import argparse
+import json
 import resource
 import time
 
@@ -30,6 +31,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--forward-only", action="store_true", help="time logits + loss under no_grad")
+    ap.add_argument("--json", action="store_true", help="print one JSON line (for the `bench` binary)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -56,14 +59,28 @@ def main():
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
+    def forward():
+        ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g)
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
+        return loss.item()
+
+    run = forward if a.forward_only else step
     for _ in range(a.warmup):
-        step()
-    t = time.perf_counter()
+        run()
+    times = []
     for _ in range(a.steps):
-        step()
-    dt = time.perf_counter() - t
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    dt = sum(times)
     tokens = a.steps * a.batch_size * a.seq_len
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if a.json:
+        print(json.dumps({"step_s": times, "phases": [], "peak_rss_mb": rss,
+                          "tokens_per_step": a.batch_size * a.seq_len}))
+        return
     print(f"pytorch {torch.__version__} ({a.attn} attention): {a.preset} {n_params / 1e6:.2f}M params, "
           f"batch {a.batch_size}x{a.seq_len}, {a.threads} threads: {tokens / dt:.0f} tokens/s "
           f"({dt / a.steps:.2f} s/step over {a.steps} steps), peak RSS {rss:.0f} MB")

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod io;
 pub mod model;
 pub mod ops;

@@ -187,11 +187,6 @@ impl Model {
         }
         let hd = self.cfg.head_dim();
         let (cos, sin) = ops::rope_tables(hd, self.cfg.rope_theta, offset, t, &self.device)?;
-        let mask = if t > 1 {
-            Some(ops::causal_mask(t, offset + t, &self.device)?)
-        } else {
-            None
-        };
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
             b,
             t,
@@ -202,7 +197,7 @@ impl Model {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, &self.cfg, &cos, &sin, mask.as_ref(), slot)?;
+            x = block.forward(&x, &self.cfg, &cos, &sin, slot)?;
         }
         Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
@@ -266,14 +261,13 @@ impl Block {
         cfg: &ModelConfig,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
-        let x = (x + self.attn.forward(&h, cfg, cos, sin, mask, cache)?)?;
+        let x = (x + self.attn.forward(&h, cfg, cos, sin, cache)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
-        let gate = linear(&h, &self.gate)?.silu()?;
-        let mlp = linear(&(gate * linear(&h, &self.up)?)?, &self.down)?;
+        let act = ops::swiglu(&linear(&h, &self.gate)?, &linear(&h, &self.up)?)?;
+        let mlp = linear(&act, &self.down)?;
         x + mlp
     }
 }
@@ -285,7 +279,6 @@ impl Attention {
         cfg: &ModelConfig,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -317,15 +310,7 @@ impl Attention {
                 kv
             }
         };
-        let k = ops::repeat_kv(&k, nh / nkv)?.contiguous()?;
-        let v = ops::repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
+        let out = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, nh * hd))?;

@@ -1,13 +1,91 @@
-//! The model's building-block ops, each composed from candle primitives that all have a backward.
+//! The model's building-block ops. On the CPU (f32) the heavy ones — RMSNorm, RoPE, causal attention,
+//! SwiGLU, next-token log-probs — run as fused kernels with their own backward (`fused`); elsewhere, and
+//! in the tests that check the kernels, the `*_composed` versions build the same function from candle
+//! primitives that all have a backward.
 //!
 //! candle_nn's `rms_norm`, `softmax_last_dim` and `rotary_emb::rope*` are fused kernels without a
-//! backward: gradients stop there silently. These versions are slower but every step is tracked by
-//! autograd; `tests` check them against straightforward scalar implementations.
+//! backward: gradients stop there silently, so they are not used.
 
+use crate::fused::{self, cpu_f32};
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (HF Llama/Qwen3 order).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, fused::RmsNorm { eps: eps as f32 });
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// `silu(gate) * up`, the SwiGLU MLP's activation.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if cpu_f32(gate) {
+        return gate
+            .contiguous()?
+            .apply_op2(&up.contiguous()?, fused::SwiGlu);
+    }
+    swiglu_composed(gate, up)
+}
+
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// `log p(target)` for each row of `logits` ([N, V]) and `targets` ([N], u32): [N].
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if cpu_f32(logits) {
+        return logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, fused::TokenLogprobs::default());
+    }
+    token_logprobs_composed(logits, targets)
+}
+
+/// Applies RoPE to `x` ([B, H, T, head_dim]) with tables [T, head_dim]:
+/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        let (t, d) = cos.dims2()?;
+        return x.contiguous()?.apply_op1(fused::Rope {
+            cos: cos.flatten_all()?.to_vec1()?,
+            sin: sin.flatten_all()?.to_vec1()?,
+            t,
+            d,
+        });
+    }
+    rope_composed(x, cos, sin)
+}
+
+/// Causal attention `softmax(q kᵀ · scale + mask) v` for q [B, NH, Tq, D] and k, v [B, NKV, Tk, D]
+/// (grouped-query: query head h reads KV head h / (NH / NKV)); query i sees keys 0..=i + Tk − Tq.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if cpu_f32(q) {
+        return q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            fused::CausalAttention::new(scale as f32),
+        );
+    }
+    causal_attention_composed(q, k, v, scale)
+}
+
+pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (nh, tq) = (q.dim(1)?, q.dim(2)?);
+    let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
+    let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+    let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(
+        tq,
+        tk,
+        q.device(),
+    )?)?;
+    softmax_last_dim(&scores)?.matmul(&v)
+}
+
+/// [`rms_norm`] from candle primitives.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let inv = x
         .sqr()?
         .mean_keepdim(D::Minus1)?
@@ -34,8 +112,8 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// `log p(target)` for each row of `logits` ([N, V]) and `targets` ([N], u32): [N].
-pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// [`token_logprobs`] from candle primitives.
+pub fn token_logprobs_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -74,9 +152,8 @@ pub fn rope_tables(
     ))
 }
 
-/// Applies RoPE to `x` ([B, H, T, head_dim]) with tables [T, head_dim]:
-/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// [`rope`] from candle primitives.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let a = x.narrow(D::Minus1, 0, d / 2)?;
     let b = x.narrow(D::Minus1, d / 2, d / 2)?;

@@ -5,6 +5,7 @@
 pub mod adamw;
 pub mod alloc;
 pub mod answers;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod dpo;

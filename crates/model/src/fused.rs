@@ -1,0 +1,845 @@
+//! Fused CPU kernels for the training forward, each a candle custom op **with a backward**: causal
+//! grouped-query attention, SwiGLU, RMSNorm, RoPE and next-token log-probs. The composed versions in
+//! `ops` build many full-size temporaries per op (and as many more in backward); these make one pass
+//! (two for attention) over the data, parallel over independent rows or heads with rayon.
+//!
+//! Every kernel is deterministic for any thread count: work is split into independent pieces (rows,
+//! (batch, KV head) groups) and every reduction runs in a fixed order. `ops` dispatches here on the CPU
+//! and keeps the composed ops for other devices; tests check both agree in value and gradient.
+
+#![allow(unsafe_code)]
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Error, Layout,
+    Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// The contiguous f32 slice a layout describes.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        return Err(Error::Msg(format!(
+            "{what}: expected f32, got {:?}",
+            s.dtype()
+        )));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => Err(Error::Msg(format!("{what}: input must be contiguous"))),
+    }
+}
+
+fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else {
+        return Err(Error::Msg(format!("{what}: expected u32 targets")));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => Err(Error::Msg(format!("{what}: targets must be contiguous"))),
+    }
+}
+
+/// A tensor's values as a contiguous f32 vector (for the backward passes).
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal grouped-query attention.
+
+/// `softmax(Q Kᵀ · scale + causal mask) V` for q [B, NH, T, D], k and v [B, NKV, T, D]; query head h
+/// reads KV head h / (NH / NKV). Query i attends to keys 0..=i + (Tk − Tq).
+///
+/// Rows are processed in blocks of [`ROW_BLOCK`] queries, each against only the keys it may see, so the
+/// masked half of the score matrix is never computed. The forward keeps the probabilities (B·NH·Tq·Tk
+/// floats) for the backward.
+pub struct CausalAttention {
+    pub scale: f32,
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+const ROW_BLOCK: usize = 64;
+
+impl CausalAttention {
+    pub fn new(scale: f32) -> Self {
+        CausalAttention {
+            scale,
+            probs: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+struct Dims {
+    b: usize,
+    nh: usize,
+    nkv: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+        let (b, nh, tq, d) = q.shape().dims4()?;
+        let (b2, nkv, tk, d2) = k.shape().dims4()?;
+        if b2 != b || d2 != d || v.shape() != k.shape() || nkv == 0 || nh % nkv != 0 || tk < tq {
+            return Err(Error::Msg(format!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit together",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        Ok(Dims {
+            b,
+            nh,
+            nkv,
+            tq,
+            tk,
+            d,
+        })
+    }
+
+    /// Row blocks: (first row, rows, keys visible to the block's last row).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.tq).step_by(ROW_BLOCK).map(move |r0| {
+            let rows = ROW_BLOCK.min(self.tq - r0);
+            (r0, rows, r0 + rows + self.tk - self.tq)
+        })
+    }
+
+    fn q_at(&self, bi: usize, h: usize) -> usize {
+        ((bi * self.nh + h) * self.tq) * self.d
+    }
+
+    fn kv_at(&self, bi: usize, h: usize) -> usize {
+        ((bi * self.nkv + h / (self.nh / self.nkv)) * self.tk) * self.d
+    }
+}
+
+/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rs(
+    c: &mut [f32],
+    c_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    accumulate: bool,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= c_rs && c.len() >= (m - 1) * c_rs + n);
+    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // SAFETY: the asserts above keep every index the kernel touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl CausalAttention {
+    /// Probabilities of query head `h` of batch `bi` into `p` [Tq, Tk] (masked entries 0).
+    fn head_probs(&self, q: &[f32], k: &[f32], dm: &Dims, bi: usize, h: usize, p: &mut [f32]) {
+        let qh = &q[dm.q_at(bi, h)..][..dm.tq * dm.d];
+        let kh = &k[dm.kv_at(bi, h)..][..dm.tk * dm.d];
+        let shift = dm.tk - dm.tq;
+        for (r0, rows, keys) in dm.blocks() {
+            let pb = &mut p[r0 * dm.tk..][..rows * dm.tk];
+            // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1 and column stride d.
+            gemm_rs(
+                pb,
+                dm.tk,
+                (rows, keys, dm.d),
+                &qh[r0 * dm.d..],
+                (dm.d, 1),
+                kh,
+                (1, dm.d),
+                false,
+                self.scale,
+            );
+            for (i, row) in pb.chunks_mut(dm.tk).enumerate() {
+                let live = r0 + i + shift + 1;
+                let max = row[..live].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0f32;
+                for x in &mut row[..live] {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in &mut row[..live] {
+                    *x *= inv;
+                }
+                row[live..].fill(0.0);
+            }
+        }
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "zerolm-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1, l2, l3)?;
+        let (q, k, v) = (
+            slice(s1, l1, "attention q")?,
+            slice(s2, l2, "attention k")?,
+            slice(s3, l3, "attention v")?,
+        );
+        let (qn, pn) = (dm.tq * dm.d, dm.tq * dm.tk);
+        let mut out = vec![0f32; dm.b * dm.nh * qn];
+        let mut probs = vec![0f32; dm.b * dm.nh * pn];
+        out.par_chunks_mut(qn)
+            .zip(probs.par_chunks_mut(pn))
+            .enumerate()
+            .for_each(|(bh, (o, p))| {
+                let (bi, h) = (bh / dm.nh, bh % dm.nh);
+                self.head_probs(q, k, &dm, bi, h, p);
+                let vh = &v[dm.kv_at(bi, h)..][..dm.tk * dm.d];
+                for (r0, rows, keys) in dm.blocks() {
+                    gemm_rs(
+                        &mut o[r0 * dm.d..],
+                        dm.d,
+                        (rows, dm.d, keys),
+                        &p[r0 * dm.tk..],
+                        (dm.tk, 1),
+                        vh,
+                        (dm.d, 1),
+                        false,
+                        1.0,
+                    );
+                }
+            });
+        *self.probs.lock().expect("attention cache") = Some(probs);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::of(q.layout(), k.layout(), v.layout())?;
+        let (qv, kv, vv, go) = (values(q)?, values(k)?, values(v)?, values(grad)?);
+        let rep = dm.nh / dm.nkv;
+        let (qn, kn, pn) = (dm.tq * dm.d, dm.tk * dm.d, dm.tq * dm.tk);
+        let cached = self
+            .probs
+            .lock()
+            .expect("attention cache")
+            .take()
+            .filter(|p| p.len() == dm.b * dm.nh * pn);
+        let mut dq = vec![0f32; qv.len()];
+        let mut dk = vec![0f32; kv.len()];
+        let mut dv = vec![0f32; vv.len()];
+        // One task per (batch, KV head): it owns that head's dK, dV and its query heads' dQ.
+        dq.par_chunks_mut(rep * qn)
+            .zip(dk.par_chunks_mut(kn))
+            .zip(dv.par_chunks_mut(kn))
+            .enumerate()
+            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
+                let bi = g / dm.nkv;
+                let kh = &kv[g * kn..][..kn];
+                let vh = &vv[g * kn..][..kn];
+                let mut own = Vec::new();
+                let mut dp = vec![0f32; pn];
+                for r in 0..rep {
+                    let h = (g % dm.nkv) * rep + r;
+                    let qh = &qv[dm.q_at(bi, h)..][..qn];
+                    let doh = &go[dm.q_at(bi, h)..][..qn];
+                    let p: &[f32] = match &cached {
+                        Some(all) => &all[(bi * dm.nh + h) * pn..][..pn],
+                        None => {
+                            own.resize(pn, 0.0);
+                            self.head_probs(&qv, &kv, &dm, bi, h, &mut own);
+                            &own
+                        }
+                    };
+                    let dq_h = &mut dq_g[r * qn..][..qn];
+                    for (r0, rows, keys) in dm.blocks() {
+                        let pb = &p[r0 * dm.tk..];
+                        let dob = &doh[r0 * dm.d..];
+                        // dV += Pᵀ dO
+                        gemm_rs(
+                            dv_g,
+                            dm.d,
+                            (keys, dm.d, rows),
+                            pb,
+                            (1, dm.tk),
+                            dob,
+                            (dm.d, 1),
+                            true,
+                            1.0,
+                        );
+                        // dP = dO Vᵀ
+                        let dpb = &mut dp[r0 * dm.tk..][..rows * dm.tk];
+                        gemm_rs(
+                            dpb,
+                            dm.tk,
+                            (rows, keys, dm.d),
+                            dob,
+                            (dm.d, 1),
+                            vh,
+                            (1, dm.d),
+                            false,
+                            1.0,
+                        );
+                        // dS = P ⊙ (dP − Σ_j dP·P), with the scale folded in for dQ and dK.
+                        for (prow, dprow) in pb.chunks(dm.tk).zip(dpb.chunks_mut(dm.tk)) {
+                            let (prow, dprow) = (&prow[..keys], &mut dprow[..keys]);
+                            let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                            for (x, pv) in dprow.iter_mut().zip(prow) {
+                                *x = pv * (*x - dot) * self.scale;
+                            }
+                        }
+                        // dQ = dS K, dK += dSᵀ Q
+                        gemm_rs(
+                            &mut dq_h[r0 * dm.d..],
+                            dm.d,
+                            (rows, dm.d, keys),
+                            dpb,
+                            (dm.tk, 1),
+                            kh,
+                            (dm.d, 1),
+                            false,
+                            1.0,
+                        );
+                        gemm_rs(
+                            dk_g,
+                            dm.d,
+                            (keys, dm.d, rows),
+                            dpb,
+                            (1, dm.tk),
+                            &qh[r0 * dm.d..],
+                            (dm.d, 1),
+                            true,
+                            1.0,
+                        );
+                    }
+                }
+            });
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise and row-wise kernels.
+
+/// Rows per parallel task: fixed, so results never depend on the thread count.
+const CHUNK: usize = 1 << 14;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu(gate) · up`.
+pub struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "zerolm-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(Error::Msg("swiglu: gate and up differ in shape".into()));
+        }
+        let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, u, dy) = (values(gate)?, values(up)?, values(grad)?);
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let at = c * CHUNK;
+                for i in 0..dg.len() {
+                    let (x, y, d) = (g[at + i], u[at + i], dy[at + i]);
+                    let s = sigmoid(x);
+                    du[i] = d * x * s;
+                    dg[i] = d * y * s * (1.0 + x * (1.0 - s));
+                }
+            });
+        let dev = gate.device();
+        Ok((
+            Some(Tensor::from_vec(dg, gate.shape(), dev)?),
+            Some(Tensor::from_vec(du, up.shape(), dev)?),
+        ))
+    }
+}
+
+/// RMSNorm over the last dimension, HF order: `x / sqrt(mean(x²) + eps) · w`.
+pub struct RmsNorm {
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    fn inv_rms(&self, row: &[f32]) -> f32 {
+        let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        1.0 / (ms + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "zerolm-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (
+            slice(s1, l1, "rms_norm x")?,
+            slice(s2, l2, "rms_norm weight")?,
+        );
+        let h = w.len();
+        if h == 0 || x.len() % h != 0 || l1.shape().dims().last() != Some(&h) {
+            return Err(Error::Msg(
+                "rms_norm: weight does not match the last dimension".into(),
+            ));
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows = (CHUNK / h).max(1);
+        out.par_chunks_mut(rows * h)
+            .zip(x.par_chunks(rows * h))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
+                    let r = self.inv_rms(x);
+                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                        *o = x * r * w;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
+        let h = wv.len();
+        let rows = (CHUNK / h).max(1);
+        let mut dx = vec![0f32; xv.len()];
+        // Each task returns its partial dW; the partials are added in task order.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows * h)
+            .zip(xv.par_chunks(rows * h).zip(dy.par_chunks(rows * h)))
+            .map(|(dx, (x, dy))| {
+                let mut dw = vec![0f32; h];
+                for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                    let r = self.inv_rms(x);
+                    // dot = mean(dy · w · x̂)
+                    let mut dot = 0f32;
+                    for j in 0..h {
+                        let xh = x[j] * r;
+                        dot += dy[j] * wv[j] * xh;
+                        dw[j] += dy[j] * xh;
+                    }
+                    dot /= h as f32;
+                    for j in 0..h {
+                        dx[j] = r * (dy[j] * wv[j] - x[j] * r * dot);
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; h];
+        for p in partials {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// RoPE in the Hugging Face `rotate_half` layout on x [.., T, D] with tables cos, sin [T, D] whose two
+/// halves are equal: `x · cos + rotate_half(x) · sin`.
+pub struct Rope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub t: usize,
+    pub d: usize,
+}
+
+impl Rope {
+    /// `inverse = false`: the rotation; `true`: its transpose (the backward).
+    fn apply(&self, x: &[f32], inverse: bool) -> Vec<f32> {
+        let (t, d, half) = (self.t, self.d, self.d / 2);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .for_each(|(o, x)| {
+                for p in 0..t {
+                    let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
+                    let (xr, or) = (&x[p * d..][..d], &mut o[p * d..][..d]);
+                    for j in 0..half {
+                        let (a, b) = (xr[j], xr[j + half]);
+                        or[j] = a * c[j] - sign * b * s[j];
+                        or[j + half] = b * c[j + half] + sign * a * s[j + half];
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "zerolm-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rope x")?;
+        let dims = l.shape().dims();
+        if dims.len() < 2 || dims[dims.len() - 1] != self.d || dims[dims.len() - 2] != self.t {
+            return Err(Error::Msg(format!(
+                "rope: input {dims:?} does not end in [{}, {}]",
+                self.t, self.d
+            )));
+        }
+        Ok((CpuStorage::F32(self.apply(x, false)), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dy = values(grad)?;
+        Ok(Some(Tensor::from_vec(
+            self.apply(&dy, true),
+            x.shape(),
+            x.device(),
+        )?))
+    }
+}
+
+/// `log softmax(logits)[target]` per row: logits [N, V] f32, targets [N] u32 → [N]. The forward keeps
+/// each row's log-sum-exp for the backward.
+#[derive(Default)]
+pub struct TokenLogprobs {
+    lse: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+impl CustomOp2 for TokenLogprobs {
+    fn name(&self) -> &'static str {
+        "zerolm-token-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let logits = slice(s1, l1, "token_logprobs logits")?;
+        let targets = u32_slice(s2, l2, "token_logprobs")?;
+        if targets.len() != n {
+            return Err(Error::Msg("token_logprobs: one target per row".into()));
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            return Err(Error::Msg(format!(
+                "token_logprobs: target {bad} ≥ vocabulary {v}"
+            )));
+        }
+        let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
+        let out: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(targets.par_iter().zip(lse.par_iter()))
+            .map(|(row, (&t, &lse))| row[t as usize] - lse)
+            .collect();
+        *self.lse.lock().expect("lse cache") = Some(lse);
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, v) = logits.dims2()?;
+        let (lv, dy) = (values(logits)?, values(grad)?);
+        let tv = targets.to_vec1::<u32>()?;
+        let cached = self
+            .lse
+            .lock()
+            .expect("lse cache")
+            .take()
+            .filter(|l| l.len() == n);
+        let mut dl = vec![0f32; lv.len()];
+        dl.par_chunks_mut(v)
+            .zip(lv.par_chunks(v))
+            .enumerate()
+            .for_each(|(i, (d, row))| {
+                let lse = cached.as_ref().map_or_else(|| log_sum_exp(row), |l| l[i]);
+                for (d, &x) in d.iter_mut().zip(row) {
+                    *d = -dy[i] * (x - lse).exp();
+                }
+                d[tv[i] as usize] += dy[i];
+            });
+        Ok((
+            Some(Tensor::from_vec(dl, logits.shape(), logits.device())?),
+            None,
+        ))
+    }
+}
+
+/// Whether `t` lives on the CPU in f32, where the fused kernels run.
+pub fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops;
+    use crate::SplitMix64;
+    use candle_core::{Device, Tensor, Var};
+
+    fn randn(rng: &mut SplitMix64, dims: &[usize], scale: f64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (rng.normal() * scale) as f32).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            b.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst / scale < tol,
+            "{what}: max |Δ| {worst} vs scale {scale}"
+        );
+        assert!(b.iter().any(|x| *x != 0.0), "{what}: all zero");
+    }
+
+    /// Runs `f` on vars made of `inputs` with the fused and the composed op; compares the outputs and
+    /// the gradient of Σ out · R for every input.
+    fn check(
+        name: &str,
+        inputs: &[Tensor],
+        fast: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+        slow: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    ) {
+        let mut rng = SplitMix64::new(99);
+        let run = |f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>| {
+            let vars: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let out = f(&ts).unwrap();
+            (vars, out)
+        };
+        let (fv, fo) = run(&fast);
+        let (sv, so) = run(&slow);
+        close(&fo, &so, 1e-5, &format!("{name} value"));
+        let r = randn(&mut rng, fo.dims(), 1.0);
+        let fg = (&fo * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let sg = (&so * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, (a, b)) in fv.iter().zip(&sv).enumerate() {
+            let ga = fg.get(a.as_tensor()).expect("fused gradient");
+            let gb = sg.get(b.as_tensor()).expect("composed gradient");
+            close(ga, gb, 1e-4, &format!("{name} gradient of input {i}"));
+        }
+    }
+
+    #[test]
+    fn attention_matches_composed_including_gqa_and_an_offset() {
+        let mut rng = SplitMix64::new(1);
+        for (b, nh, nkv, tq, tk, d) in [
+            (2, 4, 2, 7, 7, 8),
+            (1, 2, 2, 3, 5, 4),
+            (2, 6, 1, 9, 9, 16),
+            (1, 4, 2, 130, 141, 8),
+        ] {
+            let q = randn(&mut rng, &[b, nh, tq, d], 1.0);
+            let k = randn(&mut rng, &[b, nkv, tk, d], 1.0);
+            let v = randn(&mut rng, &[b, nkv, tk, d], 1.0);
+            let scale = 1.0 / (d as f64).sqrt();
+            check(
+                "attention",
+                &[q, k, v],
+                |x| ops::causal_attention(&x[0], &x[1], &x[2], scale),
+                |x| ops::causal_attention_composed(&x[0], &x[1], &x[2], scale),
+            );
+        }
+    }
+
+    #[test]
+    fn swiglu_rms_norm_rope_and_logprobs_match_composed() {
+        let mut rng = SplitMix64::new(2);
+        let (g, u) = (
+            randn(&mut rng, &[3, 5, 40], 2.0),
+            randn(&mut rng, &[3, 5, 40], 1.0),
+        );
+        check(
+            "swiglu",
+            &[g, u],
+            |x| ops::swiglu(&x[0], &x[1]),
+            |x| ops::swiglu_composed(&x[0], &x[1]),
+        );
+        let x = randn(&mut rng, &[4, 3, 24], 1.5);
+        let w = randn(&mut rng, &[24], 1.0);
+        check(
+            "rms_norm",
+            &[x, w],
+            |x| ops::rms_norm(&x[0], &x[1], 1e-5),
+            |x| ops::rms_norm_composed(&x[0], &x[1], 1e-5),
+        );
+        let (cos, sin) = ops::rope_tables(8, 1e4, 3, 6, &Device::Cpu).unwrap();
+        let x = randn(&mut rng, &[2, 3, 6, 8], 1.0);
+        check(
+            "rope",
+            &[x],
+            |x| ops::rope(&x[0], &cos, &sin),
+            |x| ops::rope_composed(&x[0], &cos, &sin),
+        );
+        let logits = randn(&mut rng, &[10, 33], 3.0);
+        let t = Tensor::new(&[0u32, 5, 32, 7, 7, 1, 2, 3, 31, 16], &Device::Cpu).unwrap();
+        check(
+            "token_logprobs",
+            &[logits],
+            |x| ops::token_logprobs(&x[0], &t),
+            |x| ops::token_logprobs_composed(&x[0], &t),
+        );
+    }
+
+    #[test]
+    fn kernels_give_the_same_bits_for_any_thread_count() {
+        let mut rng = SplitMix64::new(3);
+        let q = randn(&mut rng, &[2, 4, 100, 16], 1.0);
+        let k = randn(&mut rng, &[2, 2, 100, 16], 1.0);
+        let v = randn(&mut rng, &[2, 2, 100, 16], 1.0);
+        let x = randn(&mut rng, &[70, 300], 1.0);
+        let w = randn(&mut rng, &[300], 1.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (qv, kv, vv) = (
+                    Var::from_tensor(&q).unwrap(),
+                    Var::from_tensor(&k).unwrap(),
+                    Var::from_tensor(&v).unwrap(),
+                );
+                let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                let a = ops::causal_attention(&qv, &kv, &vv, 0.25).unwrap();
+                let n = ops::rms_norm(&xv, &wv, 1e-5).unwrap();
+                let loss = (a.sqr().unwrap().sum_all().unwrap()
+                    + n.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = loss.backward().unwrap();
+                [
+                    qv.as_tensor(),
+                    kv.as_tensor(),
+                    vv.as_tensor(),
+                    wv.as_tensor(),
+                ]
+                .iter()
+                .map(|t| {
+                    g.get(t)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
