@@ -11,7 +11,7 @@
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Error, Layout,
-    Result, Shape, Tensor,
+    Result, Shape, Storage, StorageRef, Tensor,
 };
 use rayon::prelude::*;
 
@@ -39,16 +39,150 @@ fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]>
     }
 }
 
-/// A tensor's values as a contiguous f32 vector (for the backward passes).
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// A tensor's values as a contiguous f32 slice (for the backward passes): borrowed from its storage
+/// when it is contiguous f32 on the CPU, copied otherwise.
+enum Values<'a> {
+    Borrowed(StorageRef<'a>, usize, usize),
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::Borrowed(guard, a, b) => match &**guard {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[*a..*b],
+                _ => unreachable!("checked when borrowed"),
+            },
+            Values::Owned(v) => v,
+        }
+    }
+}
+
+fn values(t: &Tensor) -> Result<Values<'_>> {
+    let (guard, layout) = t.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) = (&*guard, layout.contiguous_offsets())
+    {
+        return Ok(Values::Borrowed(guard, a, b));
+    }
+    drop(guard);
+    Ok(Values::Owned(t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers.
+
+/// `x · wᵀ` for x [.., in] and a Linear weight w [out, in]: one graph node instead of candle's
+/// reshape → transpose → matmul → reshape, each of which costs a zero-filled gradient and an add in
+/// backward. The products run on rayon's threads inside the gemm kernel.
+pub struct Linear;
+
+fn par_gemm(
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= m * n);
+    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index the kernel touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "zerolm-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, "linear x")?, slice(s2, l2, "linear weight")?);
+        let (out, inp) = l2.shape().dims2()?;
+        let dims = l1.shape().dims();
+        if dims.last() != Some(&inp) {
+            return Err(Error::Msg(format!(
+                "linear: input {dims:?} does not end in the weight's {inp}"
+            )));
+        }
+        let rows = x.len() / inp.max(1);
+        let mut y = vec![0f32; rows * out];
+        // y[rows, out] = x[rows, in] · wᵀ[in, out]
+        par_gemm(&mut y, (rows, out, inp), x, (inp, 1), w, (1, inp));
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("non-empty") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, inp) = w.dims2()?;
+        let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
+        let rows = xv.len() / inp.max(1);
+        let mut dx = vec![0f32; rows * inp];
+        // dx[rows, in] = dy[rows, out] · w[out, in]
+        par_gemm(&mut dx, (rows, inp, out), &dy, (out, 1), &wv, (inp, 1));
+        let mut dw = vec![0f32; out * inp];
+        // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
+        par_gemm(&mut dw, (out, inp, rows), &dy, (1, out), &xv, (inp, 1));
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Causal grouped-query attention.
 
-/// `softmax(Q Kᵀ · scale + causal mask) V` for q [B, NH, T, D], k and v [B, NKV, T, D]; query head h
-/// reads KV head h / (NH / NKV). Query i attends to keys 0..=i + (Tk − Tq).
+/// `softmax(Q Kᵀ · scale + causal mask) V` for q [B, Tq, NH, D], k and v [B, Tk, NKV, D] (the layout
+/// the projections produce, so no transposes are needed); query head h reads KV head h / (NH / NKV),
+/// query i attends to keys 0..=i + (Tk − Tq), and the output is [B, Tq, NH, D].
 ///
 /// Rows are processed in blocks of [`ROW_BLOCK`] queries, each against only the keys it may see, so the
 /// masked half of the score matrix is never computed. The forward keeps the probabilities (B·NH·Tq·Tk
@@ -80,8 +214,8 @@ struct Dims {
 
 impl Dims {
     fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
-        let (b, nh, tq, d) = q.shape().dims4()?;
-        let (b2, nkv, tk, d2) = k.shape().dims4()?;
+        let (b, tq, nh, d) = q.shape().dims4()?;
+        let (b2, tk, nkv, d2) = k.shape().dims4()?;
         if b2 != b || d2 != d || v.shape() != k.shape() || nkv == 0 || nh % nkv != 0 || tk < tq {
             return Err(Error::Msg(format!(
                 "attention: q {:?}, k {:?}, v {:?} do not fit together",
@@ -108,12 +242,22 @@ impl Dims {
         })
     }
 
+    /// Offset of query (or output) head `h`, row 0, of batch `bi`; rows are `q_rs` apart.
     fn q_at(&self, bi: usize, h: usize) -> usize {
-        ((bi * self.nh + h) * self.tq) * self.d
+        bi * self.tq * self.nh * self.d + h * self.d
     }
 
+    fn q_rs(&self) -> usize {
+        self.nh * self.d
+    }
+
+    /// Offset of the KV head query head `h` reads, row 0, of batch `bi`; rows are `kv_rs` apart.
     fn kv_at(&self, bi: usize, h: usize) -> usize {
-        ((bi * self.nkv + h / (self.nh / self.nkv)) * self.tk) * self.d
+        bi * self.tk * self.nkv * self.d + (h / (self.nh / self.nkv)) * self.d
+    }
+
+    fn kv_rs(&self) -> usize {
+        self.nkv * self.d
     }
 }
 
@@ -165,20 +309,19 @@ fn gemm_rs(
 impl CausalAttention {
     /// Probabilities of query head `h` of batch `bi` into `p` [Tq, Tk] (masked entries 0).
     fn head_probs(&self, q: &[f32], k: &[f32], dm: &Dims, bi: usize, h: usize, p: &mut [f32]) {
-        let qh = &q[dm.q_at(bi, h)..][..dm.tq * dm.d];
-        let kh = &k[dm.kv_at(bi, h)..][..dm.tk * dm.d];
+        let (q0, k0) = (dm.q_at(bi, h), dm.kv_at(bi, h));
         let shift = dm.tk - dm.tq;
         for (r0, rows, keys) in dm.blocks() {
             let pb = &mut p[r0 * dm.tk..][..rows * dm.tk];
-            // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1 and column stride d.
+            // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1, column stride kv_rs.
             gemm_rs(
                 pb,
                 dm.tk,
                 (rows, keys, dm.d),
-                &qh[r0 * dm.d..],
-                (dm.d, 1),
-                kh,
-                (1, dm.d),
+                &q[q0 + r0 * dm.q_rs()..],
+                (dm.q_rs(), 1),
+                &k[k0..],
+                (1, dm.kv_rs()),
                 false,
                 self.scale,
             );
@@ -220,16 +363,18 @@ impl CustomOp3 for CausalAttention {
             slice(s2, l2, "attention k")?,
             slice(s3, l3, "attention v")?,
         );
-        let (qn, pn) = (dm.tq * dm.d, dm.tq * dm.tk);
-        let mut out = vec![0f32; dm.b * dm.nh * qn];
+        let pn = dm.tq * dm.tk;
+        let mut out = vec![0f32; dm.b * dm.tq * dm.nh * dm.d];
         let mut probs = vec![0f32; dm.b * dm.nh * pn];
-        out.par_chunks_mut(qn)
-            .zip(probs.par_chunks_mut(pn))
+        // One task per (batch, head), each filling that head's probabilities; the outputs of a batch
+        // row interleave heads, so each task writes its head's columns into a private block first.
+        let heads: Vec<Vec<f32>> = probs
+            .par_chunks_mut(pn)
             .enumerate()
-            .for_each(|(bh, (o, p))| {
+            .map(|(bh, p)| {
                 let (bi, h) = (bh / dm.nh, bh % dm.nh);
                 self.head_probs(q, k, &dm, bi, h, p);
-                let vh = &v[dm.kv_at(bi, h)..][..dm.tk * dm.d];
+                let mut o = vec![0f32; dm.tq * dm.d];
                 for (r0, rows, keys) in dm.blocks() {
                     gemm_rs(
                         &mut o[r0 * dm.d..],
@@ -237,13 +382,21 @@ impl CustomOp3 for CausalAttention {
                         (rows, dm.d, keys),
                         &p[r0 * dm.tk..],
                         (dm.tk, 1),
-                        vh,
-                        (dm.d, 1),
+                        &v[dm.kv_at(bi, h)..],
+                        (dm.kv_rs(), 1),
                         false,
                         1.0,
                     );
                 }
-            });
+                o
+            })
+            .collect();
+        for (bh, o) in heads.iter().enumerate() {
+            let at = dm.q_at(bh / dm.nh, bh % dm.nh);
+            for (i, row) in o.chunks(dm.d).enumerate() {
+                out[at + i * dm.q_rs()..][..dm.d].copy_from_slice(row);
+            }
+        }
         *self.probs.lock().expect("attention cache") = Some(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -266,24 +419,20 @@ impl CustomOp3 for CausalAttention {
             .expect("attention cache")
             .take()
             .filter(|p| p.len() == dm.b * dm.nh * pn);
-        let mut dq = vec![0f32; qv.len()];
-        let mut dk = vec![0f32; kv.len()];
-        let mut dv = vec![0f32; vv.len()];
-        // One task per (batch, KV head): it owns that head's dK, dV and its query heads' dQ.
-        dq.par_chunks_mut(rep * qn)
-            .zip(dk.par_chunks_mut(kn))
-            .zip(dv.par_chunks_mut(kn))
-            .enumerate()
-            .for_each(|(g, ((dq_g, dk_g), dv_g))| {
+        // One task per (batch, KV head): it owns that head's dK, dV and its query heads' dQ, kept in
+        // [head, T, D] blocks and scattered into the [B, T, H, D] layout afterwards.
+        let groups: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..dm.b * dm.nkv)
+            .into_par_iter()
+            .map(|g| {
                 let bi = g / dm.nkv;
-                let kh = &kv[g * kn..][..kn];
-                let vh = &vv[g * kn..][..kn];
+                let mut dq_g = vec![0f32; rep * qn];
+                let mut dk_g = vec![0f32; kn];
+                let mut dv_g = vec![0f32; kn];
                 let mut own = Vec::new();
                 let mut dp = vec![0f32; pn];
                 for r in 0..rep {
                     let h = (g % dm.nkv) * rep + r;
-                    let qh = &qv[dm.q_at(bi, h)..][..qn];
-                    let doh = &go[dm.q_at(bi, h)..][..qn];
+                    let (q0, k0) = (dm.q_at(bi, h), dm.kv_at(bi, h));
                     let p: &[f32] = match &cached {
                         Some(all) => &all[(bi * dm.nh + h) * pn..][..pn],
                         None => {
@@ -295,16 +444,16 @@ impl CustomOp3 for CausalAttention {
                     let dq_h = &mut dq_g[r * qn..][..qn];
                     for (r0, rows, keys) in dm.blocks() {
                         let pb = &p[r0 * dm.tk..];
-                        let dob = &doh[r0 * dm.d..];
+                        let dob = &go[q0 + r0 * dm.q_rs()..];
                         // dV += Pᵀ dO
                         gemm_rs(
-                            dv_g,
+                            &mut dv_g,
                             dm.d,
                             (keys, dm.d, rows),
                             pb,
                             (1, dm.tk),
                             dob,
-                            (dm.d, 1),
+                            (dm.q_rs(), 1),
                             true,
                             1.0,
                         );
@@ -315,9 +464,9 @@ impl CustomOp3 for CausalAttention {
                             dm.tk,
                             (rows, keys, dm.d),
                             dob,
-                            (dm.d, 1),
-                            vh,
-                            (1, dm.d),
+                            (dm.q_rs(), 1),
+                            &vv[k0..],
+                            (1, dm.kv_rs()),
                             false,
                             1.0,
                         );
@@ -336,25 +485,44 @@ impl CustomOp3 for CausalAttention {
                             (rows, dm.d, keys),
                             dpb,
                             (dm.tk, 1),
-                            kh,
-                            (dm.d, 1),
+                            &kv[k0..],
+                            (dm.kv_rs(), 1),
                             false,
                             1.0,
                         );
                         gemm_rs(
-                            dk_g,
+                            &mut dk_g,
                             dm.d,
                             (keys, dm.d, rows),
                             dpb,
                             (1, dm.tk),
-                            &qh[r0 * dm.d..],
-                            (dm.d, 1),
+                            &qv[q0 + r0 * dm.q_rs()..],
+                            (dm.q_rs(), 1),
                             true,
                             1.0,
                         );
                     }
                 }
-            });
+                (dq_g, dk_g, dv_g)
+            })
+            .collect();
+        let mut dq = vec![0f32; qv.len()];
+        let mut dk = vec![0f32; kv.len()];
+        let mut dv = vec![0f32; vv.len()];
+        for (g, (dq_g, dk_g, dv_g)) in groups.iter().enumerate() {
+            let (bi, kvh) = (g / dm.nkv, g % dm.nkv);
+            for r in 0..rep {
+                let at = dm.q_at(bi, kvh * rep + r);
+                for (i, row) in dq_g[r * qn..][..qn].chunks(dm.d).enumerate() {
+                    dq[at + i * dm.q_rs()..][..dm.d].copy_from_slice(row);
+                }
+            }
+            let at = dm.kv_at(bi, kvh * rep);
+            for (i, (a, b)) in dk_g.chunks(dm.d).zip(dv_g.chunks(dm.d)).enumerate() {
+                dk[at + i * dm.kv_rs()..][..dm.d].copy_from_slice(a);
+                dv[at + i * dm.kv_rs()..][..dm.d].copy_from_slice(b);
+            }
+        }
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),
@@ -531,8 +699,8 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// RoPE in the Hugging Face `rotate_half` layout on x [.., T, D] with tables cos, sin [T, D] whose two
-/// halves are equal: `x · cos + rotate_half(x) · sin`.
+/// RoPE in the Hugging Face `rotate_half` layout on x [B, T, H, D] (positions on axis 1) with tables
+/// cos, sin [T, D] whose two halves are equal: `x · cos + rotate_half(x) · sin`.
 pub struct Rope {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
@@ -541,17 +709,19 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// `inverse = false`: the rotation; `true`: its transpose (the backward).
-    fn apply(&self, x: &[f32], inverse: bool) -> Vec<f32> {
+    /// `inverse = false`: the rotation; `true`: its transpose (the backward). `heads` per position.
+    fn apply(&self, x: &[f32], heads: usize, inverse: bool) -> Vec<f32> {
         let (t, d, half) = (self.t, self.d, self.d / 2);
         let sign = if inverse { -1.0 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t * d)
-            .zip(x.par_chunks(t * d))
-            .for_each(|(o, x)| {
-                for p in 0..t {
-                    let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
-                    let (xr, or) = (&x[p * d..][..d], &mut o[p * d..][..d]);
+        // One task per (batch, position): `heads` vectors of `d` rotated by the same angles.
+        out.par_chunks_mut(heads * d)
+            .zip(x.par_chunks(heads * d))
+            .enumerate()
+            .for_each(|(bp, (o, x))| {
+                let p = bp % t;
+                let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
+                for (or, xr) in o.chunks_mut(d).zip(x.chunks(d)) {
                     for j in 0..half {
                         let (a, b) = (xr[j], xr[j + half]);
                         or[j] = a * c[j] - sign * b * s[j];
@@ -571,19 +741,23 @@ impl CustomOp1 for Rope {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "rope x")?;
         let dims = l.shape().dims();
-        if dims.len() < 2 || dims[dims.len() - 1] != self.d || dims[dims.len() - 2] != self.t {
+        if dims.len() != 4 || dims[1] != self.t || dims[3] != self.d {
             return Err(Error::Msg(format!(
-                "rope: input {dims:?} does not end in [{}, {}]",
+                "rope: input {dims:?} is not [B, {}, H, {}]",
                 self.t, self.d
             )));
         }
-        Ok((CpuStorage::F32(self.apply(x, false)), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(self.apply(x, dims[2], false)),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dy = values(grad)?;
+        let heads = x.dim(2)?;
         Ok(Some(Tensor::from_vec(
-            self.apply(&dy, true),
+            self.apply(&dy, heads, true),
             x.shape(),
             x.device(),
         )?))
@@ -744,9 +918,9 @@ mod tests {
             (2, 6, 1, 9, 9, 16),
             (1, 4, 2, 130, 141, 8),
         ] {
-            let q = randn(&mut rng, &[b, nh, tq, d], 1.0);
-            let k = randn(&mut rng, &[b, nkv, tk, d], 1.0);
-            let v = randn(&mut rng, &[b, nkv, tk, d], 1.0);
+            let q = randn(&mut rng, &[b, tq, nh, d], 1.0);
+            let k = randn(&mut rng, &[b, tk, nkv, d], 1.0);
+            let v = randn(&mut rng, &[b, tk, nkv, d], 1.0);
             let scale = 1.0 / (d as f64).sqrt();
             check(
                 "attention",
@@ -779,12 +953,20 @@ mod tests {
             |x| ops::rms_norm_composed(&x[0], &x[1], 1e-5),
         );
         let (cos, sin) = ops::rope_tables(8, 1e4, 3, 6, &Device::Cpu).unwrap();
-        let x = randn(&mut rng, &[2, 3, 6, 8], 1.0);
+        let x = randn(&mut rng, &[2, 6, 3, 8], 1.0);
         check(
             "rope",
             &[x],
             |x| ops::rope(&x[0], &cos, &sin),
             |x| ops::rope_composed(&x[0], &cos, &sin),
+        );
+        let x = randn(&mut rng, &[3, 70, 40], 1.0);
+        let w = randn(&mut rng, &[50, 40], 0.3);
+        check(
+            "linear",
+            &[x, w],
+            |x| ops::linear(&x[0], &x[1]),
+            |x| ops::linear_composed(&x[0], &x[1]),
         );
         let logits = randn(&mut rng, &[10, 33], 3.0);
         let t = Tensor::new(&[0u32, 5, 32, 7, 7, 1, 2, 3, 31, 16], &Device::Cpu).unwrap();
@@ -799,9 +981,9 @@ mod tests {
     #[test]
     fn kernels_give_the_same_bits_for_any_thread_count() {
         let mut rng = SplitMix64::new(3);
-        let q = randn(&mut rng, &[2, 4, 100, 16], 1.0);
-        let k = randn(&mut rng, &[2, 2, 100, 16], 1.0);
-        let v = randn(&mut rng, &[2, 2, 100, 16], 1.0);
+        let q = randn(&mut rng, &[2, 100, 4, 16], 1.0);
+        let k = randn(&mut rng, &[2, 100, 2, 16], 1.0);
+        let v = randn(&mut rng, &[2, 100, 2, 16], 1.0);
         let x = randn(&mut rng, &[70, 300], 1.0);
         let w = randn(&mut rng, &[300], 1.0);
         let run = |threads: usize| {

@@ -31,7 +31,7 @@ struct Block {
     down: Tensor,
 }
 
-/// Keys and values seen so far, one (k, v) pair per layer, each [B, KVH, T, head_dim].
+/// Keys and values seen so far, one (k, v) pair per layer, each [B, T, KVH, head_dim].
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -45,7 +45,7 @@ impl KvCache {
     /// Number of positions cached.
     pub fn len(&self) -> usize {
         match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
             _ => 0,
         }
     }
@@ -287,33 +287,32 @@ impl Attention {
             cfg.num_key_value_heads,
             cfg.head_dim(),
         );
+        // Everything stays in the projections' [B, T, heads, head_dim] layout: no transposes.
         let mut q = linear(x, &self.q)?.reshape((b, t, nh, hd))?;
         let mut k = linear(x, &self.k)?.reshape((b, t, nkv, hd))?;
-        let v = linear(x, &self.v)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let v = linear(x, &self.v)?.reshape((b, t, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, cfg.rms_norm_eps)?;
             k = rms_norm(&k, kn, cfg.rms_norm_eps)?;
         }
-        let q = ops::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = ops::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let q = ops::rope(&q, cos, sin)?;
+        let k = ops::rope(&k, cos, sin)?;
         let (k, v) = match cache {
             None => (k, v),
             Some(slot) => {
                 let kv = match slot.take() {
                     None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
                 };
                 *slot = Some(kv.clone());
                 kv
             }
         };
-        let out = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, nh * hd))?;
+        let out = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?.reshape((
+            b,
+            t,
+            nh * hd,
+        ))?;
         linear(&out, &self.o)
     }
 }

@@ -43,7 +43,7 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_logprobs_composed(logits, targets)
 }
 
-/// Applies RoPE to `x` ([B, H, T, head_dim]) with tables [T, head_dim]:
+/// Applies RoPE to `x` ([B, T, H, head_dim]) with tables [T, head_dim]:
 /// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
@@ -58,8 +58,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     rope_composed(x, cos, sin)
 }
 
-/// Causal attention `softmax(q kᵀ · scale + mask) v` for q [B, NH, Tq, D] and k, v [B, NKV, Tk, D]
+/// Causal attention `softmax(q kᵀ · scale + mask) v` for q [B, Tq, NH, D] and k, v [B, Tk, NKV, D]
 /// (grouped-query: query head h reads KV head h / (NH / NKV)); query i sees keys 0..=i + Tk − Tq.
+/// Returns [B, Tq, NH, D].
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if cpu_f32(q) {
         return q.contiguous()?.apply_op3(
@@ -71,17 +72,22 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     causal_attention_composed(q, k, v, scale)
 }
 
+/// [`causal_attention`] from candle primitives (heads moved to axis 1 and back).
 pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (q, k, v) = (
+        q.transpose(1, 2)?.contiguous()?,
+        k.transpose(1, 2)?.contiguous()?,
+        v.transpose(1, 2)?.contiguous()?,
+    );
     let (nh, tq) = (q.dim(1)?, q.dim(2)?);
     let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
-    let k = repeat_kv(k, nh / nkv)?.contiguous()?;
-    let v = repeat_kv(v, nh / nkv)?.contiguous()?;
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(
-        tq,
-        tk,
-        q.device(),
-    )?)?;
-    softmax_last_dim(&scores)?.matmul(&v)
+    let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
+    let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(tq, tk, q.device())?)?;
+    softmax_last_dim(&scores)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// [`rms_norm`] from candle primitives.
@@ -152,13 +158,16 @@ pub fn rope_tables(
     ))
 }
 
-/// [`rope`] from candle primitives.
+/// [`rope`] from candle primitives (on x [B, T, H, D]).
 pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.transpose(1, 2)?;
     let d = x.dim(D::Minus1)?;
     let a = x.narrow(D::Minus1, 0, d / 2)?;
     let b = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rotated = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// An additive causal mask [q_len, k_len] for queries at positions `k_len - q_len ..`: 0 where a
@@ -190,6 +199,14 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 
 /// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in].
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, fused::Linear);
+    }
+    linear_composed(x, w)
+}
+
+/// [`linear`] from candle primitives.
+pub fn linear_composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = *dims.last().expect("linear input has a last dim");
     let rows = x.elem_count() / inner;

@@ -189,26 +189,33 @@ impl AdamW {
         let eps = self.cfg.eps as f32;
         let (one_m_b1, b2f, one_m_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
         for (i, (_, var)) in params.vars.iter().enumerate() {
-            let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
             let shrink = if self.decay[i] {
                 (1.0 - lr * self.cfg.weight_decay) as f32
             } else {
                 1.0
             };
-            let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads.values[i]);
-            p.par_iter_mut()
-                .zip(m.par_iter_mut())
-                .zip(v.par_iter_mut())
-                .zip(g.par_iter())
-                .for_each(|(((p, m), v), g)| {
-                    *p *= shrink;
-                    *m += (*g - *m) * one_m_b1;
-                    // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value=1-β2); p.addcdiv_(m, denom, value=-step)
-                    *v = *v * b2f + one_m_b2 * *g * *g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p += -step_size * *m / denom;
-                });
-            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+            let step = Step {
+                m: std::cell::RefCell::new(&mut self.m[i]),
+                v: std::cell::RefCell::new(&mut self.v[i]),
+                g: &grads.values[i],
+                k: StepConsts {
+                    shrink,
+                    one_m_b1,
+                    b2f,
+                    one_m_b2,
+                    bc2_sqrt,
+                    eps,
+                    step_size,
+                },
+            };
+            if var.device().is_cpu() {
+                // In place in the parameter's own storage: no copy out and back.
+                var.as_tensor().inplace_op1(&step)?;
+            } else {
+                let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+                step.apply(&mut p);
+                var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+            }
         }
         Ok(())
     }
@@ -254,6 +261,66 @@ impl AdamW {
             }
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct StepConsts {
+    shrink: f32,
+    one_m_b1: f32,
+    b2f: f32,
+    one_m_b2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+/// One parameter's AdamW update (torch's operation order), applied to the parameter in place.
+struct Step<'a> {
+    m: std::cell::RefCell<&'a mut Vec<f32>>,
+    v: std::cell::RefCell<&'a mut Vec<f32>>,
+    g: &'a [f32],
+    k: StepConsts,
+}
+
+impl Step<'_> {
+    fn apply(&self, p: &mut [f32]) {
+        let k = self.k;
+        let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
+        p.par_iter_mut()
+            .zip(m.par_iter_mut())
+            .zip(v.par_iter_mut())
+            .zip(self.g.par_iter())
+            .for_each(|(((p, m), v), g)| {
+                *p *= k.shrink;
+                *m += (*g - *m) * k.one_m_b1;
+                *v = *v * k.b2f + k.one_m_b2 * *g * *g;
+                let denom = v.sqrt() / k.bc2_sqrt + k.eps;
+                *p += -k.step_size * *m / denom;
+            });
+    }
+}
+
+impl candle_core::InplaceOp1 for Step<'_> {
+    fn name(&self) -> &'static str {
+        "zerolm-adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::Msg(
+                "AdamW: parameters must be f32".into(),
+            ));
+        };
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("AdamW: parameter not contiguous".into()))?;
+        self.apply(&mut data[a..b]);
         Ok(())
     }
 }
