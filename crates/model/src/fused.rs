@@ -70,6 +70,20 @@ fn values(t: &Tensor) -> Result<Values<'_>> {
     Ok(Values::Owned(t.flatten_all()?.to_vec1::<f32>()?))
 }
 
+/// The gradients of a two-input op as candle's backward wants them, shaped like the inputs.
+fn grads2(
+    a: &Tensor,
+    da: Vec<f32>,
+    b: &Tensor,
+    db: Vec<f32>,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dev = a.device();
+    Ok((
+        Some(Tensor::from_vec(da, a.shape(), dev)?),
+        Some(Tensor::from_vec(db, b.shape(), dev)?),
+    ))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear layers.
 
@@ -82,46 +96,17 @@ fn par_gemm(
     c: &mut [f32],
     (m, n, k): (usize, usize, usize),
     a: &[f32],
-    (a_rs, a_cs): (usize, usize),
+    a_strides: (usize, usize),
     b: &[f32],
-    (b_rs, b_cs): (usize, usize),
+    b_strides: (usize, usize),
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(c.len() >= m * n);
-    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index the kernel touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    gemm_into(c, n, (m, n, k), a, a_strides, b, b_strides, false, 1.0, par);
 }
 
 impl CustomOp2 for Linear {
@@ -169,11 +154,7 @@ impl CustomOp2 for Linear {
         let mut dw = vec![0f32; out * inp];
         // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
         par_gemm(&mut dw, (out, inp, rows), &dy, (1, out), &xv, (inp, 1));
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-        ))
+        grads2(&x, dx, &w, dw)
     }
 }
 
@@ -261,9 +242,29 @@ impl Dims {
     }
 }
 
-/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart.
+/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart, single-threaded
+/// (the attention kernels parallelise over heads).
 #[allow(clippy::too_many_arguments)]
 fn gemm_rs(
+    c: &mut [f32],
+    c_rs: usize,
+    mnk: (usize, usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    scale: f32,
+) {
+    let none = gemm::Parallelism::None;
+    gemm_into(
+        c, c_rs, mnk, a, a_strides, b, b_strides, accumulate, scale, none,
+    );
+}
+
+/// The one call into the gemm kernel: a [m×k] and b [k×n] given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
     c: &mut [f32],
     c_rs: usize,
     (m, n, k): (usize, usize, usize),
@@ -273,6 +274,7 @@ fn gemm_rs(
     (b_rs, b_cs): (usize, usize),
     accumulate: bool,
     scale: f32,
+    par: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -296,12 +298,12 @@ fn gemm_rs(
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            1.0,
+            if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }
@@ -594,11 +596,7 @@ impl CustomOp2 for SwiGlu {
                     dg[i] = d * y * s * (1.0 + x * (1.0 - s));
                 }
             });
-        let dev = gate.device();
-        Ok((
-            Some(Tensor::from_vec(dg, gate.shape(), dev)?),
-            Some(Tensor::from_vec(du, up.shape(), dev)?),
-        ))
+        grads2(&gate, dg, &up, du)
     }
 }
 
@@ -691,11 +689,7 @@ impl CustomOp2 for RmsNorm {
                 *a += b;
             }
         }
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-        ))
+        grads2(&x, dx, &w, dw)
     }
 }
 
