@@ -108,7 +108,7 @@ stages:
       threads: 1
       no-progress: true
   report:
-    cmd: pipeline report tiny.yaml
+    cmd: pipeline report ${vars.out}/pipeline
     args: {out: "${vars.out}/report"}
     deps: ["${stages.pretrain.outs[0]}", "${stages.sft.outs[0]}", "${stages.dpo.outs[0]}"]
 results:
