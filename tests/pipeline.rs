@@ -210,7 +210,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     );
     let summary = std::fs::read_to_string(a.join("runs/report/summary.md")).unwrap();
     assert!(
-        summary.contains("held-out answer accuracy after SFT"),
+        summary.contains("held-out answer accuracy (SFT's questions), after pretrain → after SFT"),
         "{summary}"
     );
     assert!(summary.contains("| dpo |"), "{summary}");

@@ -135,24 +135,24 @@ pub fn summary_rows(records: &[StageRecord]) -> Vec<(String, String)> {
             ));
         }
     }
-    let sft_probes = sft.map(probes).unwrap_or_default();
-    let dpo_probes = dpo.map(probes).unwrap_or_default();
-    if let Some(a) = sft_probes.first().and_then(|r| answers(r)) {
-        rows.push(("held-out answer accuracy after pretrain".into(), a));
+    // Each stage checks its own held-out questions before and after it trains: SFT's first check is
+    // the pretrained model, DPO's first check is the SFT model (on DPO's questions).
+    let before_after = |r: Option<&StageRecord>| -> Option<(String, String)> {
+        let p = probes(r?);
+        let (first, last) = (p.first()?, p.last()?);
+        Some((answers(first)?, answers(last)?))
+    };
+    if let Some((a, b)) = before_after(sft) {
+        rows.push((
+            "held-out answer accuracy (SFT's questions), after pretrain → after SFT".into(),
+            format!("{a} → {b}"),
+        ));
     }
-    let after_sft = sft_probes
-        .last()
-        .filter(|_| sft_probes.len() > 1)
-        .or(dpo_probes.first());
-    if let Some(a) = after_sft.and_then(|r| answers(r)) {
-        rows.push(("held-out answer accuracy after SFT".into(), a));
-    }
-    if let Some(a) = dpo_probes
-        .last()
-        .filter(|_| dpo_probes.len() > 1)
-        .and_then(|r| answers(r))
-    {
-        rows.push(("held-out answer accuracy after DPO".into(), a));
+    if let Some((a, b)) = before_after(dpo) {
+        rows.push((
+            "held-out answer accuracy (DPO's questions), after SFT → after DPO".into(),
+            format!("{a} → {b}"),
+        ));
     }
     if let Some(r) = dpo {
         if let Some((a, b)) = first_last(&series(&r.rows, "eval_rewards/accuracies")) {
