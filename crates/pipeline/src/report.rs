@@ -487,16 +487,12 @@ mod tests {
         };
         assert_eq!(get("pretrain eval loss").unwrap(), "8.000 → 2.500");
         assert_eq!(
-            get("held-out answer accuracy after pretrain").unwrap(),
-            "0.0% (0/4)"
+            get("held-out answer accuracy (SFT's questions)").unwrap(),
+            "0.0% (0/4) → 25.0% (1/4)"
         );
         assert_eq!(
-            get("held-out answer accuracy after SFT").unwrap(),
-            "25.0% (1/4)"
-        );
-        assert_eq!(
-            get("held-out answer accuracy after DPO").unwrap(),
-            "50.0% (2/4)"
+            get("held-out answer accuracy (DPO's questions)").unwrap(),
+            "25.0% (1/4) → 50.0% (2/4)"
         );
         assert_eq!(
             get("held-out preference accuracy").unwrap(),
