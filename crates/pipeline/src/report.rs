@@ -117,64 +117,47 @@ fn probes(r: &StageRecord) -> Vec<&Map<String, Value>> {
 /// The summary rows: (what, value).
 pub fn summary_rows(records: &[StageRecord]) -> Vec<(String, String)> {
     let by = |kind: &str| records.iter().rev().find(|r| r.kind == kind);
-    let mut rows = Vec::new();
     let (pre, sft, dpo) = (by("pretrain"), by("sft"), by("dpo"));
-    if let Some(r) = pre {
-        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
-            rows.push((
-                "pretrain eval loss, start → end".into(),
-                format!("{a:.3} → {b:.3}"),
-            ));
-        }
-    }
-    if let Some(r) = sft {
-        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
-            rows.push((
-                "SFT eval loss, start → end".into(),
-                format!("{a:.3} → {b:.3}"),
-            ));
-        }
-    }
+    // `label: first → last` of a curve, when the stage logged it.
+    let curve = |r: Option<&StageRecord>, key: &str, label: &str, digits: usize| {
+        let (a, b) = first_last(&series(&r?.rows, key))?;
+        Some((label.to_string(), format!("{a:.digits$} → {b:.digits$}")))
+    };
     // Each stage checks its own held-out questions before and after it trains: SFT's first check is
     // the pretrained model, DPO's first check is the SFT model (on DPO's questions).
-    let before_after = |r: Option<&StageRecord>| -> Option<(String, String)> {
+    let before_after = |r: Option<&StageRecord>, label: &str| {
         let p = probes(r?);
-        let (first, last) = (p.first()?, p.last()?);
-        Some((answers(first)?, answers(last)?))
+        let v = format!("{} → {}", answers(p.first()?)?, answers(p.last()?)?);
+        Some((label.to_string(), v))
     };
-    if let Some((a, b)) = before_after(sft) {
-        rows.push((
-            "held-out answer accuracy (SFT's questions), after pretrain → after SFT".into(),
-            format!("{a} → {b}"),
-        ));
-    }
-    if let Some((a, b)) = before_after(dpo) {
-        rows.push((
-            "held-out answer accuracy (DPO's questions), after SFT → after DPO".into(),
-            format!("{a} → {b}"),
-        ));
-    }
-    if let Some(r) = dpo {
-        if let Some((a, b)) = first_last(&series(&r.rows, "eval_rewards/accuracies")) {
-            rows.push((
-                "held-out preference accuracy (eval_rewards/accuracies), before → after DPO".into(),
-                format!("{a:.3} → {b:.3}"),
-            ));
-        }
-        if let Some((a, b)) = first_last(&series(&r.rows, "eval_rewards/margins")) {
-            rows.push((
-                "held-out reward margin (eval_rewards/margins), before → after DPO".into(),
-                format!("{a:.3} → {b:.3}"),
-            ));
-        }
-        if let Some((a, b)) = first_last(&series(&r.rows, "eval_loss")) {
-            rows.push((
-                "DPO eval loss, start → end".into(),
-                format!("{a:.4} → {b:.4}"),
-            ));
-        }
-    }
-    rows
+    [
+        curve(pre, "eval_loss", "pretrain eval loss, start → end", 3),
+        curve(sft, "eval_loss", "SFT eval loss, start → end", 3),
+        before_after(
+            sft,
+            "held-out answer accuracy (SFT's questions), after pretrain → after SFT",
+        ),
+        before_after(
+            dpo,
+            "held-out answer accuracy (DPO's questions), after SFT → after DPO",
+        ),
+        curve(
+            dpo,
+            "eval_rewards/accuracies",
+            "held-out preference accuracy (eval_rewards/accuracies), before → after DPO",
+            3,
+        ),
+        curve(
+            dpo,
+            "eval_rewards/margins",
+            "held-out reward margin (eval_rewards/margins), before → after DPO",
+            3,
+        ),
+        curve(dpo, "eval_loss", "DPO eval loss, start → end", 4),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The plots: (file stem, title, series).

@@ -103,15 +103,20 @@ pub fn locate(program: &str, p: &Pipeline) -> Result<PathBuf> {
     )))
 }
 
-fn fingerprint(stage: &Stage, p: &Pipeline, state: &mut RunState) -> Result<Fingerprint> {
-    let binary = locate(&stage.program, p).map_err(|e| {
+/// [`locate`] for a stage, the error naming the stage and its line.
+fn locate_stage(stage: &Stage, p: &Pipeline) -> Result<PathBuf> {
+    locate(&stage.program, p).map_err(|e| {
         PipelineError::Invalid(format!(
             "{}:{}: stage `{}`: {e}",
             p.file.display(),
             stage.line,
             stage.name
         ))
-    })?;
+    })
+}
+
+fn fingerprint(stage: &Stage, p: &Pipeline, state: &mut RunState) -> Result<Fingerprint> {
+    let binary = locate_stage(stage, p)?;
     let binary_hash = state
         .hashes
         .hash(&binary)?
@@ -290,6 +295,15 @@ pub struct StageStatus {
 pub fn status(p: &Pipeline, sel: &Selection) -> Result<Vec<StageStatus>> {
     let g = Graph::build(p)?;
     let (order, forced) = select(p, &g, sel)?;
+    status_of(p, &g, order, &forced)
+}
+
+fn status_of(
+    p: &Pipeline,
+    g: &Graph,
+    order: Vec<usize>,
+    forced: &BTreeSet<usize>,
+) -> Result<Vec<StageStatus>> {
     let lock = LockFile::load(&p.run_dir, &p.name)?;
     let mut state = RunState::load(&p.run_dir);
     let mut will_run = BTreeSet::new();
@@ -371,11 +385,10 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
     let (order, forced) = select(p, &g, &opts.selection)?;
     // Every binary must be there before anything starts.
     for &i in &order {
-        locate(&p.stages[i].program, p)
-            .map_err(|e| PipelineError::Invalid(format!("{}: {e}", p.at(i))))?;
+        locate_stage(&p.stages[i], p)?;
     }
     if opts.dry_run {
-        for s in status(p, &opts.selection)? {
+        for s in status_of(p, &g, order, &forced)? {
             let i = p.stage(&s.name).expect("known stage");
             match s.verdict {
                 Verdict::UpToDate => eprintln!("  {:<16} up to date", s.name),

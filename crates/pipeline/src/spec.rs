@@ -173,22 +173,23 @@ impl Pipeline {
 
         // Outs first (they may use vars only), so that stages can refer to each other's outs.
         let mut outs_written: HashMap<String, Vec<String>> = HashMap::new();
+        let vars_only = Context {
+            vars: &vars,
+            outs: None,
+        };
         for (name, st) in &raw.stages {
-            let ctx = Context {
-                vars: &vars,
-                outs: None,
-            };
+            let ctx = &vars_only;
             let mut outs = Vec::new();
             for o in &st.outs {
                 outs.push(
-                    interpolate(o, &ctx)
+                    interpolate(o, ctx)
                         .map_err(|e| PipelineError::Invalid(format!("{}: outs: {e}", at(name))))?,
                 );
             }
             for key in OUT_FLAGS {
                 if let Some(v) = st.args.get(*key) {
                     for s in flag_strings(v) {
-                        outs.push(interpolate(&s, &ctx).map_err(|e| {
+                        outs.push(interpolate(&s, ctx).map_err(|e| {
                             PipelineError::Invalid(format!("{}: args.{key}: {e}", at(name)))
                         })?);
                     }
@@ -271,10 +272,6 @@ impl Pipeline {
             });
         }
 
-        let plain = Context {
-            vars: &vars,
-            outs: Some(&outs_written),
-        };
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -282,7 +279,7 @@ impl Pipeline {
         let run_dir = match &raw.run_dir {
             Some(r) => normalize(
                 &dir.join(
-                    interpolate(r, &plain)
+                    interpolate(r, &ctx)
                         .map_err(|e| PipelineError::Invalid(format!("{shown}: run_dir: {e}")))?,
                 ),
             ),
@@ -290,7 +287,7 @@ impl Pipeline {
         };
         let mut results = Vec::new();
         for (label, path) in &raw.results {
-            let p = interpolate(path, &plain)
+            let p = interpolate(path, &ctx)
                 .map_err(|e| PipelineError::Invalid(format!("{shown}: results.{label}: {e}")))?;
             results.push((label.clone(), normalize(&dir.join(p))));
         }
