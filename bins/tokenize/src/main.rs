@@ -44,6 +44,10 @@ enum Cmd {
         min_frequency: u64,
         #[arg(long, default_value_t = 32768)]
         model_max_length: usize,
+        /// Keep every Han (Chinese) character its own pre-token, so no token spans two of them. For
+        /// small, repetitive corpora, where plain byte-level BPE learns whole clauses as tokens.
+        #[arg(long)]
+        split_han: bool,
     },
     /// Pretraining documents → Parquet `input_ids`.
     Pretrain(EncodeArgs),
@@ -193,11 +197,13 @@ fn run(cli: Cli) -> Result<()> {
             vocab_size,
             min_frequency,
             model_max_length,
+            split_han,
         } => {
             let cfg = TrainConfig {
                 vocab_size,
                 min_frequency,
                 model_max_length,
+                split_han,
             };
             let start = std::time::Instant::now();
             let vocab = tokenizer::train(&input, &cfg, &out)?;
@@ -210,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let resolved = serde_json::json!({
                 "stage": "tokenize train-tokenizer", "inputs": input, "out": out, "vocab_size": vocab_size,
-                "min_frequency": min_frequency, "model_max_length": model_max_length, "vocab_size_reached": vocab,
+                "min_frequency": min_frequency, "model_max_length": model_max_length, "split_han": split_han, "vocab_size_reached": vocab,
                 "tokenizer_fingerprint": fp,
             });
             fingerprint::write_atomically(

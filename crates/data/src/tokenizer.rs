@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
 /// Special tokens, in id order (0, 1, 2).
 pub const PAD_TOKEN: &str = "<|endoftext|>";
@@ -23,6 +26,10 @@ pub struct TrainConfig {
     pub vocab_size: usize,
     pub min_frequency: u64,
     pub model_max_length: usize,
+    /// Pre-tokenize every Han (CJK ideograph) character on its own, so that no token spans two of them.
+    /// Byte-level BPE otherwise merges whole Chinese clauses of a small, repetitive corpus into single
+    /// tokens (`张秀英住在内罗毕`), which lets a token's very existence say which statement is true.
+    pub split_han: bool,
 }
 
 impl Default for TrainConfig {
@@ -31,6 +38,7 @@ impl Default for TrainConfig {
             vocab_size: 6400,
             min_frequency: 2,
             model_max_length: 32768,
+            split_han: false,
         }
     }
 }
@@ -100,6 +108,24 @@ fn tok_err(path: &Path) -> impl Fn(tokenizers::Error) -> DataError + '_ {
     }
 }
 
+/// MiniMind's byte-level pre-tokenizer, optionally after isolating each Han character.
+fn pre_tokenizer(split_han: bool) -> PreTokenizerWrapper {
+    let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    if !split_han {
+        return byte_level;
+    }
+    let han = Split::new(
+        SplitPattern::Regex(r"\p{Han}".into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .expect("the Han pattern is a valid regex");
+    PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Split(han),
+        byte_level,
+    ]))
+}
+
 /// Train a byte-level BPE tokenizer on `inputs` and write the HF directory `out`
 /// (`tokenizer.json`, `tokenizer_config.json`). Returns the vocabulary size reached.
 pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize> {
@@ -124,9 +150,7 @@ pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize>
     let mut tokenizer = TokenizerBuilder::new()
         .with_model(BPE::default())
         .with_normalizer(None::<tokenizers::NormalizerWrapper>)
-        .with_pre_tokenizer(Some(tokenizers::PreTokenizerWrapper::ByteLevel(
-            ByteLevel::new(false, true, true),
-        )))
+        .with_pre_tokenizer(Some(pre_tokenizer(cfg.split_han)))
         .with_post_processor(None::<tokenizers::PostProcessorWrapper>)
         .with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(
             ByteLevel::default(),

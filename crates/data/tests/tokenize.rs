@@ -464,6 +464,50 @@ fn tokenizer_training_and_tokenizing_are_byte_identical_across_runs() {
     );
 }
 
+/// The number of Han characters in the longest vocabulary entry.
+fn longest_han_run(t: &TokenizerDir) -> usize {
+    (0..t.vocab_size() as u32)
+        .map(|id| {
+            let text = t.decode(&[id]).unwrap_or_default();
+            text.chars()
+                .filter(|c| ('\u{4e00}'..='\u{9fff}').contains(c))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn split_han_keeps_chinese_clauses_from_becoming_single_tokens() {
+    // The shipped corpus repeats each biography sentence dozens of times; plain byte-level BPE (MiniMind's
+    // recipe) learns whole clauses such as 张秀英住在内罗毕 as one token.
+    let corpus = [fixtures().join("../../data/pretrain.jsonl")];
+    let plain = tmp("tok-han-plain");
+    tokenizer::train(&corpus, &TrainConfig::default(), &plain).unwrap();
+    let plain = TokenizerDir::load(&plain).unwrap();
+    assert!(longest_han_run(&plain) >= 6, "{}", longest_han_run(&plain));
+    let clause = "张秀英住在内罗毕。";
+    assert!(plain.encode(clause).unwrap().len() <= 3);
+
+    let split = tmp("tok-han-split");
+    let cfg = TrainConfig {
+        split_han: true,
+        ..TrainConfig::default()
+    };
+    tokenizer::train(&corpus, &cfg, &split).unwrap();
+    let split = TokenizerDir::load(&split).unwrap();
+    assert_eq!(longest_han_run(&split), 1);
+    // One token per character (+ the full stop); English words still merge; text round-trips.
+    let ids = split.encode(clause).unwrap();
+    assert_eq!(ids.len(), 9, "{ids:?}");
+    assert_eq!(split.encode("Alice Baker has a pet cat.").unwrap().len(), 7);
+    for text in [clause, "Alice Baker 住在 Paris，今年39岁。"] {
+        assert_eq!(split.decode(&split.encode(text).unwrap()).unwrap(), text);
+    }
+    // The setting is part of the tokenizer file, so the fingerprint tells the two apart.
+    assert_ne!(plain.fingerprint, split.fingerprint);
+}
+
 #[test]
 fn token_files_record_provenance_and_readers_check_it() {
     run(

@@ -36,6 +36,9 @@ pub struct GenConfig {
     pub bios_per_person: usize,
     /// Largest operand of the addition facts (`0..=max_operand`).
     pub max_operand: u32,
+    /// How often the pretraining corpus states each addition fact (a + b for every pair of operands).
+    /// Every sum is stated, so every held-out sum can be learned in pretraining as the facts can.
+    pub sum_repeats: usize,
     pub sft_rows: usize,
     pub dpo_rows: usize,
     pub dpo_conversation_rows: usize,
@@ -50,6 +53,7 @@ impl Default for GenConfig {
             held_out: 0.15,
             bios_per_person: 40,
             max_operand: 30,
+            sum_repeats: 8,
             sft_rows: 6000,
             dpo_rows: 3000,
             dpo_conversation_rows: 1000,
@@ -176,11 +180,40 @@ fn pretrain_doc(world: &World, rng: &mut Rng, max_operand: u32, person: Option<u
                 text::sum_statement(a, b, lang, rng)
             })
             .collect(),
-        _ => (0..2 + rng.below(3))
-            .map(|_| text::city_country(rng.below(CITIES.len()), lang))
-            .collect(),
+        _ => return city_doc(rng, lang),
     };
     sentences.join(sep)
+}
+
+fn city_doc(rng: &mut Rng, lang: Lang) -> String {
+    let sep = if lang == Lang::En { " " } else { "" };
+    let sentences: Vec<String> = (0..2 + rng.below(3))
+        .map(|_| text::city_country(rng.below(CITIES.len()), lang))
+        .collect();
+    sentences.join(sep)
+}
+
+/// Every addition fact `a + b` (`a, b ≤ max_operand`) stated `repeats` times, shuffled, 3–6 to a document.
+fn sum_docs(max_operand: u32, repeats: usize, rng: &mut Rng) -> Vec<TextRow> {
+    let mut pairs: Vec<(u32, u32)> = (0..repeats)
+        .flat_map(|_| (0..=max_operand).flat_map(|a| (0..=max_operand).map(move |b| (a, b))))
+        .collect();
+    rng.shuffle(&mut pairs);
+    let mut docs = Vec::new();
+    let mut rest = &pairs[..];
+    while !rest.is_empty() {
+        let (lang, n) = (lang(rng), (3 + rng.below(4)).min(rest.len()));
+        let sep = if lang == Lang::En { " " } else { "" };
+        let sentences: Vec<String> = rest[..n]
+            .iter()
+            .map(|&(a, b)| text::sum_statement(a, b, lang, rng))
+            .collect();
+        docs.push(TextRow {
+            text: sentences.join(sep),
+        });
+        rest = &rest[n..];
+    }
+    docs
 }
 
 fn pretrain_docs(
@@ -197,12 +230,16 @@ fn pretrain_docs(
             });
         }
     }
-    // Sums and city facts: about a third as many documents as biographies.
-    for _ in 0..docs.len() / 3 {
+    // City facts: a sixth as many documents as biographies. Sums: each one `sum_repeats` times in the
+    // full corpus, in proportion (at least once) in a smaller one.
+    for _ in 0..docs.len() / 6 {
+        let lang = lang(rng);
         docs.push(TextRow {
-            text: pretrain_doc(world, rng, cfg.max_operand, None),
+            text: city_doc(rng, lang),
         });
     }
+    let repeats = (cfg.sum_repeats * bios_per_person / cfg.bios_per_person.max(1)).max(1);
+    docs.extend(sum_docs(cfg.max_operand, repeats, rng));
     rng.shuffle(&mut docs);
     docs
 }
@@ -586,6 +623,36 @@ mod tests {
         {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_ne!(v["chosen"], v["rejected"], "{line}");
+        }
+    }
+
+    /// How often `needle` occurs in `text` not right after a digit (so `1 plus 2` is not found in `11 plus 2`).
+    fn occurrences(text: &str, needle: &str) -> usize {
+        text.match_indices(needle)
+            .filter(|(i, _)| {
+                !text[..*i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_digit())
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_pretraining_corpus_states_every_sum_sum_repeats_times() {
+        let dir = tempfile_dir("sums");
+        let cfg = small();
+        generate(&cfg, &dir).unwrap();
+        let text = std::fs::read_to_string(dir.join("pretrain.jsonl")).unwrap();
+        for a in 0..=cfg.max_operand {
+            for b in 0..=cfg.max_operand {
+                let c = a + b;
+                let n = occurrences(&text, &format!("{a} plus {b} equals {c}."))
+                    + occurrences(&text, &format!("add {a} and {b}, you get {c}."))
+                    + occurrences(&text, &format!("{a}加{b}等于{c}。"))
+                    + occurrences(&text, &format!("{a}和{b}相加得{c}。"));
+                assert_eq!(n, cfg.sum_repeats, "{a} + {b}");
+            }
         }
     }
 
