@@ -149,10 +149,14 @@ fn write_jsonl<T: Serialize>(dir: &Path, name: &str, rows: &[T]) -> Result<FileS
     })
 }
 
+/// Sentences of one language as a document: English ones separated by spaces, Chinese ones run together.
+fn document(sentences: &[String], lang: Lang) -> String {
+    sentences.join(if lang == Lang::En { " " } else { "" })
+}
+
 /// One pretraining document: a short biography, a set of sums, or facts about cities.
 fn pretrain_doc(world: &World, rng: &mut Rng, max_operand: u32, person: Option<usize>) -> String {
     let lang = lang(rng);
-    let sep = if lang == Lang::En { " " } else { "" };
     let kind = if person.is_some() {
         0
     } else {
@@ -182,15 +186,14 @@ fn pretrain_doc(world: &World, rng: &mut Rng, max_operand: u32, person: Option<u
             .collect(),
         _ => return city_doc(rng, lang),
     };
-    sentences.join(sep)
+    document(&sentences, lang)
 }
 
 fn city_doc(rng: &mut Rng, lang: Lang) -> String {
-    let sep = if lang == Lang::En { " " } else { "" };
     let sentences: Vec<String> = (0..2 + rng.below(3))
         .map(|_| text::city_country(rng.below(CITIES.len()), lang))
         .collect();
-    sentences.join(sep)
+    document(&sentences, lang)
 }
 
 /// Every addition fact `a + b` (`a, b ≤ max_operand`) stated `repeats` times, shuffled, 3–6 to a document.
@@ -203,13 +206,12 @@ fn sum_docs(max_operand: u32, repeats: usize, rng: &mut Rng) -> Vec<TextRow> {
     let mut rest = &pairs[..];
     while !rest.is_empty() {
         let (lang, n) = (lang(rng), (3 + rng.below(4)).min(rest.len()));
-        let sep = if lang == Lang::En { " " } else { "" };
         let sentences: Vec<String> = rest[..n]
             .iter()
             .map(|&(a, b)| text::sum_statement(a, b, lang, rng))
             .collect();
         docs.push(TextRow {
-            text: sentences.join(sep),
+            text: document(&sentences, lang),
         });
         rest = &rest[n..];
     }
