@@ -58,6 +58,215 @@ fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Defines `fn $name` that runs its body compiled for the widest vector unit this CPU has (AVX-512,
+/// else AVX2 + FMA, else the SSE2 baseline the crate is built for), chosen at run time, so the row
+/// loops below vectorise. The body is inlined into each version. The kernels never ask for fused
+/// multiply-adds and reduce in a fixed lane order, so every version gives the same bits.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v4($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn v3($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features `v4` is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above, for `v3`.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the reductions below: partial results kept in a fixed-size array that the compiler maps
+/// onto vector registers, combined in a fixed order at the end.
+const LANES: usize = 16;
+
+/// `op`-fold of `item(a[i], b[i], c[i])` over the common length, in [`LANES`] interleaved partial
+/// results (combined in a fixed order at the end), so the loop vectorises without reassociating.
+#[inline(always)]
+fn fold3(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    init: f32,
+    item: impl Fn(f32, f32, f32) -> f32,
+    op: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [init; LANES];
+    let (mut ca, mut cb, mut cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
+        let (x, y, z): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) = (
+            x.try_into().expect("exact chunk"),
+            y.try_into().expect("exact chunk"),
+            z.try_into().expect("exact chunk"),
+        );
+        for l in 0..LANES {
+            acc[l] = op(acc[l], item(x[l], y[l], z[l]));
+        }
+    }
+    let mut tail = init;
+    for ((&x, &y), &z) in ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder())
+    {
+        tail = op(tail, item(x, y, z));
+    }
+    acc.iter().fold(tail, |t, &v| op(t, v))
+}
+
+/// The largest value of `row` (−∞ when empty).
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    fold3(row, row, row, f32::NEG_INFINITY, |x, _, _| x, f32::max)
+}
+
+/// `Σ row[i]`.
+#[inline(always)]
+fn sum_of(row: &[f32]) -> f32 {
+    fold3(row, row, row, 0.0, |x, _, _| x, |x, y| x + y)
+}
+
+/// `Σ a[i]·b[i]`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fold3(a, b, b, 0.0, |x, y, _| x * y, |x, y| x + y)
+}
+
+/// `Σ e^(row[i] − shift)`.
+#[inline(always)]
+fn exp_sum(row: &[f32], shift: f32) -> f32 {
+    fold3(row, row, row, 0.0, |x, _, _| exp(x - shift), |x, y| x + y)
+}
+
+multiversion! {
+    /// Softmax of each row of `p` (rows `tk` apart) over its first `first_live + i` entries (row `i`);
+    /// the rest of the row, the masked keys, is set to 0.
+    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize) {
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            let live = first_live + i;
+            let max = max_of(&row[..live]);
+            for x in &mut row[..live] {
+                *x = exp(*x - max);
+            }
+            let inv = 1.0 / sum_of(&row[..live]);
+            for x in &mut row[..live] {
+                *x *= inv;
+            }
+            row[live..].fill(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward in place over the first `keys` entries of each row: `dP ← P ⊙ (dP − Σ dP·P) · scale`.
+    fn softmax_grad_rows(p: &[f32], dp: &mut [f32], tk: usize, keys: usize, scale: f32) {
+        for (prow, dprow) in p.chunks(tk).zip(dp.chunks_mut(tk)) {
+            let (prow, dprow) = (&prow[..keys], &mut dprow[..keys]);
+            let dot = dot(prow, dprow);
+            for (x, pv) in dprow.iter_mut().zip(prow) {
+                *x = pv * (*x - dot) * scale;
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn swiglu_fwd(o: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+}
+
+multiversion! {
+    fn swiglu_bwd(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]) {
+        let n = dg.len().min(du.len()).min(g.len()).min(u.len()).min(dy.len());
+        for i in 0..n {
+            let (x, y, d) = (g[i], u[i], dy[i]);
+            let s = sigmoid(x);
+            du[i] = d * x * s;
+            dg[i] = d * y * s * (1.0 + x * (1.0 - s));
+        }
+    }
+}
+
+multiversion! {
+    fn rms_norm_rows(o: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
+            let r = RmsNorm::inv_rms(x, eps);
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// RMSNorm backward over whole rows: fills `dx` and adds this block's share of dW into `dw`.
+    fn rms_norm_grad_rows(dx: &mut [f32], dw: &mut [f32], x: &[f32], dy: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+            let (dx, x, dy, dw) = (&mut dx[..h], &x[..h], &dy[..h], &mut dw[..h]);
+            let r = RmsNorm::inv_rms(x, eps);
+            // dot = mean(dy · w · x̂)
+            let dot = fold3(dy, w, x, 0.0, |dy, w, x| dy * w * (x * r), |a, b| a + b) / h as f32;
+            for j in 0..h {
+                dw[j] += dy[j] * (x[j] * r);
+                dx[j] = r * (dy[j] * w[j] - x[j] * r * dot);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Rotates each `d`-vector of `x` (one position, all heads) by the angles in `c`, `s` (`sign` −1:
+    /// the inverse rotation).
+    fn rope_rows(o: &mut [f32], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
+        let d = c.len();
+        let half = d / 2;
+        for (or, xr) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let (or, xr, s) = (&mut or[..d], &xr[..d], &s[..d]);
+            for j in 0..half {
+                let (a, b) = (xr[j], xr[j + half]);
+                or[j] = a * c[j] - sign * b * s[j];
+                or[j + half] = b * c[j + half] + sign * a * s[j + half];
+            }
+        }
+    }
+}
+
 /// A tensor's values as a contiguous f32 slice (for the backward passes): borrowed from its storage
 /// when it is contiguous f32 on the CPU, copied otherwise.
 enum Values<'a> {
@@ -346,20 +555,7 @@ impl CausalAttention {
                 false,
                 self.scale,
             );
-            for (i, row) in pb.chunks_mut(dm.tk).enumerate() {
-                let live = r0 + i + shift + 1;
-                let max = row[..live].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0f32;
-                for x in &mut row[..live] {
-                    *x = exp(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in &mut row[..live] {
-                    *x *= inv;
-                }
-                row[live..].fill(0.0);
-            }
+            softmax_rows(pb, dm.tk, r0 + shift + 1);
         }
     }
 }
@@ -492,13 +688,7 @@ impl CustomOp3 for CausalAttention {
                             1.0,
                         );
                         // dS = P ⊙ (dP − Σ_j dP·P), with the scale folded in for dQ and dK.
-                        for (prow, dprow) in pb.chunks(dm.tk).zip(dpb.chunks_mut(dm.tk)) {
-                            let (prow, dprow) = (&prow[..keys], &mut dprow[..keys]);
-                            let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                            for (x, pv) in dprow.iter_mut().zip(prow) {
-                                *x = pv * (*x - dot) * self.scale;
-                            }
-                        }
+                        softmax_grad_rows(pb, dpb, dm.tk, keys, self.scale);
                         // dQ = dS K, dK += dSᵀ Q
                         gemm_rs(
                             &mut dq_h[r0 * dm.d..],
@@ -559,6 +749,7 @@ impl CustomOp3 for CausalAttention {
 /// Rows per parallel task: fixed, so results never depend on the thread count.
 const CHUNK: usize = 1 << 14;
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
@@ -585,11 +776,7 @@ impl CustomOp2 for SwiGlu {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
-                }
-            });
+            .for_each(|(o, (g, u))| swiglu_fwd(o, g, u));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -608,12 +795,8 @@ impl CustomOp2 for SwiGlu {
             .enumerate()
             .for_each(|(c, (dg, du))| {
                 let at = c * CHUNK;
-                for i in 0..dg.len() {
-                    let (x, y, d) = (g[at + i], u[at + i], dy[at + i]);
-                    let s = sigmoid(x);
-                    du[i] = d * x * s;
-                    dg[i] = d * y * s * (1.0 + x * (1.0 - s));
-                }
+                let n = dg.len();
+                swiglu_bwd(dg, du, &g[at..at + n], &u[at..at + n], &dy[at..at + n]);
             });
         grads2(&gate, dg, &up, du)
     }
@@ -625,9 +808,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn inv_rms(&self, row: &[f32]) -> f32 {
-        let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
-        1.0 / (ms + self.eps).sqrt()
+    #[inline(always)]
+    fn inv_rms(row: &[f32], eps: f32) -> f32 {
+        let ms = dot(row, row) / row.len() as f32;
+        1.0 / (ms + eps).sqrt()
     }
 }
 
@@ -657,14 +841,7 @@ impl CustomOp2 for RmsNorm {
         let rows = (CHUNK / h).max(1);
         out.par_chunks_mut(rows * h)
             .zip(x.par_chunks(rows * h))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
-                    let r = self.inv_rms(x);
-                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                        *o = x * r * w;
-                    }
-                }
-            });
+            .for_each(|(o, x)| rms_norm_rows(o, x, w, self.eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -685,20 +862,7 @@ impl CustomOp2 for RmsNorm {
             .zip(xv.par_chunks(rows * h).zip(dy.par_chunks(rows * h)))
             .map(|(dx, (x, dy))| {
                 let mut dw = vec![0f32; h];
-                for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
-                    let r = self.inv_rms(x);
-                    // dot = mean(dy · w · x̂)
-                    let mut dot = 0f32;
-                    for j in 0..h {
-                        let xh = x[j] * r;
-                        dot += dy[j] * wv[j] * xh;
-                        dw[j] += dy[j] * xh;
-                    }
-                    dot /= h as f32;
-                    for j in 0..h {
-                        dx[j] = r * (dy[j] * wv[j] - x[j] * r * dot);
-                    }
-                }
+                rms_norm_grad_rows(dx, &mut dw, x, dy, &wv, self.eps);
                 dw
             })
             .collect();
@@ -724,7 +888,7 @@ pub struct Rope {
 impl Rope {
     /// `inverse = false`: the rotation; `true`: its transpose (the backward). `heads` per position.
     fn apply(&self, x: &[f32], heads: usize, inverse: bool) -> Vec<f32> {
-        let (t, d, half) = (self.t, self.d, self.d / 2);
+        let (t, d) = (self.t, self.d);
         let sign = if inverse { -1.0 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
         // One task per (batch, position): `heads` vectors of `d` rotated by the same angles.
@@ -734,13 +898,7 @@ impl Rope {
             .for_each(|(bp, (o, x))| {
                 let p = bp % t;
                 let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
-                for (or, xr) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    for j in 0..half {
-                        let (a, b) = (xr[j], xr[j + half]);
-                        or[j] = a * c[j] - sign * b * s[j];
-                        or[j + half] = b * c[j + half] + sign * a * s[j + half];
-                    }
-                }
+                rope_rows(o, x, c, s, sign);
             });
         out
     }
@@ -784,9 +942,20 @@ pub struct TokenLogprobs {
     lse: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    max + row.iter().map(|&x| exp(x - max)).sum::<f32>().ln()
+multiversion! {
+    fn log_sum_exp(row: &[f32]) -> f32 {
+        let max = max_of(row);
+        max + exp_sum(row, max).ln()
+    }
+}
+
+multiversion! {
+    /// `d = −dy · softmax(row)`, with the log-sum-exp given.
+    fn logprob_grad_row(d: &mut [f32], row: &[f32], lse: f32, dy: f32) {
+        for (d, &x) in d.iter_mut().zip(row) {
+            *d = -dy * exp(x - lse);
+        }
+    }
 }
 
 impl CustomOp2 for TokenLogprobs {
@@ -812,7 +981,7 @@ impl CustomOp2 for TokenLogprobs {
                 "token_logprobs: target {bad} ≥ vocabulary {v}"
             )));
         }
-        let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
+        let lse: Vec<f32> = logits.par_chunks(v).map(|row| log_sum_exp(row)).collect();
         let out: Vec<f32> = logits
             .par_chunks(v)
             .zip(targets.par_iter().zip(lse.par_iter()))
@@ -844,9 +1013,7 @@ impl CustomOp2 for TokenLogprobs {
             .enumerate()
             .for_each(|(i, (d, row))| {
                 let lse = cached.as_ref().map_or_else(|| log_sum_exp(row), |l| l[i]);
-                for (d, &x) in d.iter_mut().zip(row) {
-                    *d = -dy[i] * exp(x - lse);
-                }
+                logprob_grad_row(d, row, lse, dy[i]);
                 d[tv[i] as usize] += dy[i];
             });
         Ok((
