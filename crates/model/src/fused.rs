@@ -49,13 +49,17 @@ fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `shifted` is 1.5·2^23 + n, whose low mantissa bits hold n + 2^22: integer arithmetic on its bits
+    // gives n without a float → int conversion (which does not vectorise).
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// Defines `fn $name` that runs its body compiled for the widest vector unit this CPU has (AVX-512,
@@ -320,21 +324,45 @@ fn grads2(
 /// backward. The products run on rayon's threads inside the gemm kernel.
 pub struct Linear;
 
+/// A new row-major [m, n] matrix `a · b`, computed on all of rayon's threads when it is big enough.
+/// The product overwrites every element, so the buffer is not zero-filled first.
 fn par_gemm(
-    c: &mut [f32],
     (m, n, k): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
     b: &[f32],
     b_strides: (usize, usize),
-) {
+) -> Vec<f32> {
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    gemm_into(c, n, (m, n, k), a, a_strides, b, b_strides, false, 1.0, par);
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    let spare = c.spare_capacity_mut();
+    // SAFETY: `spare` holds m·n floats; with `accumulate` false the kernel writes every element of
+    // the [m, n] output (row stride n) without reading it, so all m·n are initialised afterwards.
+    unsafe {
+        gemm_raw(
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            n,
+            (m, n, k),
+            a,
+            a_strides,
+            b,
+            b_strides,
+            false,
+            1.0,
+            par,
+        );
+        c.set_len(m * n);
+    }
+    c
 }
 
 impl CustomOp2 for Linear {
@@ -358,9 +386,8 @@ impl CustomOp2 for Linear {
             )));
         }
         let rows = x.len() / inp.max(1);
-        let mut y = vec![0f32; rows * out];
         // y[rows, out] = x[rows, in] · wᵀ[in, out]
-        par_gemm(&mut y, (rows, out, inp), x, (inp, 1), w, (1, inp));
+        let y = par_gemm((rows, out, inp), x, (inp, 1), w, (1, inp));
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -376,13 +403,65 @@ impl CustomOp2 for Linear {
         let (out, inp) = w.dims2()?;
         let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
         let rows = xv.len() / inp.max(1);
-        let mut dx = vec![0f32; rows * inp];
         // dx[rows, in] = dy[rows, out] · w[out, in]
-        par_gemm(&mut dx, (rows, inp, out), &dy, (out, 1), &wv, (inp, 1));
-        let mut dw = vec![0f32; out * inp];
+        let dx = par_gemm((rows, inp, out), &dy, (out, 1), &wv, (inp, 1));
         // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
-        par_gemm(&mut dw, (out, inp, rows), &dy, (1, out), &xv, (inp, 1));
+        let dw = par_gemm((out, inp, rows), &dy, (1, out), &xv, (inp, 1));
         grads2(&x, dx, &w, dw)
+    }
+}
+
+/// `x · wt` for x [.., in] and a Linear weight stored transposed, wt [in, out] row-major: the layout
+/// the matmul kernel reads fastest (10–25% faster than `x · wᵀ` on [`Linear`]'s shapes). Inference
+/// keeps such a copy of each weight; the backward exists so the op is correct wherever it is used.
+pub struct LinearT;
+
+impl CustomOp2 for LinearT {
+    fn name(&self) -> &'static str {
+        "zerolm-linear-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, wt) = (
+            slice(s1, l1, "linear x")?,
+            slice(s2, l2, "linear weight (transposed)")?,
+        );
+        let (inp, out) = l2.shape().dims2()?;
+        let dims = l1.shape().dims();
+        if dims.last() != Some(&inp) {
+            return Err(Error::Msg(format!(
+                "linear: input {dims:?} does not end in the transposed weight's {inp}"
+            )));
+        }
+        let rows = x.len() / inp.max(1);
+        // y[rows, out] = x[rows, in] · wt[in, out]
+        let y = par_gemm((rows, out, inp), x, (inp, 1), wt, (out, 1));
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("non-empty") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (inp, out) = wt.dims2()?;
+        let (xv, wv, dy) = (values(x)?, values(wt)?, values(grad)?);
+        let rows = xv.len() / inp.max(1);
+        // dx[rows, in] = dy[rows, out] · wtᵀ[out, in]
+        let dx = par_gemm((rows, inp, out), &dy, (out, 1), &wv, (1, out));
+        // dwt[in, out] = xᵀ[in, rows] · dy[rows, out]
+        let dwt = par_gemm((inp, out, rows), &xv, (1, inp), &dy, (out, 1));
+        grads2(x, dx, wt, dwt)
     }
 }
 
@@ -490,10 +569,47 @@ fn gemm_rs(
     );
 }
 
-/// The one call into the gemm kernel: a [m×k] and b [k×n] given by (row stride, column stride).
+/// `c (+)= scale · a · b` into the slice `c` (rows `c_rs` apart); see [`gemm_raw`].
 #[allow(clippy::too_many_arguments)]
 fn gemm_into(
     c: &mut [f32],
+    c_rs: usize,
+    mnk: (usize, usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    scale: f32,
+    par: gemm::Parallelism,
+) {
+    // SAFETY: `c` is an initialised slice of `c.len()` floats.
+    unsafe {
+        gemm_raw(
+            c.as_mut_ptr(),
+            c.len(),
+            c_rs,
+            mnk,
+            a,
+            a_strides,
+            b,
+            b_strides,
+            accumulate,
+            scale,
+            par,
+        )
+    }
+}
+
+/// The one call into the gemm kernel: `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]`, a [m×k] and
+/// b [k×n] given by (row stride, column stride).
+///
+/// # Safety
+/// `c` must be valid for writes of `c_len` floats, and initialised when `accumulate` is set.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    c: *mut f32,
+    c_len: usize,
     c_rs: usize,
     (m, n, k): (usize, usize, usize),
     a: &[f32],
@@ -507,16 +623,17 @@ fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(n <= c_rs && c.len() >= (m - 1) * c_rs + n);
+    assert!(n <= c_rs && c_len >= (m - 1) * c_rs + n);
     assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // SAFETY: the asserts above keep every index the kernel touches inside the three slices.
+    // SAFETY: the asserts above keep every index the kernel touches inside `a`, `b` and the
+    // `c_len` floats at `c`, which the caller vouches for.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             c_rs as isize,
             accumulate,
@@ -1162,6 +1279,15 @@ mod tests {
             &[x, w],
             |x| ops::linear(&x[0], &x[1]),
             |x| ops::linear_composed(&x[0], &x[1]),
+        );
+        // The transposed-weight linear of inference: the same function of x and of wt = wᵀ.
+        let x = randn(&mut rng, &[3, 70, 40], 1.0);
+        let wt = randn(&mut rng, &[40, 50], 0.3);
+        check(
+            "linear_t",
+            &[x, wt],
+            |x| ops::linear_t(&x[0], &x[1]),
+            |x| ops::linear_composed(&x[0], &x[1].t()?),
         );
         let logits = randn(&mut rng, &[10, 33], 3.0);
         let t = Tensor::new(&[0u32, 5, 32, 7, 7, 1, 2, 3, 31, 16], &Device::Cpu).unwrap();

@@ -10,14 +10,41 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::ops::{self, linear, rms_norm};
+
+/// A Linear weight w [out, in] and, once [`Model::for_inference`] has run on the CPU, a transposed
+/// copy [in, out] that the matmul reads faster. Training uses `w` itself, so autograd reaches it.
+struct Proj {
+    w: Tensor,
+    t: Option<Tensor>,
+}
+
+impl Proj {
+    fn new(w: Tensor) -> Proj {
+        Proj { w, t: None }
+    }
+
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.t {
+            Some(t) => ops::linear_t(x, t),
+            None => linear(x, &self.w),
+        }
+    }
+
+    fn prepare(&mut self) -> candle_core::Result<()> {
+        if crate::fused::cpu_f32(&self.w) {
+            self.t = Some(ops::transposed(&self.w)?);
+        }
+        Ok(())
+    }
+}
 use crate::params::parameter_shapes;
 use crate::{ModelConfig, ModelError};
 
 struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
 }
@@ -26,9 +53,9 @@ struct Block {
     input_norm: Tensor,
     attn: Attention,
     post_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
 }
 
 /// Keys and values seen so far, one (k, v) pair per layer, each [B, T, KVH, head_dim].
@@ -62,7 +89,7 @@ pub struct Model {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Proj,
     device: Device,
 }
 
@@ -118,10 +145,10 @@ impl Model {
                 Block {
                     input_norm: get(&format!("{p}.input_layernorm.weight")),
                     attn: Attention {
-                        q: get(&format!("{p}.self_attn.q_proj.weight")),
-                        k: get(&format!("{p}.self_attn.k_proj.weight")),
-                        v: get(&format!("{p}.self_attn.v_proj.weight")),
-                        o: get(&format!("{p}.self_attn.o_proj.weight")),
+                        q: Proj::new(get(&format!("{p}.self_attn.q_proj.weight"))),
+                        k: Proj::new(get(&format!("{p}.self_attn.k_proj.weight"))),
+                        v: Proj::new(get(&format!("{p}.self_attn.v_proj.weight"))),
+                        o: Proj::new(get(&format!("{p}.self_attn.o_proj.weight"))),
                         q_norm: cfg
                             .qk_norm()
                             .then(|| get(&format!("{p}.self_attn.q_norm.weight"))),
@@ -130,18 +157,18 @@ impl Model {
                             .then(|| get(&format!("{p}.self_attn.k_norm.weight"))),
                     },
                     post_norm: get(&format!("{p}.post_attention_layernorm.weight")),
-                    gate: get(&format!("{p}.mlp.gate_proj.weight")),
-                    up: get(&format!("{p}.mlp.up_proj.weight")),
-                    down: get(&format!("{p}.mlp.down_proj.weight")),
+                    gate: Proj::new(get(&format!("{p}.mlp.gate_proj.weight"))),
+                    up: Proj::new(get(&format!("{p}.mlp.up_proj.weight"))),
+                    down: Proj::new(get(&format!("{p}.mlp.down_proj.weight"))),
                 }
             })
             .collect();
         let embed = get("model.embed_tokens.weight");
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = Proj::new(if cfg.tie_word_embeddings {
             embed.clone()
         } else {
             get("lm_head.weight")
-        };
+        });
         let device = embed.device().clone();
         Ok(Model {
             norm: get("model.norm.weight"),
@@ -152,6 +179,28 @@ impl Model {
             lm_head,
             device,
         })
+    }
+
+    /// The same model set up for forward passes only (scoring, generation, evaluation): on the CPU
+    /// each Linear weight also gets a transposed copy, which makes the matmuls 10–25% faster for
+    /// ≈ 1× the weights' size in extra memory. Gradients still flow, but to the copies, so a model
+    /// being trained must not be built this way.
+    pub fn for_inference(mut self) -> Result<Model, ModelError> {
+        for b in &mut self.blocks {
+            for p in [
+                &mut b.attn.q,
+                &mut b.attn.k,
+                &mut b.attn.v,
+                &mut b.attn.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                p.prepare()?;
+            }
+        }
+        self.lm_head.prepare()?;
+        Ok(self)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -205,7 +254,7 @@ impl Model {
     /// Logits for every position: [B, T, vocab].
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
         let h = self.hidden(ids, None)?;
-        Ok(linear(&h, &self.lm_head)?)
+        Ok(self.lm_head.apply(&h)?)
     }
 
     /// `log p(targets[b, t] | ids[b, ..=t])` for every position: [B, T]. `targets` is u32 [B, T].
@@ -250,7 +299,7 @@ impl Model {
         let t = ids.dim(1)?;
         let h = self.hidden(ids, Some(cache))?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
-        Ok(linear(&last, &self.lm_head)?)
+        Ok(self.lm_head.apply(&last)?)
     }
 }
 
@@ -266,8 +315,8 @@ impl Block {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
         let x = (x + self.attn.forward(&h, cfg, cos, sin, cache)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
-        let act = ops::swiglu(&linear(&h, &self.gate)?, &linear(&h, &self.up)?)?;
-        let mlp = linear(&act, &self.down)?;
+        let act = ops::swiglu(&self.gate.apply(&h)?, &self.up.apply(&h)?)?;
+        let mlp = self.down.apply(&act)?;
         x + mlp
     }
 }
@@ -288,9 +337,9 @@ impl Attention {
             cfg.head_dim(),
         );
         // Everything stays in the projections' [B, T, heads, head_dim] layout: no transposes.
-        let mut q = linear(x, &self.q)?.reshape((b, t, nh, hd))?;
-        let mut k = linear(x, &self.k)?.reshape((b, t, nkv, hd))?;
-        let v = linear(x, &self.v)?.reshape((b, t, nkv, hd))?;
+        let mut q = self.q.apply(x)?.reshape((b, t, nh, hd))?;
+        let mut k = self.k.apply(x)?.reshape((b, t, nkv, hd))?;
+        let v = self.v.apply(x)?.reshape((b, t, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, cfg.rms_norm_eps)?;
             k = rms_norm(&k, kn, cfg.rms_norm_eps)?;
@@ -313,7 +362,7 @@ impl Attention {
             t,
             nh * hd,
         ))?;
-        linear(&out, &self.o)
+        self.o.apply(&out)
     }
 }
 

@@ -205,6 +205,19 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     linear_composed(x, w)
 }
 
+/// `x @ wt` for x [.., in] and a Linear weight given transposed, wt [in, out] (see [`transposed`]).
+pub fn linear_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return x.contiguous()?.apply_op2(&wt.contiguous()?, fused::LinearT);
+    }
+    linear_composed(x, &wt.t()?)
+}
+
+/// A Linear weight w [out, in] stored transposed, [in, out] row-major, for [`linear_t`].
+pub fn transposed(w: &Tensor) -> Result<Tensor> {
+    w.t()?.contiguous()
+}
+
 /// [`linear`] from candle primitives.
 pub fn linear_composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();

@@ -68,6 +68,51 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 }
 
 #[test]
+fn the_inference_model_gives_the_training_models_logits_and_logprobs() {
+    for cfg in configs() {
+        let params = init_parameters(&cfg, 5, &Device::Cpu).unwrap();
+        let train = Model::new(cfg.clone(), params.clone()).unwrap();
+        let infer = Model::new(cfg.clone(), params)
+            .unwrap()
+            .for_inference()
+            .unwrap();
+        let x = ids(&[&[1, 17, 4, 33, 2, 9], &[3, 3, 48, 0, 7, 21]]);
+        let y = ids(&[&[17, 4, 33, 2, 9, 12], &[3, 48, 0, 7, 21, 5]]);
+        for (a, b) in [
+            (train.forward(&x).unwrap(), infer.forward(&x).unwrap()),
+            (
+                train.token_logprobs(&x, &y).unwrap(),
+                infer.token_logprobs(&x, &y).unwrap(),
+            ),
+        ] {
+            assert_eq!(a.dims(), b.dims());
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{:?}: {worst}", cfg.model_type);
+            assert!(a.iter().any(|v| v.abs() > 1e-3));
+        }
+        // The generation path uses the copies too.
+        let mut cache = KvCache::new();
+        let last = infer.forward_cached(&x, &mut cache).unwrap();
+        let full = train.forward(&x).unwrap();
+        let want: Vec<f32> = full
+            .narrow(1, 5, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got: Vec<f32> = last.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(want.iter().zip(&got).all(|(p, q)| (p - q).abs() < 1e-5));
+    }
+}
+
+#[test]
 fn kv_cache_decoding_equals_the_full_forward() {
     for cfg in configs() {
         let model =

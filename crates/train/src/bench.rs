@@ -132,7 +132,7 @@ pub fn forward_steps(
     steps: usize,
 ) -> Result<Measured, TrainError> {
     let init = zerolm_model::params::init_parameters(cfg, 0, &Device::Cpu)?;
-    let model = Model::new(cfg.clone(), init)?;
+    let model = Model::new(cfg.clone(), init)?.for_inference()?;
     let mut step_s = Vec::new();
     for i in 0..warmup + steps {
         let (x, y) = batch(cfg, b, t, i as u64)?;

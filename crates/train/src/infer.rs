@@ -28,7 +28,7 @@ pub struct Completion {
 
 impl Generator {
     pub fn load(dir: &Path) -> Result<Generator, TrainError> {
-        let model = zerolm_model::io::load_model_dir(dir, &Device::Cpu)?;
+        let model = zerolm_model::io::load_model_dir(dir, &Device::Cpu)?.for_inference()?;
         let tokenizer = TokenizerDir::load(dir)?;
         if tokenizer.vocab_size() > model.config().vocab_size {
             return Err(TrainError::Config(format!(

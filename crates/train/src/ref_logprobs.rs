@@ -97,7 +97,7 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
             pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len
         )));
     }
-    let model = zerolm_model::io::load_model_dir(&args.model, &Device::Cpu)?;
+    let model = zerolm_model::io::load_model_dir(&args.model, &Device::Cpu)?.for_inference()?;
     let mut meta = BTreeMap::new();
     meta.insert(
         keys::REF_MODEL_FINGERPRINT.to_string(),

@@ -227,7 +227,7 @@ pub fn train(
     let display = Display::new(spec.stage, total, state.step, spec.progress);
     if resumed_from.is_none() {
         // Where the curves start: the eval split and the probe on the initial weights (step 0).
-        let start_model = Model::new(cfg.model.clone(), params.detached())?;
+        let start_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
         if let Some(ev) = task.evaluate(&start_model, cfg.batch_size, cfg.eval_batches)? {
             log_eval(&mut metrics, &display, 0, &ev)?;
         }
@@ -345,7 +345,7 @@ pub fn train(
         }
 
         if is_last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
-            let eval_model = Model::new(cfg.model.clone(), params.detached())?;
+            let eval_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
             if let Some(ev) = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)? {
                 log_eval(&mut metrics, &display, state.step, &ev)?;
                 last_eval = Some(ev);
@@ -368,14 +368,14 @@ pub fn train(
             && r.keys().any(|k| k.starts_with("probe_"))
     });
     if !probed_at_end {
-        let probe_model = Model::new(cfg.model.clone(), params.detached())?;
+        let probe_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
         if let Some(row) = task.probe(&probe_model)? {
             log_probe(&mut metrics, &display, state.step, row)?;
         }
     }
     if last_eval.is_none() {
         // Resumed at the very end: report the eval of the final weights anyway.
-        let eval_model = Model::new(cfg.model.clone(), params.detached())?;
+        let eval_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
         last_eval = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)?;
     }
     Ok(Outcome {
