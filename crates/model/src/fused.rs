@@ -174,11 +174,12 @@ fn exp_sum(row: &[f32], shift: f32) -> f32 {
 }
 
 multiversion! {
-    /// Softmax of each row of `p` (rows `tk` apart) over its first `first_live + i` entries (row `i`);
-    /// the rest of the row, the masked keys, is set to 0.
-    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize) {
+    /// Softmax of each row of `p` (rows `tk` apart) over its first `first_live + i / per_position`
+    /// entries (row `i`; `per_position` consecutive rows share a query position); the rest of the row,
+    /// the masked keys, is set to 0.
+    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize, per_position: usize) {
         for (i, row) in p.chunks_mut(tk).enumerate() {
-            let live = first_live + i;
+            let live = first_live + i / per_position;
             let max = max_of(&row[..live]);
             for x in &mut row[..live] {
                 *x = exp(*x - max);
@@ -540,10 +541,6 @@ impl Dims {
     }
 
     /// Offset of the KV head query head `h` reads, row 0, of batch `bi`; rows are `kv_rs` apart.
-    fn kv_at(&self, bi: usize, h: usize) -> usize {
-        bi * self.tk * self.nkv * self.d + (h / (self.nh / self.nkv)) * self.d
-    }
-
     fn kv_rs(&self) -> usize {
         self.nkv * self.d
     }
@@ -653,26 +650,66 @@ unsafe fn gemm_raw(
     }
 }
 
+impl Dims {
+    fn rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+
+    /// Offset of KV head `g`'s first row in batch `bi` (k, v).
+    fn kv_group_at(&self, bi: usize, g: usize) -> usize {
+        bi * self.tk * self.nkv * self.d + g * self.d
+    }
+
+    /// Floats of one group's probabilities: its `rep` query heads × Tq × Tk.
+    fn group_probs_len(&self) -> usize {
+        self.rep() * self.tq * self.tk
+    }
+
+    /// The rows of KV group `g`'s query heads in batch `bi` of a [B, Tq, NH, D] tensor, as one
+    /// contiguous [Tq · rep, D] matrix, position-major (row t·rep + r is head g·rep + r at position t).
+    /// In the input those `rep` heads are already adjacent at each position.
+    fn gather_group(&self, src: &[f32], bi: usize, g: usize) -> Vec<f32> {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        let mut out = Vec::with_capacity(self.tq * w);
+        for t in 0..self.tq {
+            out.extend_from_slice(&src[at + t * self.q_rs()..][..w]);
+        }
+        out
+    }
+
+    /// The inverse of [`Dims::gather_group`]: writes a group's [Tq · rep, D] rows into `dst`.
+    fn scatter_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        for (t, row) in rows.chunks(w).enumerate() {
+            dst[at + t * self.q_rs()..][..w].copy_from_slice(row);
+        }
+    }
+}
+
 impl CausalAttention {
-    /// Probabilities of query head `h` of batch `bi` into `p` [Tq, Tk] (masked entries 0).
-    fn head_probs(&self, q: &[f32], k: &[f32], dm: &Dims, bi: usize, h: usize, p: &mut [f32]) {
-        let (q0, k0) = (dm.q_at(bi, h), dm.kv_at(bi, h));
+    /// Probabilities of KV group `g` of batch `bi` into `p` [Tq · rep, Tk] (row t·rep + r: query head
+    /// g·rep + r at position t; masked entries 0), from the group's gathered queries `qg`. The `rep`
+    /// heads that read the same keys are stacked, so each block is one matrix product `rep` times taller.
+    fn group_probs(&self, qg: &[f32], k: &[f32], dm: &Dims, bi: usize, g: usize, p: &mut [f32]) {
+        let (rep, kv0) = (dm.rep(), dm.kv_group_at(bi, g));
         let shift = dm.tk - dm.tq;
         for (r0, rows, keys) in dm.blocks() {
-            let pb = &mut p[r0 * dm.tk..][..rows * dm.tk];
+            let pb = &mut p[r0 * rep * dm.tk..][..rows * rep * dm.tk];
             // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1, column stride kv_rs.
             gemm_rs(
                 pb,
                 dm.tk,
-                (rows, keys, dm.d),
-                &q[q0 + r0 * dm.q_rs()..],
-                (dm.q_rs(), 1),
-                &k[k0..],
+                (rows * rep, keys, dm.d),
+                &qg[r0 * rep * dm.d..],
+                (dm.d, 1),
+                &k[kv0..],
                 (1, dm.kv_rs()),
                 false,
                 self.scale,
             );
-            softmax_rows(pb, dm.tk, r0 + shift + 1);
+            softmax_rows(pb, dm.tk, r0 + shift + 1, rep);
         }
     }
 }
@@ -697,26 +734,27 @@ impl CustomOp3 for CausalAttention {
             slice(s2, l2, "attention k")?,
             slice(s3, l3, "attention v")?,
         );
-        let pn = dm.tq * dm.tk;
+        let rep = dm.rep();
         let mut out = vec![0f32; dm.b * dm.tq * dm.nh * dm.d];
-        let mut probs = vec![0f32; dm.b * dm.nh * pn];
-        // One task per (batch, head), each filling that head's probabilities; the outputs of a batch
-        // row interleave heads, so each task writes its head's columns into a private block first.
-        let heads: Vec<Vec<f32>> = probs
-            .par_chunks_mut(pn)
+        let mut probs = vec![0f32; dm.b * dm.nh * dm.tq * dm.tk];
+        // One task per (batch, KV head) group, each filling its probabilities and returning its
+        // heads' outputs as [Tq · rep, D] rows, scattered into the [B, Tq, NH, D] output afterwards.
+        let groups: Vec<Vec<f32>> = probs
+            .par_chunks_mut(dm.group_probs_len())
             .enumerate()
-            .map(|(bh, p)| {
-                let (bi, h) = (bh / dm.nh, bh % dm.nh);
-                self.head_probs(q, k, &dm, bi, h, p);
-                let mut o = vec![0f32; dm.tq * dm.d];
+            .map(|(gi, p)| {
+                let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+                let qg = dm.gather_group(q, bi, g);
+                self.group_probs(&qg, k, &dm, bi, g, p);
+                let mut o = vec![0f32; dm.tq * rep * dm.d];
                 for (r0, rows, keys) in dm.blocks() {
                     gemm_rs(
-                        &mut o[r0 * dm.d..],
+                        &mut o[r0 * rep * dm.d..],
                         dm.d,
-                        (rows, dm.d, keys),
-                        &p[r0 * dm.tk..],
+                        (rows * rep, dm.d, keys),
+                        &p[r0 * rep * dm.tk..],
                         (dm.tk, 1),
-                        &v[dm.kv_at(bi, h)..],
+                        &v[dm.kv_group_at(bi, g)..],
                         (dm.kv_rs(), 1),
                         false,
                         1.0,
@@ -725,11 +763,8 @@ impl CustomOp3 for CausalAttention {
                 o
             })
             .collect();
-        for (bh, o) in heads.iter().enumerate() {
-            let at = dm.q_at(bh / dm.nh, bh % dm.nh);
-            for (i, row) in o.chunks(dm.d).enumerate() {
-                out[at + i * dm.q_rs()..][..dm.d].copy_from_slice(row);
-            }
+        for (gi, o) in groups.iter().enumerate() {
+            dm.scatter_group(&mut out, o, gi / dm.nkv, gi % dm.nkv);
         }
         *self.probs.lock().expect("attention cache") = Some(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -745,107 +780,101 @@ impl CustomOp3 for CausalAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::of(q.layout(), k.layout(), v.layout())?;
         let (qv, kv, vv, go) = (values(q)?, values(k)?, values(v)?, values(grad)?);
-        let rep = dm.nh / dm.nkv;
-        let (qn, kn, pn) = (dm.tq * dm.d, dm.tk * dm.d, dm.tq * dm.tk);
+        let (rep, kn, gn) = (dm.rep(), dm.tk * dm.d, dm.group_probs_len());
         let cached = self
             .probs
             .lock()
             .expect("attention cache")
             .take()
-            .filter(|p| p.len() == dm.b * dm.nh * pn);
-        // One task per (batch, KV head): it owns that head's dK, dV and its query heads' dQ, kept in
-        // [head, T, D] blocks and scattered into the [B, T, H, D] layout afterwards.
+            .filter(|p| p.len() == dm.b * dm.nkv * gn);
+        // One task per (batch, KV head) group: its query heads stacked as in the forward; it owns
+        // that head's dK, dV and its query heads' dQ, scattered into place afterwards.
         let groups: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..dm.b * dm.nkv)
             .into_par_iter()
-            .map(|g| {
-                let bi = g / dm.nkv;
-                let mut dq_g = vec![0f32; rep * qn];
+            .map(|gi| {
+                let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+                let kv0 = dm.kv_group_at(bi, g);
+                let qg = dm.gather_group(&qv, bi, g);
+                let dog = dm.gather_group(&go, bi, g);
+                let own;
+                let p: &[f32] = match &cached {
+                    Some(all) => &all[gi * gn..][..gn],
+                    None => {
+                        let mut p = vec![0f32; gn];
+                        self.group_probs(&qg, &kv, &dm, bi, g, &mut p);
+                        own = p;
+                        &own
+                    }
+                };
+                let mut dqg = vec![0f32; dm.tq * rep * dm.d];
                 let mut dk_g = vec![0f32; kn];
                 let mut dv_g = vec![0f32; kn];
-                let mut own = Vec::new();
-                let mut dp = vec![0f32; pn];
-                for r in 0..rep {
-                    let h = (g % dm.nkv) * rep + r;
-                    let (q0, k0) = (dm.q_at(bi, h), dm.kv_at(bi, h));
-                    let p: &[f32] = match &cached {
-                        Some(all) => &all[(bi * dm.nh + h) * pn..][..pn],
-                        None => {
-                            own.resize(pn, 0.0);
-                            self.head_probs(&qv, &kv, &dm, bi, h, &mut own);
-                            &own
-                        }
-                    };
-                    let dq_h = &mut dq_g[r * qn..][..qn];
-                    for (r0, rows, keys) in dm.blocks() {
-                        let pb = &p[r0 * dm.tk..];
-                        let dob = &go[q0 + r0 * dm.q_rs()..];
-                        // dV += Pᵀ dO
-                        gemm_rs(
-                            &mut dv_g,
-                            dm.d,
-                            (keys, dm.d, rows),
-                            pb,
-                            (1, dm.tk),
-                            dob,
-                            (dm.q_rs(), 1),
-                            true,
-                            1.0,
-                        );
-                        // dP = dO Vᵀ
-                        let dpb = &mut dp[r0 * dm.tk..][..rows * dm.tk];
-                        gemm_rs(
-                            dpb,
-                            dm.tk,
-                            (rows, keys, dm.d),
-                            dob,
-                            (dm.q_rs(), 1),
-                            &vv[k0..],
-                            (1, dm.kv_rs()),
-                            false,
-                            1.0,
-                        );
-                        // dS = P ⊙ (dP − Σ_j dP·P), with the scale folded in for dQ and dK.
-                        softmax_grad_rows(pb, dpb, dm.tk, keys, self.scale);
-                        // dQ = dS K, dK += dSᵀ Q
-                        gemm_rs(
-                            &mut dq_h[r0 * dm.d..],
-                            dm.d,
-                            (rows, dm.d, keys),
-                            dpb,
-                            (dm.tk, 1),
-                            &kv[k0..],
-                            (dm.kv_rs(), 1),
-                            false,
-                            1.0,
-                        );
-                        gemm_rs(
-                            &mut dk_g,
-                            dm.d,
-                            (keys, dm.d, rows),
-                            dpb,
-                            (1, dm.tk),
-                            &qv[q0 + r0 * dm.q_rs()..],
-                            (dm.q_rs(), 1),
-                            true,
-                            1.0,
-                        );
-                    }
+                let mut dp = vec![0f32; gn];
+                for (r0, rows, keys) in dm.blocks() {
+                    let n = rows * rep;
+                    let pb = &p[r0 * rep * dm.tk..];
+                    let dob = &dog[r0 * rep * dm.d..];
+                    // dV += Pᵀ dO
+                    gemm_rs(
+                        &mut dv_g,
+                        dm.d,
+                        (keys, dm.d, n),
+                        pb,
+                        (1, dm.tk),
+                        dob,
+                        (dm.d, 1),
+                        true,
+                        1.0,
+                    );
+                    // dP = dO Vᵀ
+                    let dpb = &mut dp[r0 * rep * dm.tk..][..n * dm.tk];
+                    gemm_rs(
+                        dpb,
+                        dm.tk,
+                        (n, keys, dm.d),
+                        dob,
+                        (dm.d, 1),
+                        &vv[kv0..],
+                        (1, dm.kv_rs()),
+                        false,
+                        1.0,
+                    );
+                    // dS = P ⊙ (dP − Σ_j dP·P), with the scale folded in for dQ and dK.
+                    softmax_grad_rows(pb, dpb, dm.tk, keys, self.scale);
+                    // dQ = dS K, dK += dSᵀ Q
+                    gemm_rs(
+                        &mut dqg[r0 * rep * dm.d..],
+                        dm.d,
+                        (n, dm.d, keys),
+                        dpb,
+                        (dm.tk, 1),
+                        &kv[kv0..],
+                        (dm.kv_rs(), 1),
+                        false,
+                        1.0,
+                    );
+                    gemm_rs(
+                        &mut dk_g,
+                        dm.d,
+                        (keys, dm.d, n),
+                        dpb,
+                        (1, dm.tk),
+                        &qg[r0 * rep * dm.d..],
+                        (dm.d, 1),
+                        true,
+                        1.0,
+                    );
                 }
-                (dq_g, dk_g, dv_g)
+                (dqg, dk_g, dv_g)
             })
             .collect();
         let mut dq = vec![0f32; qv.len()];
         let mut dk = vec![0f32; kv.len()];
         let mut dv = vec![0f32; vv.len()];
-        for (g, (dq_g, dk_g, dv_g)) in groups.iter().enumerate() {
-            let (bi, kvh) = (g / dm.nkv, g % dm.nkv);
-            for r in 0..rep {
-                let at = dm.q_at(bi, kvh * rep + r);
-                for (i, row) in dq_g[r * qn..][..qn].chunks(dm.d).enumerate() {
-                    dq[at + i * dm.q_rs()..][..dm.d].copy_from_slice(row);
-                }
-            }
-            let at = dm.kv_at(bi, kvh * rep);
+        for (gi, (dqg, dk_g, dv_g)) in groups.iter().enumerate() {
+            let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+            dm.scatter_group(&mut dq, dqg, bi, g);
+            let at = dm.kv_group_at(bi, g);
             for (i, (a, b)) in dk_g.chunks(dm.d).zip(dv_g.chunks(dm.d)).enumerate() {
                 dk[at + i * dm.kv_rs()..][..dm.d].copy_from_slice(a);
                 dv[at + i * dm.kv_rs()..][..dm.d].copy_from_slice(b);
@@ -1241,6 +1270,23 @@ mod tests {
                 |x| ops::causal_attention_composed(&x[0], &x[1], &x[2], scale),
             );
         }
+        // A second backward finds the forward's probabilities already used and recomputes them.
+        let q = Var::from_tensor(&randn(&mut rng, &[2, 33, 4, 8], 1.0)).unwrap();
+        let k = randn(&mut rng, &[2, 40, 2, 8], 1.0);
+        let v = randn(&mut rng, &[2, 40, 2, 8], 1.0);
+        let y = ops::causal_attention(q.as_tensor(), &k, &v, 0.3).unwrap();
+        let loss = (&y * &randn(&mut rng, y.dims(), 1.0))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        close(
+            first.get(q.as_tensor()).unwrap(),
+            second.get(q.as_tensor()).unwrap(),
+            1e-7,
+            "recomputed attention gradient",
+        );
     }
 
     #[test]
