@@ -391,3 +391,53 @@ fn a_killed_dpo_run_resumes_to_bit_identical_weights() {
     other.extend(["--beta".into(), "0.2".into()]);
     assert_user_error(&dpo(&other), "settings differ");
 }
+
+#[test]
+fn train_only_trains_the_matching_weights_and_leaves_the_rest_bit_identical() {
+    let s = setup("train-only");
+    let args = |out: &str, pattern: &str| {
+        with(
+            base(&s, out, 3),
+            &["--ref-cache", &path(&s.cache), "--train-only", pattern],
+        )
+    };
+    let r = dpo(&args("norms", "norm"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("train_only `norm`"), "{}", r.stderr);
+    let load = |p: PathBuf| {
+        zerolm_model::io::load_safetensors(&p.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .0
+    };
+    let before = load(s.model.clone());
+    let after = load(s.dir.join("norms/model"));
+    let (mut trained, mut frozen) = (0, 0);
+    for (name, t) in &before {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = after[name].flatten_all().unwrap().to_vec1().unwrap();
+        if name.contains("norm") {
+            assert!(a != b, "{name} should have been trained");
+            trained += 1;
+        } else {
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name} is frozen but changed"
+            );
+            frozen += 1;
+        }
+    }
+    assert!(
+        trained >= 3 && frozen >= 10,
+        "{trained} trained, {frozen} frozen"
+    );
+    // The setting is recorded, so a resume with another pattern is refused as a different run.
+    let resolved = std::fs::read_to_string(s.dir.join("norms/resolved_config.json")).unwrap();
+    assert!(resolved.contains("\"train_only\": \"norm\""), "{resolved}");
+
+    assert_user_error(
+        &dpo(&args("none", "no_such_weight")),
+        "matches none of the model's parameters",
+    );
+    assert_user_error(&dpo(&args("bad", "norm(")), "is not a valid regex");
+    assert!(!s.dir.join("bad/model").exists() && !s.dir.join("none/model").exists());
+}

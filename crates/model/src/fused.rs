@@ -408,7 +408,7 @@ impl CustomOp2 for Linear {
         let dx = par_gemm((rows, inp, out), &dy, (out, 1), &wv, (inp, 1));
         // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
         let dw = par_gemm((out, inp, rows), &dy, (1, out), &xv, (inp, 1));
-        grads2(&x, dx, &w, dw)
+        grads2(x, dx, w, dw)
     }
 }
 
@@ -944,7 +944,7 @@ impl CustomOp2 for SwiGlu {
                 let n = dg.len();
                 swiglu_bwd(dg, du, &g[at..at + n], &u[at..at + n], &dy[at..at + n]);
             });
-        grads2(&gate, dg, &up, du)
+        grads2(gate, dg, up, du)
     }
 }
 
@@ -1018,7 +1018,7 @@ impl CustomOp2 for RmsNorm {
                 *a += b;
             }
         }
-        grads2(&x, dx, &w, dw)
+        grads2(x, dx, w, dw)
     }
 }
 
@@ -1127,7 +1127,7 @@ impl CustomOp2 for TokenLogprobs {
                 "token_logprobs: target {bad} ≥ vocabulary {v}"
             )));
         }
-        let lse: Vec<f32> = logits.par_chunks(v).map(|row| log_sum_exp(row)).collect();
+        let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
         let out: Vec<f32> = logits
             .par_chunks(v)
             .zip(targets.par_iter().zip(lse.par_iter()))

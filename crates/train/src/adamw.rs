@@ -14,34 +14,83 @@ use rayon::prelude::*;
 
 use crate::TrainError;
 
-/// The trainable parameters, by HF name, in name order.
+/// `train_only` as a regex (searched in each parameter name), or a config error naming it.
+pub fn compile_train_only(pattern: &str) -> Result<regex::Regex, TrainError> {
+    regex::Regex::new(pattern).map_err(|e| {
+        TrainError::Config(format!("train_only `{pattern}` is not a valid regex: {e}"))
+    })
+}
+
+/// The model's weights: the trainable parameters, by HF name, in name order, and the frozen rest.
 pub struct Params {
     pub vars: Vec<(String, Var)>,
+    /// Weights that are not trained (see [`Params::select`]): constants for autograd, no optimizer state.
+    pub frozen: BTreeMap<String, Tensor>,
 }
 
 impl Params {
+    /// Every tensor trainable.
     pub fn new(tensors: &BTreeMap<String, Tensor>) -> Result<Params, TrainError> {
-        let vars = tensors
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), Var::from_tensor(t)?)))
-            .collect::<Result<Vec<_>, candle_core::Error>>()?;
-        Ok(Params { vars })
+        Params::select(tensors, None)
     }
 
-    /// The parameters as tensors (tracked by autograd) for building a model.
+    /// Trainable: the tensors whose name `train_only` (a regex) matches, or all when `None`; the rest
+    /// are frozen. A pattern that matches nothing is an error that lists the names.
+    pub fn select(
+        tensors: &BTreeMap<String, Tensor>,
+        train_only: Option<&str>,
+    ) -> Result<Params, TrainError> {
+        let pattern = train_only.map(compile_train_only).transpose()?;
+        let mut vars = Vec::new();
+        let mut frozen = BTreeMap::new();
+        for (n, t) in tensors {
+            if pattern.as_ref().is_none_or(|p| p.is_match(n)) {
+                vars.push((n.clone(), Var::from_tensor(t)?));
+            } else {
+                frozen.insert(n.clone(), t.clone());
+            }
+        }
+        if vars.is_empty() {
+            let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+            return Err(TrainError::Config(format!(
+                "train_only `{}` matches none of the model's parameters: {}",
+                train_only.unwrap_or_default(),
+                names.join(", ")
+            )));
+        }
+        Ok(Params { vars, frozen })
+    }
+
+    /// Number of trainable scalars.
+    pub fn trainable_count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Number of frozen scalars.
+    pub fn frozen_count(&self) -> usize {
+        self.frozen.values().map(Tensor::elem_count).sum()
+    }
+
+    /// All weights as tensors (the trainable ones tracked by autograd) for building a model.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
+        let mut all = self.frozen.clone();
+        all.extend(
+            self.vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
+        );
+        all
     }
 
-    /// Untracked views of the current values (for eval, export and checkpoints).
+    /// Untracked views of all current values (for eval, export and checkpoints).
     pub fn detached(&self) -> BTreeMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-            .collect()
+        let mut all = self.frozen.clone();
+        all.extend(
+            self.vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach())),
+        );
+        all
     }
 
     /// Overwrites every parameter with `values` (same names and shapes).

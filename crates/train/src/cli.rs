@@ -60,6 +60,10 @@ pub struct TrainArgs {
     pub save_every: Option<usize>,
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Train only the parameters whose name matches this regex (e.g. `norm` for every RMSNorm weight);
+    /// the rest stay frozen. Default: all.
+    #[arg(long, value_name = "REGEX")]
+    pub train_only: Option<String>,
     /// Ignore existing checkpoints and start over (they are deleted).
     #[arg(long)]
     pub no_resume: bool,
@@ -114,6 +118,10 @@ impl TrainArgs {
             let label = cfg.preset.clone();
             cfg = apply_yaml(&cfg, text, &p.display().to_string())?;
             cfg.preset = label; // the preset that shaped the model, even when --preset overrode the YAML's
+        }
+        if let Some(p) = &self.train_only {
+            // Set directly: a regex need not be a YAML scalar.
+            cfg.train_only = Some(p.clone());
         }
         let flag = |v: Option<String>, key: &str| v.map(|v| format!("{key}={v}"));
         let mut sets: Vec<String> = [

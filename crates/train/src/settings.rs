@@ -48,6 +48,10 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Log a metrics row every N steps.
     pub log_every: usize,
+    /// Train only the parameters whose Hugging Face name this regex matches (searched, e.g. `norm`,
+    /// or `^model\.norm\.weight$`); the rest stay frozen and get no optimizer state. `null`: all.
+    #[serde(default)]
+    pub train_only: Option<String>,
 }
 
 /// Settings that may change between a run and its resume without changing the result.
@@ -79,6 +83,7 @@ impl TrainConfig {
             eval_every: 100,
             eval_batches: 0,
             log_every: 10,
+            train_only: None,
         })
     }
 
@@ -105,6 +110,9 @@ impl TrainConfig {
         }
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("weight_decay and grad_clip must be non-negative");
+        }
+        if let Some(p) = &self.train_only {
+            crate::adamw::compile_train_only(p)?;
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1 (resume needs one)");

@@ -148,8 +148,16 @@ pub fn train(
             cause,
         })?;
     }
-    let params = Params::new(&init)?;
+    let params = Params::select(&init, cfg.train_only.as_deref())?;
     drop(init);
+    if let Some(p) = &cfg.train_only {
+        eprintln!(
+            "training {} of {} parameters (train_only `{p}`; {} tensors frozen)",
+            params.trainable_count(),
+            params.trainable_count() + params.frozen_count(),
+            params.frozen.len()
+        );
+    }
     let mut opt = AdamW::new(
         &params,
         AdamWConfig {
