@@ -46,12 +46,16 @@ struct Cli {
     seed: u64,
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
+    #[arg(long)]
+    device: Option<String>,
     /// Instead of generating, write the prompt's ids and per-position logits to this safetensors file.
     #[arg(long)]
     logits_out: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> Result<()> {
+    zerolm_train::device::select(cli.device.as_deref())?;
     set_threads(cli.threads)?;
     let g = Generator::load(&cli.model)?;
     let text = match (&cli.prompt, &cli.chat) {

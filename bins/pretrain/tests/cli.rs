@@ -360,3 +360,33 @@ fn gradient_accumulation_matches_one_larger_batch() {
         );
     }
 }
+
+#[test]
+fn device_flag_cpu_matches_the_default_and_unavailable_devices_are_refused() {
+    let dir = workdir("device");
+    let (train, eval, tok) = token_files(&dir);
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = micro(&train, &eval, &tok, &dir.join(out), 12);
+        a.extend(args(extra));
+        pretrain(&a)
+    };
+    let r = run("default", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run("cpu", &["--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(dir.join("default/model/model.safetensors")).unwrap(),
+        std::fs::read(dir.join("cpu/model/model.safetensors")).unwrap()
+    );
+    assert_user_error(
+        &run("tpu", &["--device", "tpu"]),
+        "expected cpu, cuda or cuda:N",
+    );
+    if !cfg!(feature = "cuda") {
+        assert_user_error(
+            &run("gpu", &["--device", "cuda"]),
+            "this build has no CUDA support",
+        );
+    }
+    assert!(!dir.join("tpu").exists() && !dir.join("gpu").exists());
+}

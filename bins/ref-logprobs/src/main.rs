@@ -37,11 +37,15 @@ struct Cli {
     batch_size: usize,
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
+    #[arg(long)]
+    device: Option<String>,
     #[arg(long)]
     no_progress: bool,
 }
 
 fn run(cli: Cli) -> Result<()> {
+    zerolm_train::device::select(cli.device.as_deref())?;
     let threads = set_threads(cli.threads)?;
     let r = ref_logprobs::run(RefArgs {
         inputs: cli.input,

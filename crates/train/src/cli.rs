@@ -60,6 +60,10 @@ pub struct TrainArgs {
     pub save_every: Option<usize>,
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Device to train on: cpu (default), cuda or cuda:N (needs a build with `--features
+    /// zerolm-train/cuda`).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Train only the parameters whose name matches this regex (e.g. `norm` for every RMSNorm weight);
     /// the rest stay frozen. Default: all.
     #[arg(long, value_name = "REGEX")]
@@ -152,7 +156,9 @@ impl TrainArgs {
     }
 
     /// Sets the worker thread count for rayon and candle (which reads RAYON_NUM_THREADS) and returns it.
+    /// Sets the worker threads and the device (`--threads`, `--device`) for this process.
     pub fn apply_threads(&self) -> Result<usize, TrainError> {
+        crate::device::select(self.device.as_deref())?;
         set_threads(self.threads)
     }
 }

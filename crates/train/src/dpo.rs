@@ -232,7 +232,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
             (None, Some(dir)) => {
                 stage::start_tokenizer(dir, Some(&tokenizer.dir))?;
                 if ref_model.is_none() {
-                    ref_model = Some(zerolm_model::io::load_model_dir(dir, &Device::Cpu)?.for_inference()?);
+                    ref_model = Some(zerolm_model::io::load_model_dir(dir, &crate::device::current())?.for_inference()?);
                     inputs.push(crate::checkpoint::InputFingerprint {
                         role: "ref_model".into(),
                         path: dir.join("model.safetensors").display().to_string(),
@@ -311,7 +311,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
             tokenizer: &tokenizer,
             max_new_tokens: args.answers.answer_max_new_tokens,
         }),
-        device: Device::Cpu,
+        device: crate::device::current(),
     };
     let spec = RunSpec {
         stage: "dpo",

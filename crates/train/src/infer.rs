@@ -28,7 +28,8 @@ pub struct Completion {
 
 impl Generator {
     pub fn load(dir: &Path) -> Result<Generator, TrainError> {
-        let model = zerolm_model::io::load_model_dir(dir, &Device::Cpu)?.for_inference()?;
+        let model =
+            zerolm_model::io::load_model_dir(dir, &crate::device::current())?.for_inference()?;
         let tokenizer = TokenizerDir::load(dir)?;
         if tokenizer.vocab_size() > model.config().vocab_size {
             return Err(TrainError::Config(format!(
@@ -90,7 +91,7 @@ impl Generator {
     /// when saved, exact below 2²⁴) and `logits`.
     pub fn prompt_logits(&self, text: &str) -> Result<BTreeMap<String, Tensor>, TrainError> {
         let ids = self.tokenizer.encode(text)?;
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let x = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward(&x)?.squeeze(0)?;
         let mut out = BTreeMap::new();
         out.insert("logits".to_string(), logits);

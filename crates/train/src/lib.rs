@@ -8,6 +8,7 @@ pub mod answers;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod device;
 pub mod dpo;
 pub mod error;
 pub mod infer;

@@ -248,7 +248,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     let task = PretrainTask {
         train,
         eval,
-        device: Device::Cpu,
+        device: crate::device::current(),
     };
     let spec = RunSpec {
         stage: "pretrain",

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use zerolm_data::artifact::{self, TokenRow, TokenWriter};
@@ -70,7 +69,7 @@ pub fn compute(
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
     let idx: Vec<usize> = range.collect();
     for chunk in idx.chunks(batch_size.max(1)) {
-        let (x, y, w) = pairs.batch(chunk, &Device::Cpu)?;
+        let (x, y, w) = pairs.batch(chunk, model.device())?;
         let sums: Vec<f32> = sequence_logps(model, &x, &y, &w, false)?.sums.to_vec1()?;
         chosen.extend_from_slice(&sums[..chunk.len()]);
         rejected.extend_from_slice(&sums[chunk.len()..]);
@@ -97,7 +96,8 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
             pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len
         )));
     }
-    let model = zerolm_model::io::load_model_dir(&args.model, &Device::Cpu)?.for_inference()?;
+    let model = zerolm_model::io::load_model_dir(&args.model, &crate::device::current())?
+        .for_inference()?;
     let mut meta = BTreeMap::new();
     meta.insert(
         keys::REF_MODEL_FINGERPRINT.to_string(),

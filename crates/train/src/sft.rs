@@ -282,7 +282,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
             tokenizer: &tokenizer,
             max_new_tokens: args.answers.answer_max_new_tokens,
         }),
-        device: Device::Cpu,
+        device: crate::device::current(),
     };
     let spec = RunSpec {
         stage: "sft",

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 use zerolm_model::{Model, ModelConfig, SplitMix64};
 
@@ -135,7 +135,7 @@ pub fn train(
         )));
     }
     let total = total_steps(cfg, n)?;
-    let device = Device::Cpu;
+    let device = crate::device::current();
     let root = checkpoint::checkpoint_root(spec.out);
     let mut config_json = serde_json::to_value(cfg).expect("config serialises");
     if let (Some(o), Some(extra)) = (config_json.as_object_mut(), &spec.stage_settings) {
@@ -148,6 +148,10 @@ pub fn train(
             cause,
         })?;
     }
+    let init = init
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&device)?)))
+        .collect::<Result<BTreeMap<_, _>, candle_core::Error>>()?;
     let params = Params::select(&init, cfg.train_only.as_deref())?;
     drop(init);
     if let Some(p) = &cfg.train_only {
