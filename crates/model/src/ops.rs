@@ -200,7 +200,9 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 /// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in].
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x.contiguous()?.apply_op2(&w.contiguous()?, fused::Linear);
+        return x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, fused::Linear { transposed: false });
     }
     linear_composed(x, w)
 }
@@ -208,7 +210,9 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `x @ wt` for x [.., in] and a Linear weight given transposed, wt [in, out] (see [`transposed`]).
 pub fn linear_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x.contiguous()?.apply_op2(&wt.contiguous()?, fused::LinearT);
+        return x
+            .contiguous()?
+            .apply_op2(&wt.contiguous()?, fused::Linear { transposed: true });
     }
     linear_composed(x, &wt.t()?)
 }

@@ -73,23 +73,17 @@ impl Params {
 
     /// All weights as tensors (the trainable ones tracked by autograd) for building a model.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        let mut all = self.frozen.clone();
-        all.extend(
-            self.vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone())),
-        );
-        all
+        self.with_frozen(|v| v.as_tensor().clone())
     }
 
     /// Untracked views of all current values (for eval, export and checkpoints).
     pub fn detached(&self) -> BTreeMap<String, Tensor> {
+        self.with_frozen(|v| v.as_tensor().detach())
+    }
+
+    fn with_frozen(&self, view: impl Fn(&Var) -> Tensor) -> BTreeMap<String, Tensor> {
         let mut all = self.frozen.clone();
-        all.extend(
-            self.vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().detach())),
-        );
+        all.extend(self.vars.iter().map(|(n, v)| (n.clone(), view(v))));
         all
     }
 
