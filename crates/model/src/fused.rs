@@ -1120,9 +1120,22 @@ impl CustomOp2 for TokenLogprobs {
     }
 }
 
-/// Whether `t` lives on the CPU in f32, where the fused kernels run.
+/// Whether the fused kernels run for `t`: on the CPU, in f32, unless [`with_composed_ops`] is active.
 pub fn cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !COMPOSED_ONLY.with(std::cell::Cell::get)
+}
+
+thread_local! {
+    static COMPOSED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fused kernels switched off on this thread: every op takes its composed version, the
+/// path a GPU runs, so that path can be checked on a CPU.
+pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = COMPOSED_ONLY.with(|c| c.replace(true));
+    let out = f();
+    COMPOSED_ONLY.with(|c| c.set(before));
+    out
 }
 
 #[cfg(test)]

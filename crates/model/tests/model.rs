@@ -68,6 +68,65 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
 }
 
 #[test]
+fn the_composed_path_a_gpu_runs_gives_the_fused_loss_and_gradients() {
+    for cfg in configs() {
+        let init = init_parameters(&cfg, 7, &Device::Cpu).unwrap();
+        let x = ids(&[&[1, 5, 9, 13, 2, 7, 30], &[3, 3, 4, 40, 41, 49, 6]]);
+        let y = ids(&[&[5, 9, 13, 2, 7, 8, 11], &[3, 4, 40, 41, 49, 0, 1]]);
+        let run = || {
+            let vars: BTreeMap<String, Var> = init
+                .iter()
+                .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+                .collect();
+            let model = Model::new(
+                cfg.clone(),
+                vars.iter()
+                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                    .collect(),
+            )
+            .unwrap();
+            let loss = model.loss(&x, &y, None).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: BTreeMap<String, Vec<f32>> = vars
+                .iter()
+                .map(|(n, v)| {
+                    let t = grads.get(v.as_tensor()).expect("gradient");
+                    (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap())
+                })
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let (fused_loss, fused) = run();
+        let probe = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(zerolm_model::fused::cpu_f32(&probe));
+        let (composed_loss, composed) = zerolm_model::fused::with_composed_ops(|| {
+            assert!(
+                !zerolm_model::fused::cpu_f32(&probe),
+                "the fused kernels are still on"
+            );
+            run()
+        });
+        assert!(
+            zerolm_model::fused::cpu_f32(&probe),
+            "switched back on afterwards"
+        );
+        assert!(
+            (fused_loss - composed_loss).abs() < 1e-5 * fused_loss.abs(),
+            "{fused_loss} vs {composed_loss}"
+        );
+        for (name, a) in &fused {
+            let b = &composed[name];
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                scale > 0.0 && worst <= 1e-4 * scale,
+                "{name}: {worst} vs {scale}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_inference_model_gives_the_training_models_logits_and_logprobs() {
     for cfg in configs() {
         let params = init_parameters(&cfg, 5, &Device::Cpu).unwrap();
