@@ -28,21 +28,23 @@ fn ids(rows: &[&[u32]]) -> Tensor {
     .unwrap()
 }
 
+/// The weights as autograd variables and a model built on them.
+fn trainable(cfg: &ModelConfig, init: &BTreeMap<String, Tensor>) -> (BTreeMap<String, Var>, Model) {
+    let vars: BTreeMap<String, Var> = init
+        .iter()
+        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .collect();
+    let tensors = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    (vars, Model::new(cfg.clone(), tensors).unwrap())
+}
+
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
     for cfg in configs() {
-        let init = init_parameters(&cfg, 5, &Device::Cpu).unwrap();
-        let vars: BTreeMap<String, Var> = init
-            .iter()
-            .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
-            .collect();
-        let model = Model::new(
-            cfg.clone(),
-            vars.iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect(),
-        )
-        .unwrap();
+        let (vars, model) = trainable(&cfg, &init_parameters(&cfg, 5, &Device::Cpu).unwrap());
         let x = ids(&[&[1, 5, 9, 13, 2, 7], &[3, 3, 4, 40, 41, 49]]);
         let y = ids(&[&[5, 9, 13, 2, 7, 8], &[3, 4, 40, 41, 49, 0]]);
         let grads = model.loss(&x, &y, None).unwrap().backward().unwrap();
@@ -74,17 +76,7 @@ fn the_composed_path_a_gpu_runs_gives_the_fused_loss_and_gradients() {
         let x = ids(&[&[1, 5, 9, 13, 2, 7, 30], &[3, 3, 4, 40, 41, 49, 6]]);
         let y = ids(&[&[5, 9, 13, 2, 7, 8, 11], &[3, 4, 40, 41, 49, 0, 1]]);
         let run = || {
-            let vars: BTreeMap<String, Var> = init
-                .iter()
-                .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
-                .collect();
-            let model = Model::new(
-                cfg.clone(),
-                vars.iter()
-                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                    .collect(),
-            )
-            .unwrap();
+            let (vars, model) = trainable(&cfg, &init);
             let loss = model.loss(&x, &y, None).unwrap();
             let grads = loss.backward().unwrap();
             let g: BTreeMap<String, Vec<f32>> = vars
