@@ -511,9 +511,46 @@ impl Dims {
         self.nh * self.d
     }
 
-    /// Offset of the KV head query head `h` reads, row 0, of batch `bi`; rows are `kv_rs` apart.
+    /// Distance between consecutive positions' rows in k and v.
     fn kv_rs(&self) -> usize {
         self.nkv * self.d
+    }
+
+    /// Query heads per KV head.
+    fn rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+
+    /// Offset of KV head `g`'s first row in batch `bi` (k, v).
+    fn kv_group_at(&self, bi: usize, g: usize) -> usize {
+        bi * self.tk * self.nkv * self.d + g * self.d
+    }
+
+    /// Floats of one group's probabilities: its `rep` query heads × Tq × Tk.
+    fn group_probs_len(&self) -> usize {
+        self.rep() * self.tq * self.tk
+    }
+
+    /// The rows of KV group `g`'s query heads in batch `bi` of a [B, Tq, NH, D] tensor, as one
+    /// contiguous [Tq · rep, D] matrix, position-major (row t·rep + r is head g·rep + r at position t).
+    /// In the input those `rep` heads are already adjacent at each position.
+    fn gather_group(&self, src: &[f32], bi: usize, g: usize) -> Vec<f32> {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        let mut out = Vec::with_capacity(self.tq * w);
+        for t in 0..self.tq {
+            out.extend_from_slice(&src[at + t * self.q_rs()..][..w]);
+        }
+        out
+    }
+
+    /// The inverse of [`Dims::gather_group`]: writes a group's [Tq · rep, D] rows into `dst`.
+    fn scatter_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        for (t, row) in rows.chunks(w).enumerate() {
+            dst[at + t * self.q_rs()..][..w].copy_from_slice(row);
+        }
     }
 }
 
@@ -601,44 +638,6 @@ unsafe fn gemm_raw(
     }
 }
 
-impl Dims {
-    fn rep(&self) -> usize {
-        self.nh / self.nkv
-    }
-
-    /// Offset of KV head `g`'s first row in batch `bi` (k, v).
-    fn kv_group_at(&self, bi: usize, g: usize) -> usize {
-        bi * self.tk * self.nkv * self.d + g * self.d
-    }
-
-    /// Floats of one group's probabilities: its `rep` query heads × Tq × Tk.
-    fn group_probs_len(&self) -> usize {
-        self.rep() * self.tq * self.tk
-    }
-
-    /// The rows of KV group `g`'s query heads in batch `bi` of a [B, Tq, NH, D] tensor, as one
-    /// contiguous [Tq · rep, D] matrix, position-major (row t·rep + r is head g·rep + r at position t).
-    /// In the input those `rep` heads are already adjacent at each position.
-    fn gather_group(&self, src: &[f32], bi: usize, g: usize) -> Vec<f32> {
-        let w = self.rep() * self.d;
-        let at = self.q_at(bi, g * self.rep());
-        let mut out = Vec::with_capacity(self.tq * w);
-        for t in 0..self.tq {
-            out.extend_from_slice(&src[at + t * self.q_rs()..][..w]);
-        }
-        out
-    }
-
-    /// The inverse of [`Dims::gather_group`]: writes a group's [Tq · rep, D] rows into `dst`.
-    fn scatter_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
-        let w = self.rep() * self.d;
-        let at = self.q_at(bi, g * self.rep());
-        for (t, row) in rows.chunks(w).enumerate() {
-            dst[at + t * self.q_rs()..][..w].copy_from_slice(row);
-        }
-    }
-}
-
 impl CausalAttention {
     /// Probabilities of KV group `g` of batch `bi` into `p` [Tq · rep, Tk] (row t·rep + r: query head
     /// g·rep + r at position t; masked entries 0), from the group's gathered queries `qg`. The `rep`
@@ -695,6 +694,7 @@ impl CustomOp3 for CausalAttention {
             .enumerate()
             .map(|(gi, p)| {
                 let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+                let kv0 = dm.kv_group_at(bi, g);
                 let qg = dm.gather_group(q, bi, g);
                 self.group_probs(&qg, k, &dm, bi, g, p);
                 let mut o = vec![0f32; dm.tq * rep * dm.d];
@@ -705,7 +705,7 @@ impl CustomOp3 for CausalAttention {
                         (rows * rep, dm.d, keys),
                         &p[r0 * rep * dm.tk..],
                         (dm.tk, 1),
-                        &v[dm.kv_group_at(bi, g)..],
+                        &v[kv0..],
                         (dm.kv_rs(), 1),
                         false,
                         1.0,

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::ops::{self, linear, rms_norm};
+use crate::params::parameter_shapes;
+use crate::{ModelConfig, ModelError};
 
 /// A Linear weight w [out, in] and, once [`Model::for_inference`] has run on the CPU, a transposed
 /// copy [in, out] that the matmul reads faster. Training uses `w` itself, so autograd reaches it.
@@ -37,8 +39,6 @@ impl Proj {
         Ok(())
     }
 }
-use crate::params::parameter_shapes;
-use crate::{ModelConfig, ModelError};
 
 struct Attention {
     q: Proj,

@@ -155,8 +155,8 @@ impl TrainArgs {
         Ok((cfg, explicit))
     }
 
-    /// Sets the worker thread count for rayon and candle (which reads RAYON_NUM_THREADS) and returns it.
-    /// Sets the worker threads and the device (`--threads`, `--device`) for this process.
+    /// Sets this process's device (`--device`) and worker thread count for rayon and candle (which reads
+    /// RAYON_NUM_THREADS); returns the thread count.
     pub fn apply_threads(&self) -> Result<usize, TrainError> {
         crate::device::select(self.device.as_deref())?;
         set_threads(self.threads)

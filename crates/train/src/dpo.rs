@@ -232,7 +232,8 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
             (None, Some(dir)) => {
                 stage::start_tokenizer(dir, Some(&tokenizer.dir))?;
                 if ref_model.is_none() {
-                    ref_model = Some(zerolm_model::io::load_model_dir(dir, &crate::device::current())?.for_inference()?);
+                    let model = zerolm_model::io::load_model_dir(dir, &crate::device::current())?;
+                    ref_model = Some(model.for_inference()?);
                     inputs.push(crate::checkpoint::InputFingerprint {
                         role: "ref_model".into(),
                         path: dir.join("model.safetensors").display().to_string(),

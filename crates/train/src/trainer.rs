@@ -239,7 +239,7 @@ pub fn train(
     let display = Display::new(spec.stage, total, state.step, spec.progress);
     if resumed_from.is_none() {
         // Where the curves start: the eval split and the probe on the initial weights (step 0).
-        let start_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
+        let start_model = snapshot(&params, cfg)?;
         if let Some(ev) = task.evaluate(&start_model, cfg.batch_size, cfg.eval_batches)? {
             log_eval(&mut metrics, &display, 0, &ev)?;
         }
@@ -357,7 +357,7 @@ pub fn train(
         }
 
         if is_last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
-            let eval_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
+            let eval_model = snapshot(&params, cfg)?;
             if let Some(ev) = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)? {
                 log_eval(&mut metrics, &display, state.step, &ev)?;
                 last_eval = Some(ev);
@@ -380,14 +380,14 @@ pub fn train(
             && r.keys().any(|k| k.starts_with("probe_"))
     });
     if !probed_at_end {
-        let probe_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
+        let probe_model = snapshot(&params, cfg)?;
         if let Some(row) = task.probe(&probe_model)? {
             log_probe(&mut metrics, &display, state.step, row)?;
         }
     }
     if last_eval.is_none() {
         // Resumed at the very end: report the eval of the final weights anyway.
-        let eval_model = Model::new(cfg.model.clone(), params.detached())?.for_inference()?;
+        let eval_model = snapshot(&params, cfg)?;
         last_eval = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)?;
     }
     Ok(Outcome {
@@ -542,4 +542,9 @@ pub fn fit_vocab(
         model.vocab_size = tokenizer_vocab;
     }
     Ok(())
+}
+
+/// The current weights as an inference model, for the eval and probe passes.
+fn snapshot(params: &Params, cfg: &TrainConfig) -> Result<Model, TrainError> {
+    Ok(Model::new(cfg.model.clone(), params.detached())?.for_inference()?)
 }
