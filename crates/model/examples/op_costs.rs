@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use zerolm_model::ops;
 
 fn time(name: &str, reps: usize, f: impl Fn() -> candle_core::Result<()>) {
@@ -35,9 +35,10 @@ fn main() -> candle_core::Result<()> {
         y.sum_all()?.backward()?;
         Ok(())
     });
-    let q = Var::randn(0f32, 1.0, (b, nh, t, hd), &dev)?;
-    let k = Var::randn(0f32, 1.0, (b, nkv, t, hd), &dev)?;
-    let vv = Var::randn(0f32, 1.0, (b, nkv, t, hd), &dev)?;
+    // The model's layout: [B, T, heads, head_dim].
+    let q = Var::randn(0f32, 1.0, (b, t, nh, hd), &dev)?;
+    let k = Var::randn(0f32, 1.0, (b, t, nkv, hd), &dev)?;
+    let vv = Var::randn(0f32, 1.0, (b, t, nkv, hd), &dev)?;
     let (cos, sin) = ops::rope_tables(hd, 1e6, 0, t, &dev)?;
     time("rope tables", 20, || {
         ops::rope_tables(hd, 1e6, 0, t, &dev).map(|_| ())
@@ -54,31 +55,25 @@ fn main() -> candle_core::Result<()> {
             .backward()?;
         Ok(())
     });
-    let mask = ops::causal_mask(t, t, &dev)?;
+    let (qs, ks, vs) = (q.as_tensor(), k.as_tensor(), vv.as_tensor());
     time("attention fused fwd+bwd", 10, || {
-        ops::causal_attention(q.as_tensor(), k.as_tensor(), vv.as_tensor(), 0.125)?
+        ops::causal_attention(qs, ks, vs, 0.125)?
             .sum_all()?
             .backward()?;
         Ok(())
     });
     time("attention fused fwd", 10, || {
-        ops::causal_attention(q.as_tensor(), k.as_tensor(), vv.as_tensor(), 0.125)?.sum_all()?;
+        ops::causal_attention(qs, ks, vs, 0.125)?.sum_all()?;
         Ok(())
     });
     time("attention composed fwd+bwd", 10, || {
-        let kk = ops::repeat_kv(k.as_tensor(), nh / nkv)?.contiguous()?;
-        let vr = ops::repeat_kv(vv.as_tensor(), nh / nkv)?.contiguous()?;
-        let s = (q.as_tensor().matmul(&kk.t()?)? * 0.125)?.broadcast_add(&mask)?;
-        let p = ops::softmax_last_dim(&s)?;
-        p.matmul(&vr)?.sum_all()?.backward()?;
+        ops::causal_attention_composed(qs, ks, vs, 0.125)?
+            .sum_all()?
+            .backward()?;
         Ok(())
     });
     time("attention composed fwd", 10, || {
-        let kk = ops::repeat_kv(k.as_tensor(), nh / nkv)?.contiguous()?;
-        let vr = ops::repeat_kv(vv.as_tensor(), nh / nkv)?.contiguous()?;
-        let s = (q.as_tensor().matmul(&kk.t()?)? * 0.125)?.broadcast_add(&mask)?;
-        let p = ops::softmax_last_dim(&s)?;
-        p.matmul(&vr)?.sum_all()?;
+        ops::causal_attention_composed(qs, ks, vs, 0.125)?.sum_all()?;
         Ok(())
     });
     let g = Var::randn(0f32, 1.0, (n, ffn), &dev)?;
@@ -120,6 +115,5 @@ fn main() -> candle_core::Result<()> {
         ops::linear(&x2, emb.as_tensor())?.sum_all()?.backward()?;
         Ok(())
     });
-    let _ = D::Minus1;
     Ok(())
 }

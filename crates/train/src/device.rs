@@ -34,8 +34,17 @@ pub fn parse(spec: &str) -> Result<Device, TrainError> {
              `cargo build --release --features zerolm-train/cuda` on a machine with the CUDA toolkit"
         )));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| TrainError::Config(format!("--device {spec}: cannot open the GPU: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // The message alone: candle appends a backtrace when RUST_BACKTRACE is set.
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        TrainError::Config(format!(
+            "--device {spec}: cannot open GPU {ordinal}: {e}; check that `nvidia-smi` lists it and \
+             that the CUDA libraries (libcudart, libcublas, libcurand, libnvrtc) are on LD_LIBRARY_PATH"
+        ))
+    })
 }
 
 /// Sets the process's device from `--device` (once; later calls must agree). `None` keeps the CPU.
