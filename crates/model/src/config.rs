@@ -120,6 +120,8 @@ impl ModelConfig {
     }
 
     /// Checks the shape is buildable; the message names the field.
+    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
         for (name, v) in [
@@ -135,19 +137,22 @@ impl ModelConfig {
                 return bad(format!("{name} must be at least 1"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
         let hd = self.head_dim();
-        if hd == 0 || hd % 2 != 0 {
+        if hd == 0 || !hd.is_multiple_of(2) {
             return bad(format!(
                 "head_dim ({hd}) must be even and positive (RoPE rotates pairs)"
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size ({}) is not divisible by num_attention_heads ({}); set head_dim",
                 self.hidden_size, self.num_attention_heads

@@ -38,7 +38,7 @@ pub fn safetensors_bytes(
     }
     let mut head =
         serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serialises");
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + head.len() + data.len());

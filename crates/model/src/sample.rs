@@ -37,6 +37,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn new(cfg: SamplingConfig) -> Result<Sampler, ModelError> {
         if !(cfg.temperature >= 0.0) || !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
             return Err(ModelError::Input(format!(

@@ -268,7 +268,6 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         )?),
         None => None,
     };
-    drop(resolve);
     drop(ref_model); // the reference model is not needed during training
     let answer_set = answers::load_for(&args.answers, &tokenizer)?;
     let total = trainer::total_steps(&cfg, train.pairs.pairs.len())?;

@@ -307,6 +307,7 @@ pub fn reward_metrics(p: &Pairs, beta: f64) -> Result<BTreeMap<String, f64>, Tra
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+    use std::f64::consts::LN_2;
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap()
@@ -346,7 +347,7 @@ mod tests {
         let k = LossParams::default();
         close(
             &vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()),
-            &[0.693147, 0.313262, 0.126928],
+            &[LN_2, 0.313262, 0.126928],
         );
         close(
             &vals(&per_pair(LossKind::Hinge, &p, &k).unwrap()),
@@ -384,8 +385,8 @@ mod tests {
         let p = pairs(&[-4.0, -7.0], &[-6.0, -2.0], &[-4.0, -7.0], &[-6.0, -2.0]);
         let mut k = LossParams::default();
         for (kind, want) in [
-            (LossKind::Sigmoid, 0.693147),
-            (LossKind::Robust, 0.693147),
+            (LossKind::Sigmoid, LN_2),
+            (LossKind::Robust, LN_2),
             (LossKind::Hinge, 1.0),
             (LossKind::ApoZero, 1.0),
             (LossKind::ApoDown, 1.0),
@@ -394,7 +395,7 @@ mod tests {
             (LossKind::NcaPair, 1.386294),
             (LossKind::BcoPair, 1.386294),
             (LossKind::Discopop, 0.846574),
-            (LossKind::SigmoidNorm, 0.693147),
+            (LossKind::SigmoidNorm, LN_2),
         ] {
             close(&vals(&per_pair(kind, &p, &k).unwrap()), &[want, want]);
         }
@@ -405,7 +406,7 @@ mod tests {
         );
         close(
             &vals(&per_pair(LossKind::Robust, &p, &k).unwrap()),
-            &[0.693147, 0.693147],
+            &[LN_2, LN_2],
         );
         assert_eq!(reward_metrics(&p, 0.1).unwrap()["rewards/accuracies"], 0.0);
     }

@@ -88,6 +88,8 @@ impl TrainConfig {
     }
 
     /// Checks values a run cannot start with; the message names the key.
+    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         if self.seq_len < 2 {

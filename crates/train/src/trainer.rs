@@ -318,8 +318,9 @@ pub fn train(
         window.1 += step_tokens;
 
         let is_last = state.step == total;
-        let log_now =
-            state.step == 1 || is_last || (cfg.log_every > 0 && state.step % cfg.log_every == 0);
+        let log_now = state.step == 1
+            || is_last
+            || (cfg.log_every > 0 && state.step.is_multiple_of(cfg.log_every));
         let elapsed = elapsed_before + started.elapsed().as_secs_f64();
         if log_now {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
@@ -356,14 +357,14 @@ pub fn train(
             );
         }
 
-        if is_last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
+        if is_last || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) {
             let eval_model = snapshot(&params, cfg)?;
             if let Some(ev) = task.evaluate(&eval_model, cfg.batch_size, cfg.eval_batches)? {
                 log_eval(&mut metrics, &display, state.step, &ev)?;
                 last_eval = Some(ev);
             }
         }
-        if is_last || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
+        if is_last || (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) {
             state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
             checkpoint::save(
                 &root,
