@@ -3,7 +3,8 @@
 # `--device cuda` fails with zerolm's own message. It proves that the CUDA code paths build (candle's
 # PTX kernels included); it cannot run them. Developers' tool: CI and users never need it.
 #
-#   tools/cuda-build-check.sh            # first run: pip downloads ≈ 1.5 GB, the build ≈ 10 min on 2 cores
+#   tools/cuda-build-check.sh            # first run: pip downloads ≈ 1.5 GB, the build ≈ 12 min on 2 cores
+#   tools/cuda-build-check.sh --tests    # then also the whole test suite on that build (CPU paths)
 #
 # What it does:
 #   1. Installs NVIDIA's CUDA 13.2 compiler, headers and libraries from PyPI into a venv outside the
@@ -13,6 +14,8 @@
 #   3. Links against a stub libcuda (every driver call answers CUDA_ERROR_NO_DEVICE) that it generates
 #      from the symbols the build needs, because the driver library only comes with a GPU driver.
 #   4. Runs `pretrain --device cuda` and expects "cannot open GPU 0".
+#   5. With --tests: `cargo test --release --workspace --features zerolm-train/cuda` on the same build,
+#      to show the CUDA feature changes nothing on the CPU (the device test then sees "cannot open GPU 0").
 # On a machine with a GPU, install the CUDA toolkit and build normally instead (docs/training.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +57,7 @@ if [ ! -f "$stub/libcuda.so" ]; then
   gcc -shared -fPIC -o "$stub/libcuda.so" "$stub/stub.c" -Wl,-soname,libcuda.so.1
   ln -sf libcuda.so "$stub/libcuda.so.1"
 fi
-LIBRARY_PATH=$stub cargo build --release "${pkgs[@]}" --features cuda
+LIBRARY_PATH=$PWD/$stub cargo build --release "${pkgs[@]}" --features cuda
 
 set +e
 msg=$(LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/pretrain" --device cuda \
@@ -67,4 +70,7 @@ if [ $rc -ne 0 ] && grep -q 'cannot open GPU 0' <<<"$msg" && [ ! -e "$out/never"
 else
   echo "cuda build check: unexpected result (exit $rc)" >&2
   exit 1
+fi
+if [ "${1:-}" = "--tests" ]; then
+  LIBRARY_PATH=$PWD/$stub LD_LIBRARY_PATH=$PWD/$stub:$cu/lib cargo test --release --workspace --features zerolm-train/cuda
 fi

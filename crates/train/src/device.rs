@@ -34,7 +34,7 @@ pub fn parse(spec: &str) -> Result<Device, TrainError> {
              `cargo build --release --features zerolm-train/cuda` on a machine with the CUDA toolkit"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
+    let dev = Device::new_cuda(ordinal).map_err(|e| {
         // The message alone: candle appends a backtrace when RUST_BACKTRACE is set.
         let e = match e {
             candle_core::Error::WithBacktrace { inner, .. } => *inner,
@@ -44,7 +44,9 @@ pub fn parse(spec: &str) -> Result<Device, TrainError> {
             "--device {spec}: cannot open GPU {ordinal}: {e}; check that `nvidia-smi` lists it and \
              that the CUDA libraries (libcudart, libcublas, libcurand, libnvrtc) are on LD_LIBRARY_PATH"
         ))
-    })
+    })?;
+    eprintln!("device: cuda:{ordinal}");
+    Ok(dev)
 }
 
 /// Sets the process's device from `--device` (once; later calls must agree). `None` keeps the CPU.
