@@ -223,6 +223,18 @@ impl AdamW {
 
     /// One update of every parameter with `grads` at learning rate `lr`.
     pub fn update(&mut self, params: &Params, grads: &Grads, lr: f64) -> Result<(), TrainError> {
+        self.update_with(params, grads, lr, false)
+    }
+
+    /// [`AdamW::update`]; `copy` takes the path a GPU parameter takes (to the host and back) on the CPU
+    /// too, so a test can check it against the in-place one.
+    fn update_with(
+        &mut self,
+        params: &Params,
+        grads: &Grads,
+        lr: f64,
+        copy: bool,
+    ) -> Result<(), TrainError> {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -251,7 +263,7 @@ impl AdamW {
                     step_size,
                 },
             };
-            if var.device().is_cpu() {
+            if var.device().is_cpu() && !copy {
                 // In place in the parameter's own storage: no copy out and back.
                 var.as_tensor().inplace_op1(&step)?;
             } else {
@@ -365,5 +377,65 @@ impl candle_core::InplaceOp1 for Step<'_> {
             .ok_or_else(|| candle_core::Error::Msg("AdamW: parameter not contiguous".into()))?;
         self.apply(&mut data[a..b]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(seed: u64) -> Params {
+        let mut rng = zerolm_model::params::SplitMix64::new(seed);
+        let mut t = BTreeMap::new();
+        for (name, shape) in [("a.weight", vec![5, 3]), ("a.norm", vec![3])] {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rng.below(2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            t.insert(
+                name.to_string(),
+                Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+            );
+        }
+        Params::new(&t).unwrap()
+    }
+
+    fn values(p: &Params) -> Vec<Vec<f32>> {
+        p.vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_copying_update_a_gpu_takes_equals_the_in_place_one_bit_for_bit() {
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let (pa, pb) = (params(7), params(7));
+        let (mut a, mut b) = (AdamW::new(&pa, cfg.clone()), AdamW::new(&pb, cfg));
+        let start = values(&pa);
+        let mut rng = zerolm_model::params::SplitMix64::new(11);
+        for _ in 0..3 {
+            let grads = Grads {
+                values: start
+                    .iter()
+                    .map(|p| {
+                        p.iter()
+                            .map(|_| rng.below(1001) as f32 / 500.0 - 1.0)
+                            .collect()
+                    })
+                    .collect(),
+            };
+            a.update(&pa, &grads, 1e-2).unwrap();
+            b.update_with(&pb, &grads, 1e-2, true).unwrap();
+        }
+        let (va, vb) = (values(&pa), values(&pb));
+        assert_ne!(va, start, "the update moved nothing");
+        assert_eq!(va, vb);
+        assert_eq!((a.m.clone(), a.v.clone()), (b.m.clone(), b.v.clone()));
     }
 }
