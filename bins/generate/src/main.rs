@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use zerolm_model::sample::SamplingConfig;
-use zerolm_train::cli::set_threads;
+use zerolm_train::cli::set_device_and_threads;
 use zerolm_train::infer::Generator;
 use zerolm_train::TrainError;
 
@@ -55,8 +55,7 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    zerolm_train::device::select(cli.device.as_deref())?;
-    set_threads(cli.threads)?;
+    set_device_and_threads(cli.device.as_deref(), cli.threads)?;
     let g = Generator::load(&cli.model)?;
     let text = match (&cli.prompt, &cli.chat) {
         (Some(p), None) => p.clone(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use zerolm_train::cli::set_threads;
+use zerolm_train::cli::set_device_and_threads;
 use zerolm_train::ref_logprobs::{self, RefArgs};
 
 #[global_allocator]
@@ -45,8 +45,7 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    zerolm_train::device::select(cli.device.as_deref())?;
-    let threads = set_threads(cli.threads)?;
+    let threads = set_device_and_threads(cli.device.as_deref(), cli.threads)?;
     let r = ref_logprobs::run(RefArgs {
         inputs: cli.input,
         model: cli.model,

@@ -29,6 +29,14 @@ fn ids(rows: &[&[u32]]) -> Tensor {
 }
 
 /// The weights as autograd variables and a model built on them.
+/// The largest |a − b| over two equally long slices.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max)
+}
+
 fn trainable(cfg: &ModelConfig, init: &BTreeMap<String, Tensor>) -> (BTreeMap<String, Var>, Model) {
     let vars: BTreeMap<String, Var> = init
         .iter()
@@ -109,7 +117,7 @@ fn the_composed_path_a_gpu_runs_gives_the_fused_loss_and_gradients() {
         for (name, a) in &fused {
             let b = &composed[name];
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            let worst = max_abs_diff(a, b);
             assert!(
                 scale > 0.0 && worst <= 1e-4 * scale,
                 "{name}: {worst} vs {scale}"
@@ -139,11 +147,7 @@ fn the_inference_model_gives_the_training_models_logits_and_logprobs() {
             assert_eq!(a.dims(), b.dims());
             let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
             let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&a, &b);
             assert!(worst < 1e-5, "{:?}: {worst}", cfg.model_type);
             assert!(a.iter().any(|v| v.abs() > 1e-3));
         }
@@ -187,11 +191,7 @@ fn kv_cache_decoding_equals_the_full_forward() {
             let pos = if k == 0 { 2 } else { k + 2 };
             let want: Vec<f32> = full.get(pos).unwrap().to_vec1().unwrap();
             let got: Vec<f32> = row.squeeze(0).unwrap().to_vec1().unwrap();
-            let worst = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&want, &got);
             assert!(worst < 1e-5, "{:?} position {pos}: {worst}", cfg.model_type);
         }
     }

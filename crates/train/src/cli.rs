@@ -158,9 +158,18 @@ impl TrainArgs {
     /// Sets this process's device (`--device`) and worker thread count for rayon and candle (which reads
     /// RAYON_NUM_THREADS); returns the thread count.
     pub fn apply_threads(&self) -> Result<usize, TrainError> {
-        crate::device::select(self.device.as_deref())?;
-        set_threads(self.threads)
+        set_device_and_threads(self.device.as_deref(), self.threads)
     }
+}
+
+/// `--device` then `--threads`, as every stage that runs the model applies them; returns the thread
+/// count.
+pub fn set_device_and_threads(
+    device: Option<&str>,
+    threads: Option<usize>,
+) -> Result<usize, TrainError> {
+    crate::device::select(device)?;
+    set_threads(threads)
 }
 
 /// Prints a stage's failure and maps it to the exit codes every stage uses: 1 for what the user can fix
