@@ -1,18 +1,18 @@
 //! `dpo`: preference-optimise a model directory on DPO pairs with cached (or computed-once) reference
-//! log-probs; resumes from its newest checkpoint. All logic lives in `zerolm-train`.
+//! log-probs; resumes from its newest checkpoint. All logic lives in `zerolm-stages` (the stage and the
+//! loss family) and `zerolm-train` (the loop).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use zerolm_train::cli::TrainArgs;
-use zerolm_train::dpo::{self, DpoArgs};
-use zerolm_train::preference::{LossParams, LossSpec};
+use zerolm_cli::args::{AnswerCheckArgs, TrainArgs};
+use zerolm_cli::UsageError;
+use zerolm_stages::defaults;
+use zerolm_stages::dpo::{self, DpoArgs, RefSources};
+use zerolm_stages::preference::losses::LossOptions;
 use zerolm_train::TrainError;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -48,115 +48,44 @@ struct Cli {
     #[arg(long, default_value_t = 0.1)]
     orpo_lambda: f64,
     #[command(flatten)]
-    answers: zerolm_train::cli::AnswerCheckArgs,
-    #[arg(long)]
-    no_progress: bool,
+    answers: AnswerCheckArgs,
 }
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let model = cli.train.model.clone().ok_or_else(|| {
-        TrainError::Config("--model DIR (the policy to start from) is required".into())
-    })?;
+    let model = (cli.train.model.clone())
+        .ok_or_else(|| UsageError("--model DIR (the policy to start from) is required".into()))?;
     let model_cfg = zerolm_model::io::read_config(&model)?;
-    let (cfg, _) = cli.train.resolve(|preset| match preset {
+    let (cfg, _) = cli.train.layers().resolve(|preset| match preset {
         Some(_) => Err(TrainError::Config(
             "dpo takes its model from --model; --preset is for pretrain".into(),
         )),
-        None => Ok(dpo::dpo_defaults(model_cfg.clone())),
+        None => Ok(defaults::dpo(model_cfg.clone())),
     })?;
-    let loss = LossSpec::parse(&cli.loss)?;
-    let e = cli.label_smoothing;
-    if !(0.0..0.5).contains(&e) {
-        return Err(
-            TrainError::Config(format!("--label-smoothing must be in [0, 0.5), got {e}")).into(),
-        );
-    }
-    if loss
-        .0
-        .iter()
-        .any(|(k, _)| *k == zerolm_train::preference::LossKind::ExoPair)
-        && e <= 0.0
-    {
-        return Err(TrainError::Config(
-            "exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into(),
-        )
-        .into());
-    }
-    let simpo_only = loss
-        .0
-        .iter()
-        .all(|(k, _)| *k == zerolm_train::preference::LossKind::Simpo);
-    let beta = cli.beta.unwrap_or(if simpo_only { 2.0 } else { 0.1 });
-    if !(beta > 0.0 && beta.is_finite()) {
-        return Err(
-            TrainError::Config(format!("--beta must be a positive number, got {beta}")).into(),
-        );
-    }
-    let ignores_smoothing = loss.0.iter().all(|(k, _)| {
-        !matches!(
-            k,
-            zerolm_train::preference::LossKind::Robust
-                | zerolm_train::preference::LossKind::ExoPair
-        )
-    });
-    if e > 0.0 && ignores_smoothing {
-        return Err(TrainError::Config(
-            "--label-smoothing applies to robust and exo_pair only; this --loss would ignore it"
-                .into(),
-        )
-        .into());
-    }
-    let loss_params = LossParams {
-        beta,
-        label_smoothing: e,
+    let (loss, loss_params) = LossOptions {
+        loss: cli.loss,
+        beta: cli.beta,
+        label_smoothing: cli.label_smoothing,
         simpo_gamma: cli.simpo_gamma,
         orpo_lambda: cli.orpo_lambda,
-        ..Default::default()
-    };
-    let a = cli.train;
+    }
+    .resolve()?;
     let report = dpo::run(DpoArgs {
+        stage: cli.train.stage(cfg, threads),
         model,
-        inputs: a.input,
-        eval_inputs: a.eval_input,
-        tokenizer: a.tokenizer,
-        ref_cache: cli.ref_cache,
-        eval_ref_cache: cli.eval_ref_cache,
-        ref_model: cli.ref_model,
-        out: a.out,
-        cfg,
+        reference: RefSources {
+            ref_cache: cli.ref_cache,
+            eval_ref_cache: cli.eval_ref_cache,
+            ref_model: cli.ref_model,
+        },
         loss,
         loss_params,
-        answers: cli.answers,
-        threads,
-        no_resume: a.no_resume,
-        progress: !cli.no_progress,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        answers: cli.answers.check(),
     })?;
-    let o = &report.outcome;
-    let acc = o
-        .eval
-        .as_ref()
-        .and_then(|e| e.metrics.get("rewards/accuracies").copied());
-    eprintln!(
-        "dpo: {} steps on {} pairs in {:.1}s{}; train loss {}; eval loss {}, eval rewards/accuracies {}; held-out answers {}; model → {}",
-        o.step,
-        report.pairs,
-        o.elapsed_s,
-        o.resumed_from.map_or(String::new(), |s| format!(", resumed from step {s}")),
-        o.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        o.eval.as_ref().map_or("-".into(), |e| format!("{:.4}", e.loss)),
-        acc.map_or("-".into(), |a| format!("{a:.3}")),
-        zerolm_train::answers::before_after(&report.answers_before, &report.answers_after),
-        report.model_dir.display()
-    );
+    eprintln!("{}", report.summary());
     Ok(())
 }
 
 fn main() -> ExitCode {
-    zerolm_train::alloc::keep_freed_memory();
-    match run(zerolm_train::cli::parse_args()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => zerolm_train::cli::failure(e.as_ref()),
-    }
+    zerolm_cli::main(run)
 }

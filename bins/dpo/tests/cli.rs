@@ -8,20 +8,11 @@ use std::process::Command;
 
 use candle_core::Device;
 use zerolm_data::artifact::{TokenRow, TokenWriter};
-use zerolm_data::encode::{self, EncodeConfig};
 use zerolm_data::formats::Kind;
-use zerolm_data::tokenizer::TokenizerDir;
-use zerolm_model::{init_parameters, ModelConfig};
-use zerolm_train::ref_logprobs::{self, RefArgs};
-use zerolm_train::stage::{export_model_dir, Provenance};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tok_dir() -> PathBuf {
-    root().join("tests/fixtures/tokenizer")
-}
+use zerolm_stages::ref_logprobs::{self, RefArgs};
+use zerolm_testkit::{
+    fixture_tokenizer, has_checkpoint, kill_when, micro_model, repo, token_file, workdir, Run,
+};
 
 struct Setup {
     dir: PathBuf,
@@ -35,43 +26,11 @@ struct Setup {
 
 /// Two untrained micro models (seeds 1 and 2), DPO token files of the shipped data, reference caches.
 fn setup(name: &str) -> Setup {
-    let dir = std::env::temp_dir().join(format!("zerolm-dpo-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let tok = TokenizerDir::load(&tok_dir()).unwrap();
-    let export = |seed: u64, name: &str| {
-        let mut cfg = ModelConfig::preset("micro").unwrap();
-        cfg.vocab_size = tok.vocab_size();
-        let out = dir.join(name);
-        let prov = Provenance {
-            stage: "test",
-            step: 0,
-            tokenizer_fingerprint: &tok.fingerprint,
-            inputs: &[],
-            config: &serde_json::json!({}),
-        };
-        export_model_dir(
-            &out,
-            &cfg,
-            &init_parameters(&cfg, seed, &Device::Cpu).unwrap(),
-            &tok,
-            &prov,
-        )
-        .unwrap();
-        out
-    };
+    let dir = zerolm_testkit::workdir("dpo", name);
+    let export = |seed: u64, name: &str| micro_model(&dir.join(name), seed);
     let enc = |input: &str| {
         let out = dir.join(input.replace(".jsonl", ".parquet"));
-        encode::run(
-            &tok,
-            &[root().join("data").join(input)],
-            &out,
-            &EncodeConfig::new(Kind::Dpo),
-            &["t".into()],
-            &mut (),
-        )
-        .unwrap();
-        out
+        token_file(Kind::Dpo, &[repo().join("data").join(input)], &out)
     };
     let (model, other_model) = (export(1, "model"), export(2, "other"));
     let (train, eval) = (enc("dpo.jsonl"), enc("dpo_eval.jsonl"));
@@ -105,20 +64,8 @@ fn ref_cache(model: &Path, input: &Path, out: &Path, max_len: usize) -> ref_logp
     .unwrap()
 }
 
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
 fn dpo(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    zerolm_testkit::run(env!("CARGO_BIN_EXE_dpo"), args)
 }
 
 fn base(s: &Setup, out: &str, steps: usize) -> Vec<String> {
@@ -163,15 +110,6 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn assert_user_error(r: &Run, needle: &str) {
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "expected `{needle}` in: {}",
-        r.stderr
-    );
-}
-
 #[test]
 fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
     let s = setup("flow");
@@ -188,7 +126,7 @@ fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
     );
     let r = dpo(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows = zerolm_train::metrics::read_rows(&s.dir.join("run/metrics.jsonl"));
+    let rows = zerolm_io::read_rows(&s.dir.join("run/metrics.jsonl"));
     let first = rows.iter().find(|r| r.contains_key("loss")).unwrap();
     let loss = first["loss"].as_f64().unwrap();
     assert!(
@@ -230,7 +168,7 @@ fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
         &["--ref-model", &path(&s.model)],
     ));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows = zerolm_train::metrics::read_rows(&s.dir.join("onthefly/metrics.jsonl"));
+    let rows = zerolm_io::read_rows(&s.dir.join("onthefly/metrics.jsonl"));
     assert!((rows[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-5);
 
     // Refusals: cache from another reference model, from other data, with another --max-len; no reference.
@@ -243,21 +181,18 @@ fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
             &path(&s.other_model),
         ],
     ));
-    assert_user_error(&other, "computed with reference model");
+    other.assert_user_error("computed with reference model");
     let wrong_data = dpo(&with(
         base(&s, "x2", 2),
         &["--ref-cache", &path(&s.eval_cache)],
     ));
-    assert_user_error(&wrong_data, "other DPO rows");
+    wrong_data.assert_user_error("other DPO rows");
     let mut short = with(base(&s, "x3", 2), &["--ref-cache", &path(&s.cache)]);
     let at = short.iter().position(|a| a == "--max-len").unwrap() + 1;
     short[at] = "128".into();
-    assert_user_error(&dpo(&short), "--max-len 256, this run uses 128");
-    assert_user_error(&dpo(&base(&s, "x4", 2)), "needs reference log-probs");
-    assert_user_error(
-        &dpo(&with(base(&s, "x5", 2), &["--loss", "dpo"])),
-        "unknown loss `dpo`",
-    );
+    dpo(&short).assert_user_error("--max-len 256, this run uses 128");
+    dpo(&base(&s, "x4", 2)).assert_user_error("needs reference log-probs");
+    dpo(&with(base(&s, "x5", 2), &["--loss", "dpo"])).assert_user_error("unknown loss `dpo`");
     // Reference-free losses need no cache.
     let simpo = dpo(&with(
         base(&s, "simpo", 2),
@@ -267,29 +202,10 @@ fn first_loss_is_ln2_metrics_have_trl_names_and_caches_are_checked() {
 }
 
 #[test]
-fn empty_completions_and_long_prompts_are_counted_skips() {
-    let dir = std::env::temp_dir().join(format!("zerolm-dpo-{}-skips", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let tok = TokenizerDir::load(&tok_dir()).unwrap();
-    let mut cfg = ModelConfig::preset("micro").unwrap();
-    cfg.vocab_size = tok.vocab_size();
-    let model = dir.join("model");
-    let prov = Provenance {
-        stage: "test",
-        step: 0,
-        tokenizer_fingerprint: &tok.fingerprint,
-        inputs: &[],
-        config: &serde_json::json!({}),
-    };
-    export_model_dir(
-        &model,
-        &cfg,
-        &init_parameters(&cfg, 1, &Device::Cpu).unwrap(),
-        &tok,
-        &prov,
-    )
-    .unwrap();
+fn empty_completions_and_long_prompts_are_counted_skips_and_fewer_pairs_than_a_batch_train() {
+    let dir = workdir("dpo", "skips");
+    let tok = fixture_tokenizer();
+    let model = micro_model(&dir.join("model"), 1);
     let row = |id: &str, p: Vec<u32>, c: Vec<u32>, r: Vec<u32>| TokenRow::Dpo {
         id: id.into(),
         prompt_ids: p,
@@ -335,6 +251,43 @@ fn empty_completions_and_long_prompts_are_counted_skips() {
     assert_eq!(cache.rows.len(), 2);
     let logps = &cache.extra["ref_chosen_logps"];
     assert!(logps.iter().all(|v| v.is_finite() && *v < 0.0), "{logps:?}");
+
+    // Two usable pairs and batch 8: one partial batch of 2 per step, said so in the log.
+    let out = dir.join("partial");
+    let r = dpo(&[
+        "--model",
+        &path(&model),
+        "--input",
+        &path(&file),
+        "--out",
+        &path(&out),
+        "--threads",
+        "1",
+        "--max-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--loss",
+        "simpo",
+        "--no-progress",
+    ]
+    .map(String::from));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("every step trains on one partial batch of 2"),
+        "{}",
+        r.stderr
+    );
+    let steps: Vec<u64> = zerolm_io::read_rows(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|row| row.contains_key("loss"))
+        .filter_map(|row| row["step"].as_u64())
+        .collect();
+    assert_eq!(steps.last(), Some(&3), "one step per epoch: {steps:?}");
+    assert!(out.join("model/model.safetensors").is_file());
 }
 
 #[test]
@@ -349,31 +302,10 @@ fn a_killed_dpo_run_resumes_to_bit_identical_weights() {
     let r = dpo(&args("straight"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let killed = s.dir.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpo"))
-        .args(args("killed"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let complete = || {
-        std::fs::read_dir(killed.join("checkpoints"))
-            .map(|d| {
-                d.flatten().any(|e| {
-                    !e.file_name().to_string_lossy().ends_with(".tmp")
-                        && e.path().join("trainer_state.json").is_file()
-                })
-            })
-            .unwrap_or(false)
-    };
-    while !complete() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(
+        Command::new(env!("CARGO_BIN_EXE_dpo")).args(args("killed")),
+        || has_checkpoint(&killed.join("checkpoints")),
+    );
     assert!(
         !killed.join("model").exists(),
         "the run finished before the kill; the test would prove nothing"
@@ -389,7 +321,7 @@ fn a_killed_dpo_run_resumes_to_bit_identical_weights() {
     );
     let mut other = args("killed");
     other.extend(["--beta".into(), "0.2".into()]);
-    assert_user_error(&dpo(&other), "settings differ");
+    dpo(&other).assert_user_error("settings differ");
 }
 
 #[test]
@@ -434,10 +366,8 @@ fn train_only_trains_the_matching_weights_and_leaves_the_rest_bit_identical() {
     let resolved = std::fs::read_to_string(s.dir.join("norms/resolved_config.json")).unwrap();
     assert!(resolved.contains("\"train_only\": \"norm\""), "{resolved}");
 
-    assert_user_error(
-        &dpo(&args("none", "no_such_weight")),
-        "matches none of the model's parameters",
-    );
-    assert_user_error(&dpo(&args("bad", "norm(")), "is not a valid regex");
+    dpo(&args("none", "no_such_weight"))
+        .assert_user_error("matches none of the model's parameters");
+    dpo(&args("bad", "norm(")).assert_user_error("is not a valid regex");
     assert!(!s.dir.join("bad/model").exists() && !s.dir.join("none/model").exists());
 }

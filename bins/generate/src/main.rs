@@ -1,18 +1,15 @@
 //! `generate`: complete a raw prompt or answer a chat message with a trained model directory.
-//! All logic lives in `zerolm-train` (infer) and `zerolm-model` (sampling).
+//! All logic lives in `zerolm-model` (inference and sampling).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use zerolm_cli::threads::set_device_and_threads;
+use zerolm_cli::UsageError;
+use zerolm_model::infer::Generator;
 use zerolm_model::sample::SamplingConfig;
-use zerolm_train::cli::set_device_and_threads;
-use zerolm_train::infer::Generator;
-use zerolm_train::TrainError;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +58,7 @@ fn run(cli: Cli) -> Result<()> {
         (Some(p), None) => p.clone(),
         (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,
         _ => {
-            return Err(TrainError::Config(
+            return Err(UsageError(
                 "give --prompt TEXT (raw continuation) or --chat MESSAGE".into(),
             )
             .into())
@@ -70,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(path) = &cli.logits_out {
         let tensors = g.prompt_logits(&text)?;
         let bytes = zerolm_model::io::safetensors_bytes(&tensors, &Default::default())?;
-        zerolm_data::fingerprint::write_atomically(path, &bytes)?;
+        zerolm_io::write_atomically(path, &bytes)?;
         eprintln!(
             "wrote logits of {} positions to {}",
             tensors["ids"].dim(0)?,
@@ -94,9 +91,5 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    zerolm_train::alloc::keep_freed_memory();
-    match run(zerolm_train::cli::parse_args()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => zerolm_train::cli::failure(e.as_ref()),
-    }
+    zerolm_cli::main(run)
 }

@@ -1,49 +1,19 @@
 //! `generate` as a user runs it on an exported model directory: raw prompts continue the prompt, chat
 //! messages are answered through the template, sampling is seeded, and bad calls exit 1 clearly.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use candle_core::Device;
 use zerolm_data::tokenizer::TokenizerDir;
-use zerolm_model::{init_parameters, ModelConfig};
-use zerolm_train::stage::{export_model_dir, Provenance};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use zerolm_testkit::Run;
 
 fn generate(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    zerolm_testkit::run(env!("CARGO_BIN_EXE_generate"), args)
 }
 
 /// An untrained micro model exported with the fixture tokenizer.
 fn model_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zerolm-generate-{}-{name}", std::process::id()));
-    let tok_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
-    let tok = TokenizerDir::load(&tok_dir).unwrap();
-    let mut cfg = ModelConfig::preset("micro").unwrap();
-    cfg.vocab_size = tok.vocab_size();
-    let params = init_parameters(&cfg, 1, &Device::Cpu).unwrap();
-    let prov = Provenance {
-        stage: "test",
-        step: 0,
-        tokenizer_fingerprint: &tok.fingerprint,
-        inputs: &[],
-        config: &serde_json::json!({}),
-    };
-    export_model_dir(&dir, &cfg, &params, &tok, &prov).unwrap();
-    dir
+    zerolm_testkit::micro_model(&zerolm_testkit::workdir("generate", name).join("model"), 1)
 }
 
 #[test]

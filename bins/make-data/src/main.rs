@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use zerolm_datagen::{generate, write_corpus, GenConfig};
 
 #[derive(Parser)]
@@ -31,8 +32,8 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
         Cmd::Shipped { out, seed } => {
             let cfg = GenConfig {
                 seed,
@@ -52,4 +53,8 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    zerolm_cli::main(run)
 }

@@ -2,75 +2,36 @@
 //! with other settings, data or tokenizer are refused; bad inputs exit 1 with a clear message.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use zerolm_data::encode::{self, EncodeConfig};
 use zerolm_data::formats::Kind;
-use zerolm_data::tokenizer::TokenizerDir;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zerolm-pretrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use zerolm_testkit::{
+    fixtures, has_checkpoint, kill_when, repo, strings, token_file, workdir, Run,
+};
 
 /// Token files from the shipped pretrain data with the fixture tokenizer: (train, eval, tokenizer dir).
 fn token_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let tok_dir = root().join("tests/fixtures/tokenizer");
-    let tok = TokenizerDir::load(&tok_dir).unwrap();
-    let cfg = EncodeConfig::new(Kind::Pretrain);
-    let train = dir.join("train.parquet");
-    let eval = dir.join("eval.parquet");
-    encode::run(
-        &tok,
-        &[root().join("data/pretrain.jsonl")],
-        &train,
-        &cfg,
-        &["test".into()],
-        &mut (),
+    let file = |name: &str, out: &str| {
+        token_file(
+            Kind::Pretrain,
+            &[repo().join("data").join(name)],
+            &dir.join(out),
+        )
+    };
+    (
+        file("pretrain.jsonl", "train.parquet"),
+        file("pretrain_eval.jsonl", "eval.parquet"),
+        fixtures().join("tokenizer"),
     )
-    .unwrap();
-    encode::run(
-        &tok,
-        &[root().join("data/pretrain_eval.jsonl")],
-        &eval,
-        &cfg,
-        &["test".into()],
-        &mut (),
-    )
-    .unwrap();
-    (train, eval, tok_dir)
-}
-
-struct Run {
-    code: i32,
-    stderr: String,
 }
 
 fn pretrain(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+    zerolm_testkit::run(env!("CARGO_BIN_EXE_pretrain"), args)
 }
 
 /// A micro-model run on the shipped data: 32-token rows, batch 4, checkpoints every 10 steps.
 fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec<String> {
-    let mut a = args(&[
+    let mut a = strings(&[
         "--preset",
         "micro",
         "--threads",
@@ -82,7 +43,7 @@ fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec
         "--lr",
         "0.003",
     ]);
-    a.extend(args(&[
+    a.extend(strings(&[
         "--save-every",
         "10",
         "--eval-every",
@@ -103,23 +64,14 @@ fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec
     a
 }
 
-fn assert_user_error(r: &Run, needle: &str) {
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "expected `{needle}` in: {}",
-        r.stderr
-    );
-}
-
 #[test]
 fn pretrain_learns_exports_and_generates() {
-    let dir = workdir("learn");
+    let dir = workdir("pretrain", "learn");
     let (train, eval, tok) = token_files(&dir);
     let out = dir.join("run");
     let r = pretrain(&micro(&train, &eval, &tok, &out, 60));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows = zerolm_train::metrics::read_rows(&out.join("metrics.jsonl"));
+    let rows = zerolm_io::read_rows(&out.join("metrics.jsonl"));
     let train_rows: Vec<_> = rows.iter().filter(|r| r.contains_key("loss")).collect();
     let first = train_rows.first().unwrap()["loss"].as_f64().unwrap();
     let last = train_rows.last().unwrap()["loss"].as_f64().unwrap();
@@ -170,7 +122,7 @@ fn pretrain_learns_exports_and_generates() {
 
 #[test]
 fn kill_and_rerun_gives_bit_identical_weights() {
-    let dir = workdir("resume");
+    let dir = workdir("pretrain", "resume");
     let (train, eval, tok) = token_files(&dir);
     let steps = 300;
     let straight = dir.join("straight");
@@ -178,31 +130,11 @@ fn kill_and_rerun_gives_bit_identical_weights() {
     assert_eq!(r.code, 0, "{}", r.stderr);
 
     let killed = dir.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args(micro(&train, &eval, &tok, &killed, steps))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let ckpt_root = killed.join("checkpoints");
-    let complete = |e: &std::fs::DirEntry| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        name.starts_with("step-")
-            && !name.ends_with(".tmp")
-            && e.path().join("trainer_state.json").is_file()
-    };
-    while !std::fs::read_dir(&ckpt_root)
-        .map(|d| d.flatten().any(|e| complete(&e)))
-        .unwrap_or(false)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(
+        Command::new(env!("CARGO_BIN_EXE_pretrain"))
+            .args(micro(&train, &eval, &tok, &killed, steps)),
+        || has_checkpoint(&killed.join("checkpoints")),
+    );
     assert!(
         !killed.join("model").exists(),
         "the run finished before the kill; the test would prove nothing"
@@ -217,7 +149,7 @@ fn kill_and_rerun_gives_bit_identical_weights() {
         a == b,
         "resumed weights differ from the uninterrupted run's"
     );
-    let steps_logged: Vec<u64> = zerolm_train::metrics::read_rows(&killed.join("metrics.jsonl"))
+    let steps_logged: Vec<u64> = zerolm_io::read_rows(&killed.join("metrics.jsonl"))
         .iter()
         .filter(|r| r.contains_key("loss"))
         .map(|r| r["step"].as_u64().unwrap())
@@ -230,9 +162,9 @@ fn kill_and_rerun_gives_bit_identical_weights() {
     let mut other = micro(&train, &eval, &tok, &killed, steps);
     let lr = other.iter().position(|a| a == "--lr").unwrap();
     other[lr + 1] = "0.001".into();
-    assert_user_error(&pretrain(&other), "lr: checkpoint 0.003 vs now 0.001");
+    pretrain(&other).assert_user_error("lr: checkpoint 0.003 vs now 0.001");
     let other_data = micro(&eval, &eval, &tok, &killed, steps);
-    assert_user_error(&pretrain(&other_data), "input data differ");
+    pretrain(&other_data).assert_user_error("input data differ");
     let mut fresh = other.clone();
     fresh.push("--no-resume".into());
     let at = fresh.iter().position(|a| a == "--max-steps").unwrap() + 1;
@@ -244,7 +176,7 @@ fn kill_and_rerun_gives_bit_identical_weights() {
 
 #[test]
 fn bad_inputs_are_refused_clearly() {
-    let dir = workdir("bad");
+    let dir = workdir("pretrain", "bad");
     let (train, eval, tok) = token_files(&dir);
     let out = dir.join("run");
 
@@ -258,44 +190,38 @@ fn bad_inputs_are_refused_clearly() {
         cfg.replacen('{', "{\"model_max_length_note\": 1,", 1),
     )
     .unwrap();
-    assert_user_error(
-        &pretrain(&micro(&train, &eval, &other_tok, &out, 5)),
-        "re-run `tokenize` with this tokenizer",
-    );
+    pretrain(&micro(&train, &eval, &other_tok, &out, 5))
+        .assert_user_error("re-run `tokenize` with this tokenizer");
 
     // SFT tokens are not pretrain tokens.
-    let tokd = TokenizerDir::load(&tok).unwrap();
-    let sft = dir.join("sft.parquet");
-    encode::run(
-        &tokd,
-        &[root().join("data/sft_eval.jsonl")],
-        &sft,
-        &EncodeConfig::new(Kind::Sft),
-        &["t".into()],
-        &mut (),
-    )
-    .unwrap();
-    assert_user_error(
-        &pretrain(&micro(&sft, &eval, &tok, &out, 5)),
-        "expected `pretrain`",
+    let sft = token_file(
+        Kind::Sft,
+        &[repo().join("data/sft_eval.jsonl")],
+        &dir.join("sft.parquet"),
     );
+    pretrain(&micro(&sft, &eval, &tok, &out, 5)).assert_user_error("expected `pretrain`");
 
-    assert_user_error(
-        &pretrain(&micro(&dir.join("nope.parquet"), &eval, &tok, &out, 5)),
-        "nope.parquet",
-    );
+    pretrain(&micro(&dir.join("nope.parquet"), &eval, &tok, &out, 5))
+        .assert_user_error("nope.parquet");
     let mut unknown = micro(&train, &eval, &tok, &out, 5);
-    unknown.extend(args(&["--set", "model.hiden_size=8"]));
-    assert_user_error(&pretrain(&unknown), "unknown setting `model.hiden_size`");
-    let mut small_vocab = micro(&train, &eval, &tok, &out, 5);
-    small_vocab.extend(args(&["--set", "model.vocab_size=10"]));
-    assert_user_error(
-        &pretrain(&small_vocab),
-        "smaller than the tokenizer's vocabulary",
+    unknown.extend(strings(&["--set", "model.hiden_size=8"]));
+    pretrain(&unknown).assert_user_error("unknown setting `model.hiden_size`");
+    // A refused run leaves no output directory behind.
+    let untouched = dir.join("untouched");
+    let mut none = micro(&train, &eval, &tok, &untouched, 5);
+    none.extend(strings(&["--train-only", "no_such_weight"]));
+    pretrain(&none).assert_user_error("matches none of the model's parameters");
+    assert!(
+        !untouched.exists(),
+        "a refused run created {}",
+        untouched.display()
     );
+    let mut small_vocab = micro(&train, &eval, &tok, &out, 5);
+    small_vocab.extend(strings(&["--set", "model.vocab_size=10"]));
+    pretrain(&small_vocab).assert_user_error("smaller than the tokenizer's vocabulary");
     let mut preset = micro(&train, &eval, &tok, &out, 5);
     preset[1] = "giant".into();
-    assert_user_error(&pretrain(&preset), "unknown preset `giant`");
+    pretrain(&preset).assert_user_error("unknown preset `giant`");
     assert!(
         !out.join("model").exists(),
         "a failed run left a model behind"
@@ -307,26 +233,31 @@ fn bad_inputs_are_refused_clearly() {
     wild[at] = "1e9".into();
     let at = wild.iter().position(|a| a == "--save-every").unwrap() + 1;
     wild[at] = "1".into();
-    wild.extend(args(&["--set", "warmup_steps=0", "--set", "grad_clip=0.0"]));
+    wild.extend(strings(&[
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "grad_clip=0.0",
+    ]));
     let r = pretrain(&wild);
-    assert_user_error(&r, "training diverged at step");
+    r.assert_user_error("training diverged at step");
     assert!(r.stderr.contains("last good checkpoint"), "{}", r.stderr);
     assert!(!out.join("model").exists());
 }
 
 #[test]
 fn gradient_accumulation_matches_one_larger_batch() {
-    let dir = workdir("accum");
+    let dir = workdir("pretrain", "accum");
     let (train, eval, tok) = token_files(&dir);
     let run_with = |name: &str, batch: &str, accum: &str| {
         let out = dir.join(name);
         let mut a = micro(&train, &eval, &tok, &out, 4);
         let at = a.iter().position(|x| x == "--batch-size").unwrap() + 1;
         a[at] = batch.into();
-        a.extend(args(&["--grad-accum", accum, "--set", "log_every=1"]));
+        a.extend(strings(&["--grad-accum", accum, "--set", "log_every=1"]));
         let r = pretrain(&a);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        let losses: Vec<f64> = zerolm_train::metrics::read_rows(&out.join("metrics.jsonl"))
+        let losses: Vec<f64> = zerolm_io::read_rows(&out.join("metrics.jsonl"))
             .iter()
             .filter_map(|r| r.get("loss").and_then(|v| v.as_f64()))
             .collect();
@@ -363,11 +294,11 @@ fn gradient_accumulation_matches_one_larger_batch() {
 
 #[test]
 fn device_flag_cpu_matches_the_default_and_unavailable_devices_are_refused() {
-    let dir = workdir("device");
+    let dir = workdir("pretrain", "device");
     let (train, eval, tok) = token_files(&dir);
     let run = |out: &str, extra: &[&str]| {
         let mut a = micro(&train, &eval, &tok, &dir.join(out), 12);
-        a.extend(args(extra));
+        a.extend(extra.iter().map(|s| s.to_string()));
         pretrain(&a)
     };
     let r = run("default", &[]);
@@ -378,19 +309,16 @@ fn device_flag_cpu_matches_the_default_and_unavailable_devices_are_refused() {
         std::fs::read(dir.join("default/model/model.safetensors")).unwrap(),
         std::fs::read(dir.join("cpu/model/model.safetensors")).unwrap()
     );
-    assert_user_error(
-        &run("tpu", &["--device", "tpu"]),
-        "expected cpu, cuda or cuda:N",
-    );
+    run("tpu", &["--device", "tpu"]).assert_user_error("expected cpu, cuda or cuda:N");
     // Which build the binary is cannot be told from here (features unify across the workspace), so
     // the answer decides: a CPU build refuses with the rebuild instruction, a CUDA build on a machine
     // without a usable GPU says it cannot open it, and a CUDA build with a GPU trains.
     let r = run("gpu", &["--device", "cuda"]);
     if r.stderr.contains("cannot open GPU 0") {
-        assert_user_error(&r, "LD_LIBRARY_PATH");
+        r.assert_user_error("LD_LIBRARY_PATH");
         assert!(!dir.join("gpu").exists());
     } else if r.code != 0 {
-        assert_user_error(&r, "this build has no CUDA support");
+        r.assert_user_error("this build has no CUDA support");
         assert!(!dir.join("gpu").exists());
     } else {
         assert!(r.stderr.contains("device: cuda:0"), "{}", r.stderr);

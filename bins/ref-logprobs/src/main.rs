@@ -1,16 +1,13 @@
 //! `ref-logprobs`: cache a reference model's summed completion log-probs for every DPO pair (Parquet),
-//! so `dpo` never runs the reference model. Resumable. All logic lives in `zerolm-train`.
+//! so `dpo` never runs the reference model. Resumable. All logic lives in `zerolm-stages`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use zerolm_train::cli::set_device_and_threads;
-use zerolm_train::ref_logprobs::{self, RefArgs};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use zerolm_cli::threads::set_device_and_threads;
+use zerolm_stages::ref_logprobs::{self, RefArgs};
 
 #[derive(Parser)]
 #[command(
@@ -57,24 +54,10 @@ fn run(cli: Cli) -> Result<()> {
         progress: !cli.no_progress,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     })?;
-    eprintln!(
-        "ref-logprobs: {} pairs in {:.1}s ({} parts reused from an interrupted run); skipped {} empty, {} long prompts; \
-         {} truncated → {}",
-        r.rows,
-        r.elapsed_s,
-        r.parts_reused,
-        r.skipped_empty,
-        r.skipped_long_prompt,
-        r.truncated,
-        cli.out.display()
-    );
+    eprintln!("{}", r.summary(&cli.out));
     Ok(())
 }
 
 fn main() -> ExitCode {
-    zerolm_train::alloc::keep_freed_memory();
-    match run(zerolm_train::cli::parse_args()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => zerolm_train::cli::failure(e.as_ref()),
-    }
+    zerolm_cli::main(run)
 }

@@ -3,44 +3,23 @@
 //! bit-identically after a kill -9, and refuses bad starts with a clear message.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use zerolm_data::encode::{self, EncodeConfig};
 use zerolm_data::formats::Kind;
-use zerolm_data::tokenizer::TokenizerDir;
-use zerolm_train::pretrain::{self, PretrainArgs};
+use zerolm_stages::common::StageArgs;
+use zerolm_stages::pretrain::{self, PretrainArgs};
+use zerolm_testkit::{
+    fixtures, has_checkpoint, kill_when, micro_model, repo, token_file, workdir, Run,
+};
 use zerolm_train::TrainConfig;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zerolm-sft-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Token files of the shipped data (fixture tokenizer) and a `micro` model pretrained on them through
 /// the library: (pretrained model dir, sft.parquet, sft_eval.parquet).
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let tok_dir = root().join("tests/fixtures/tokenizer");
-    let tok = TokenizerDir::load(&tok_dir).unwrap();
+    let tok_dir = fixtures().join("tokenizer");
     let enc = |kind, input: &str| {
         let out = dir.join(input.replace(".jsonl", ".parquet"));
-        let cfg = EncodeConfig::new(kind);
-        encode::run(
-            &tok,
-            &[root().join("data").join(input)],
-            &out,
-            &cfg,
-            &["test".into()],
-            &mut (),
-        )
-        .unwrap();
-        out
+        token_file(kind, &[repo().join("data").join(input)], &out)
     };
     let pre = enc(Kind::Pretrain, "pretrain.jsonl");
     let mut cfg = TrainConfig::pretrain_defaults("micro").unwrap();
@@ -53,16 +32,18 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ) = (64, 8, 150, 5e-3, 0);
     let out = dir.join("pretrain");
     pretrain::run(PretrainArgs {
-        inputs: vec![pre],
-        eval_inputs: vec![],
-        tokenizer: tok_dir,
-        out: out.clone(),
-        cfg,
+        stage: StageArgs {
+            inputs: vec![pre],
+            eval_inputs: vec![],
+            tokenizer: Some(tok_dir),
+            out: out.clone(),
+            cfg,
+            threads: rayon::current_num_threads(),
+            no_resume: true,
+            progress: false,
+            command: "test".into(),
+        },
         vocab_explicit: false,
-        threads: rayon::current_num_threads(),
-        no_resume: true,
-        progress: false,
-        command: "test".into(),
     })
     .unwrap();
     (
@@ -72,20 +53,8 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
 fn sft(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    zerolm_testkit::run(env!("CARGO_BIN_EXE_sft"), args)
 }
 
 fn args(model: &Path, train: &Path, eval: &Path, out: &Path, steps: usize) -> Vec<String> {
@@ -120,18 +89,9 @@ fn args(model: &Path, train: &Path, eval: &Path, out: &Path, steps: usize) -> Ve
     a
 }
 
-fn assert_user_error(r: &Run, needle: &str) {
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr.contains(needle),
-        "expected `{needle}` in: {}",
-        r.stderr
-    );
-}
-
 #[test]
 fn sft_beats_the_pretrained_model_on_held_out_answers_and_resumes_bit_identically() {
-    let dir = workdir("flow");
+    let dir = workdir("sft", "flow");
     let (model, train, eval) = setup(&dir);
 
     // A run with the answer check: accuracy before (the pretrained model) and after SFT.
@@ -139,7 +99,7 @@ fn sft_beats_the_pretrained_model_on_held_out_answers_and_resumes_bit_identicall
     let mut a = args(&model, &train, &eval, &out, 250);
     a.extend([
         "--answer-check".into(),
-        root().join("data/sft_eval.jsonl").display().to_string(),
+        repo().join("data/sft_eval.jsonl").display().to_string(),
     ]);
     a.extend([
         "--answer-max".into(),
@@ -149,7 +109,7 @@ fn sft_beats_the_pretrained_model_on_held_out_answers_and_resumes_bit_identicall
     ]);
     let r = sft(&a);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows = zerolm_train::metrics::read_rows(&out.join("metrics.jsonl"));
+    let rows = zerolm_io::read_rows(&out.join("metrics.jsonl"));
     let probe = |step: u64| {
         rows.iter()
             .find(|r| r["step"].as_u64() == Some(step) && r.contains_key("probe_answer_correct"))
@@ -180,31 +140,10 @@ fn sft_beats_the_pretrained_model_on_held_out_answers_and_resumes_bit_identicall
     let r = sft(&args(&model, &train, &eval, &straight, 120));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let killed = dir.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .args(args(&model, &train, &eval, &killed, 120))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let complete = |p: &Path| {
-        std::fs::read_dir(p)
-            .map(|d| {
-                d.flatten().any(|e| {
-                    e.path().join("trainer_state.json").is_file()
-                        && !e.file_name().to_string_lossy().ends_with(".tmp")
-                })
-            })
-            .unwrap_or(false)
-    };
-    while !complete(&killed.join("checkpoints")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(
+        Command::new(env!("CARGO_BIN_EXE_sft")).args(args(&model, &train, &eval, &killed, 120)),
+        || has_checkpoint(&killed.join("checkpoints")),
+    );
     assert!(
         !killed.join("model").exists(),
         "the run finished before the kill; the test would prove nothing"
@@ -219,22 +158,87 @@ fn sft_beats_the_pretrained_model_on_held_out_answers_and_resumes_bit_identicall
     );
 
     // Bad starts.
-    assert_user_error(
-        &sft(&args(&dir.join("nope"), &train, &eval, &out, 5)),
-        "nope/config.json",
-    );
+    sft(&args(&dir.join("nope"), &train, &eval, &out, 5)).assert_user_error("nope/config.json");
     let pre_tokens = dir.join("pretrain.parquet");
-    assert_user_error(
-        &sft(&args(&model, &pre_tokens, &eval, &dir.join("x"), 5)),
-        "expected `sft`",
-    );
+    sft(&args(&model, &pre_tokens, &eval, &dir.join("x"), 5)).assert_user_error("expected `sft`");
     let mut preset = args(&model, &train, &eval, &dir.join("y"), 5);
     preset.extend(["--preset".into(), "tiny".into()]);
-    assert_user_error(&sft(&preset), "--preset is for pretrain");
+    sft(&preset).assert_user_error("--preset is for pretrain");
     let mut shape = args(&model, &train, &eval, &dir.join("z"), 5);
     shape.extend(["--set".into(), "model.hidden_size=64".into()]);
-    assert_user_error(&sft(&shape), "cannot change it");
+    sft(&shape).assert_user_error("cannot change it");
     let mut bad_flag = args(&model, &train, &eval, &dir.join("w"), 5);
     bad_flag.push("--no-such-flag".into());
-    assert_user_error(&sft(&bad_flag), "--no-such-flag");
+    sft(&bad_flag).assert_user_error("--no-such-flag");
+}
+
+#[test]
+fn fewer_rows_than_a_batch_train_as_one_partial_batch_and_a_broken_model_writes_nothing() {
+    let dir = workdir("sft", "small");
+    let model = micro_model(&dir.join("model"), 1);
+    let text = std::fs::read_to_string(repo().join("data/sft.jsonl")).unwrap();
+    let three: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(dir.join("three.jsonl"), three.join("\n") + "\n").unwrap();
+    let train = token_file(
+        Kind::Sft,
+        &[dir.join("three.jsonl")],
+        &dir.join("three.parquet"),
+    );
+    let run = |model: &Path, out: &Path| {
+        let a = [
+            "--model",
+            &model.display().to_string(),
+            "--input",
+            &train.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--threads",
+            "1",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ];
+        sft(&a.map(String::from))
+    };
+    let out = dir.join("out");
+    let r = run(&model, &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("every step trains on one partial batch of 3"),
+        "{}",
+        r.stderr
+    );
+    let steps: Vec<u64> = zerolm_io::read_rows(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|row| row.contains_key("loss"))
+        .filter_map(|row| row["step"].as_u64())
+        .collect();
+    assert_eq!(steps, vec![1, 2], "one step per epoch");
+
+    // A truncated weights file is refused before anything is written.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, broken.join(f.file_name().unwrap())).unwrap();
+    }
+    let weights = broken.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let refused = dir.join("refused");
+    let r = run(&broken, &refused);
+    r.assert_user_error("model.safetensors");
+    assert!(
+        !refused.exists(),
+        "a refused run created {}",
+        refused.display()
+    );
 }

@@ -2,18 +2,15 @@
 //! token files (Parquet). All logic lives in `zerolm-data`.
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use zerolm_data::encode::{self, EncodeConfig, Overlong};
+use zerolm_cli::alloc::peak_rss_mb;
+use zerolm_data::encode::{self, EncodeConfig, Overlong, Report};
 use zerolm_data::formats::{Format, Kind, Template, ALL_FORMATS};
-use zerolm_data::progress::{peak_rss_mb, Progress};
+use zerolm_data::progress::Progress;
 use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
-use zerolm_data::{fingerprint, DataError};
-
-// Encoding allocates many small vectors; glibc malloc took ~45% of the time in a profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -57,19 +54,6 @@ enum Cmd {
     Dpo(EncodeArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum TemplateArg {
-    Chat,
-    Raw,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum OverlongArg {
-    Truncate,
-    Drop,
-    Split,
-}
-
 #[derive(Args)]
 struct EncodeArgs {
     /// Tokenizer directory (from `tokenize train-tokenizer`).
@@ -88,15 +72,23 @@ struct EncodeArgs {
     #[arg(long, default_value = "text")]
     text_field: String,
     /// DPO string formats: render as chat turns (`chat`) or tokenize the strings as they are (`raw`).
-    #[arg(long, value_enum, default_value = "chat")]
-    template: TemplateArg,
+    #[arg(
+        long,
+        default_value = "chat",
+        value_parser = PossibleValuesParser::new(Template::NAMES).try_map(|s| s.parse::<Template>())
+    )]
+    template: Template,
     /// Longest row in tokens (DPO: prompt + the longer completion). No limit by default.
     #[arg(long)]
     max_len: Option<usize>,
     /// Rows over --max-len: keep the head (`truncate`; DPO keeps the prompt's end), `drop` them, or
     /// `split` pretraining documents into pieces.
-    #[arg(long, value_enum, default_value = "truncate")]
-    overlong: OverlongArg,
+    #[arg(
+        long,
+        default_value = "truncate",
+        value_parser = PossibleValuesParser::new(Overlong::NAMES).try_map(|s| s.parse::<Overlong>())
+    )]
+    overlong: Overlong,
     /// Skip malformed rows (counted and reported) instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
@@ -105,29 +97,14 @@ struct EncodeArgs {
     strict: bool,
 }
 
-fn resolved_config_path(out: &Path, is_dir: bool) -> PathBuf {
-    if is_dir {
-        out.join("resolved_config.json")
-    } else {
-        out.with_extension("resolved_config.json")
-    }
-}
-
-fn encode(kind: Kind, a: EncodeArgs, threads: Option<usize>) -> Result<()> {
+fn encode(kind: Kind, a: EncodeArgs) -> Result<()> {
     let tok = TokenizerDir::load(&a.tokenizer)?;
     let mut cfg = EncodeConfig::new(kind);
     cfg.format = a.format.as_deref().and_then(Format::parse);
     cfg.text_field = a.text_field;
-    cfg.template = match a.template {
-        TemplateArg::Chat => Template::Chat,
-        TemplateArg::Raw => Template::Raw,
-    };
+    cfg.template = a.template;
     cfg.max_len = a.max_len;
-    cfg.overlong = match a.overlong {
-        OverlongArg::Truncate => Overlong::Truncate,
-        OverlongArg::Drop => Overlong::Drop,
-        OverlongArg::Split => Overlong::Split,
-    };
+    cfg.overlong = a.overlong;
     cfg.skip_bad = a.skip_bad;
     cfg.strict = a.strict;
     let total: u64 = a
@@ -142,15 +119,20 @@ fn encode(kind: Kind, a: EncodeArgs, threads: Option<usize>) -> Result<()> {
     let result = encode::run(&tok, &a.input, &a.out, &cfg, &command, &mut progress);
     progress.finish();
     let report = result?;
-    let secs = start.elapsed().as_secs_f64();
+    print_summary(kind, &report, &a.out, total, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// What was written, how fast, and every count; then the first skipped rows.
+fn print_summary(kind: Kind, report: &Report, out: &Path, total_bytes: u64, secs: f64) {
     let c = &report.counts;
     eprintln!(
         "tokenize {}: wrote {} rows ({} tokens) to {} in {secs:.2}s ({:.1} MB/s, peak RSS {:.0} MB)",
         kind.name(),
         c.rows_written,
         c.tokens,
-        a.out.display(),
-        total as f64 / 1e6 / secs.max(1e-9),
+        out.display(),
+        total_bytes as f64 / 1e6 / secs.max(1e-9),
         peak_rss_mb().unwrap_or(f64::NAN)
     );
     eprintln!(
@@ -167,21 +149,6 @@ fn encode(kind: Kind, a: EncodeArgs, threads: Option<usize>) -> Result<()> {
     for s in &report.skipped_examples {
         eprintln!("  skipped {s}");
     }
-    let resolved = serde_json::json!({
-        "stage": format!("tokenize {}", kind.name()),
-        "tokenizer": a.tokenizer,
-        "tokenizer_fingerprint": tok.fingerprint,
-        "inputs": report.inputs.iter().map(|i| serde_json::json!({"path": i.path, "blake3": i.blake3, "format": i.format})).collect::<Vec<_>>(),
-        "out": a.out,
-        "config": cfg,
-        "threads": threads.unwrap_or_else(rayon::current_num_threads),
-        "counts": c,
-    });
-    fingerprint::write_atomically(
-        &resolved_config_path(&a.out, false),
-        serde_json::to_string_pretty(&resolved)?.as_bytes(),
-    )?;
-    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -206,45 +173,22 @@ fn run(cli: Cli) -> Result<()> {
                 split_han,
             };
             let start = std::time::Instant::now();
-            let vocab = tokenizer::train(&input, &cfg, &out)?;
-            let fp = TokenizerDir::load(&out)?.fingerprint;
+            let trained = tokenizer::train(&input, &cfg, &out)?;
             eprintln!(
-                "train-tokenizer: vocabulary {vocab} (asked {vocab_size}) written to {} in {:.1}s; fingerprint {}",
+                "train-tokenizer: vocabulary {} (asked {vocab_size}) written to {} in {:.1}s; fingerprint {}",
+                trained.vocab_size,
                 out.display(),
                 start.elapsed().as_secs_f64(),
-                &fp[..16]
+                &trained.fingerprint[..16]
             );
-            let resolved = serde_json::json!({
-                "stage": "tokenize train-tokenizer", "inputs": input, "out": out, "vocab_size": vocab_size,
-                "min_frequency": min_frequency, "model_max_length": model_max_length, "split_han": split_han, "vocab_size_reached": vocab,
-                "tokenizer_fingerprint": fp,
-            });
-            fingerprint::write_atomically(
-                &resolved_config_path(&out, true),
-                serde_json::to_string_pretty(&resolved)?.as_bytes(),
-            )?;
             Ok(())
         }
-        Cmd::Pretrain(a) => encode(Kind::Pretrain, a, cli.threads),
-        Cmd::Sft(a) => encode(Kind::Sft, a, cli.threads),
-        Cmd::Dpo(a) => encode(Kind::Dpo, a, cli.threads),
+        Cmd::Pretrain(a) => encode(Kind::Pretrain, a),
+        Cmd::Sft(a) => encode(Kind::Sft, a),
+        Cmd::Dpo(a) => encode(Kind::Dpo, a),
     }
 }
 
 fn main() -> ExitCode {
-    // A usage error is a user error: exit 1 (clap's own default is 2); --help/--version exit 0.
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
-        let _ = e.print();
-        std::process::exit(if e.use_stderr() { 1 } else { 0 })
-    });
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let user = e
-                .downcast_ref::<DataError>()
-                .is_some_and(DataError::is_user_error);
-            ExitCode::from(if user { 1 } else { 2 })
-        }
-    }
+    zerolm_cli::main(run)
 }

@@ -2,41 +2,15 @@
 //! field, exit code 1 and no output file; `--skip-bad` / `--strict` change that as documented.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
-impl Run {
-    /// The run failed as a user error (exit 1) with `needle` in its message.
-    fn fails_with(&self, needle: &str) {
-        assert_eq!(self.code, 1, "{}", self.stderr);
-        assert!(self.stderr.contains(needle), "{}", self.stderr);
-    }
-}
+use zerolm_testkit::{fixtures, Run};
 
 fn tokenize(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenize"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    zerolm_testkit::run(env!("CARGO_BIN_EXE_tokenize"), args)
 }
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zerolm-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    zerolm_testkit::workdir("tokenize", name)
 }
 
 /// Run `tokenize <kind>` on one fixture into a fresh directory; returns the run and that directory.
@@ -183,7 +157,7 @@ fn wrong_stage_or_format_is_a_usage_error() {
         "--out",
         "y",
     ]);
-    run.fails_with("/nonexistent/tok/tokenizer.json");
+    run.assert_user_error("/nonexistent/tok/tokenizer.json");
 }
 
 #[test]
@@ -226,5 +200,19 @@ fn detected_format_is_printed_and_train_tokenizer_writes_an_hf_directory() {
         "--vocab-size",
         "100",
     ]);
-    run.fails_with("--vocab-size 100 is too small");
+    run.assert_user_error("--vocab-size 100 is too small");
+
+    // An output path through a file is the user's mistake (exit 1), and nothing is written.
+    std::fs::write(dir.join("a-file"), b"").unwrap();
+    let through = dir.join("a-file/tok");
+    tokenize(&[
+        "train-tokenizer",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--out",
+        through.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+    ])
+    .assert_user_error("a-file/tok");
 }

@@ -1,8 +1,7 @@
 //! Tokenized Parquet artifacts (pretrain / SFT / DPO token files): schemas, an atomic writer that records
 //! provenance in the file's key-value metadata, and a reader that checks it.
 
-use crate::error::{DataError, Result};
-use crate::fingerprint;
+use crate::error::{parquet_err, DataError, Result};
 use crate::formats::Kind;
 use arrow::array::{
     Array, ArrayRef, Float32Array, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
@@ -18,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zerolm_io::IoError;
 
 /// Bumped whenever a column or a metadata key changes meaning.
 pub const SCHEMA_VERSION: &str = "1";
@@ -105,16 +105,10 @@ impl TokenWriter {
     /// log-prob cache: the DPO columns + `ref_chosen_logps`, `ref_rejected_logps`).
     pub fn create_with_extra(path: &Path, kind: Kind, extra: &[&str]) -> Result<TokenWriter> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| DataError::Write {
-                path: parent.into(),
-                cause: source,
-            })?;
+            std::fs::create_dir_all(parent).map_err(|cause| IoError::write(parent, cause))?;
         }
-        let tmp = fingerprint::temp_path(path);
-        let file = File::create(&tmp).map_err(|source| DataError::Write {
-            path: tmp.clone(),
-            cause: source,
-        })?;
+        let tmp = zerolm_io::temp_path(path);
+        let file = File::create(&tmp).map_err(|cause| IoError::write(&tmp, cause))?;
         let mut fields: Vec<Field> = schema(kind)
             .fields()
             .iter()
@@ -162,96 +156,51 @@ impl TokenWriter {
         if rows.is_empty() {
             return Ok(());
         }
-        if extra.len() != self.extra.len() || extra.iter().any(|c| c.len() != rows.len()) {
-            return Err(DataError::Usage(format!(
-                "internal: {} extra columns of {} rows expected",
-                self.extra.len(),
-                rows.len()
-            )));
-        }
-        let wrong = || {
-            DataError::Usage(format!(
-                "internal: row of the wrong kind for a {} token file",
-                self.kind.name()
-            ))
-        };
-        let mut columns: Vec<ArrayRef> = match self.kind {
-            Kind::Pretrain => {
-                let docs: Option<Vec<&[u32]>> = rows
-                    .iter()
-                    .map(|r| {
-                        if let TokenRow::Doc(d) = r {
-                            Some(d.as_slice())
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                vec![u32_list(docs.ok_or_else(wrong)?.into_iter())]
-            }
-            Kind::Sft => {
-                let mut ids = Vec::new();
-                let mut mask = ListBuilder::new(UInt8Builder::new());
-                for r in rows {
-                    let TokenRow::Sft {
-                        input_ids,
-                        loss_mask,
-                    } = r
-                    else {
-                        return Err(wrong());
-                    };
-                    ids.push(input_ids.as_slice());
-                    mask.values().append_slice(loss_mask);
-                    mask.append(true);
-                }
-                vec![u32_list(ids.into_iter()), Arc::new(mask.finish())]
-            }
-            Kind::Dpo => {
-                let mut id = StringBuilder::new();
-                let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
-                for row in rows {
-                    let TokenRow::Dpo {
-                        id: i,
-                        prompt_ids,
-                        chosen_ids,
-                        rejected_ids,
-                    } = row
-                    else {
-                        return Err(wrong());
-                    };
-                    id.append_value(i);
-                    p.push(prompt_ids.as_slice());
-                    c.push(chosen_ids.as_slice());
-                    r.push(rejected_ids.as_slice());
-                }
-                vec![
-                    Arc::new(id.finish()),
-                    u32_list(p.into_iter()),
-                    u32_list(c.into_iter()),
-                    u32_list(r.into_iter()),
-                ]
-            }
-        };
+        self.check_extra(rows.len(), extra)?;
+        let mut columns = self.kind_columns(rows)?;
         columns.extend(
             extra
                 .iter()
                 .map(|c| Arc::new(Float32Array::from(c.to_vec())) as ArrayRef),
         );
+        self.write_batch(columns)?;
+        self.rows += rows.len();
+        Ok(())
+    }
+
+    fn check_extra(&self, rows: usize, extra: &[&[f32]]) -> Result<()> {
+        if extra.len() != self.extra.len() || extra.iter().any(|c| c.len() != rows) {
+            return Err(DataError::Usage(format!(
+                "internal: {} extra columns of {rows} rows expected",
+                self.extra.len(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The columns of the kind's own schema.
+    fn kind_columns(&self, rows: &[TokenRow]) -> Result<Vec<ArrayRef>> {
+        let columns = match self.kind {
+            Kind::Pretrain => doc_columns(rows),
+            Kind::Sft => sft_columns(rows),
+            Kind::Dpo => dpo_columns(rows),
+        };
+        columns.ok_or_else(|| {
+            DataError::Usage(format!(
+                "internal: row of the wrong kind for a {} token file",
+                self.kind.name()
+            ))
+        })
+    }
+
+    fn write_batch(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
         let batch =
-            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataError::Parquet {
-                path: self.tmp.clone(),
-                msg: e.to_string(),
-            })?;
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(parquet_err(&self.tmp))?;
         self.writer
             .as_mut()
             .expect("writer is open until finish")
             .write(&batch)
-            .map_err(|e| DataError::Parquet {
-                path: self.tmp.clone(),
-                msg: e.to_string(),
-            })?;
-        self.rows += rows.len();
-        Ok(())
+            .map_err(parquet_err(&self.tmp))
     }
 
     /// Add `metadata` (plus schema version and kind), close the file and rename it into place.
@@ -270,7 +219,7 @@ impl TokenWriter {
                 msg: e.to_string(),
             });
         }
-        fingerprint::commit(&self.tmp, &self.path)
+        Ok(zerolm_io::commit(&self.tmp, &self.path)?)
     }
 }
 
@@ -280,6 +229,64 @@ impl Drop for TokenWriter {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// The pretraining column; `None` if a row is not a document.
+fn doc_columns(rows: &[TokenRow]) -> Option<Vec<ArrayRef>> {
+    let docs = rows
+        .iter()
+        .map(|r| match r {
+            TokenRow::Doc(d) => Some(d.as_slice()),
+            _ => None,
+        })
+        .collect::<Option<Vec<&[u32]>>>()?;
+    Some(vec![u32_list(docs.into_iter())])
+}
+
+/// The SFT columns; `None` if a row is not an SFT row.
+fn sft_columns(rows: &[TokenRow]) -> Option<Vec<ArrayRef>> {
+    let mut ids = Vec::new();
+    let mut mask = ListBuilder::new(UInt8Builder::new());
+    for r in rows {
+        let TokenRow::Sft {
+            input_ids,
+            loss_mask,
+        } = r
+        else {
+            return None;
+        };
+        ids.push(input_ids.as_slice());
+        mask.values().append_slice(loss_mask);
+        mask.append(true);
+    }
+    Some(vec![u32_list(ids.into_iter()), Arc::new(mask.finish())])
+}
+
+/// The DPO columns; `None` if a row is not a DPO row.
+fn dpo_columns(rows: &[TokenRow]) -> Option<Vec<ArrayRef>> {
+    let mut id = StringBuilder::new();
+    let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let TokenRow::Dpo {
+            id: i,
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+        } = row
+        else {
+            return None;
+        };
+        id.append_value(i);
+        p.push(prompt_ids.as_slice());
+        c.push(chosen_ids.as_slice());
+        r.push(rejected_ids.as_slice());
+    }
+    Some(vec![
+        Arc::new(id.finish()),
+        u32_list(p.into_iter()),
+        u32_list(c.into_iter()),
+        u32_list(r.into_iter()),
+    ])
 }
 
 /// A token file read back: its provenance metadata and rows.
@@ -341,16 +348,29 @@ fn list_rows(col: &dyn Array, path: &Path, name: &str) -> Result<Vec<Vec<u32>>> 
 
 /// Read a whole token file, checking that it is a zerolm token file of `kind` with a known schema version.
 pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
-    let pq = |e: parquet::errors::ParquetError| DataError::Parquet {
+    let file = File::open(path).map_err(|cause| IoError::read(path, cause))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
+    let metadata = key_value_metadata(&builder);
+    check_header(&metadata, path, kind)?;
+    let mut rows = Vec::new();
+    let mut extra: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for batch in builder.build().map_err(parquet_err(path))? {
+        let batch = batch.map_err(parquet_err(path))?;
+        collect_f32_columns(&batch, &mut extra);
+        rows.extend(batch_rows(&batch, kind, path)?);
+    }
+    Ok(TokenFile {
         path: path.into(),
-        msg: e.to_string(),
-    };
-    let file = File::open(path).map_err(|source| DataError::Read {
-        path: path.into(),
-        cause: source,
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
-    let metadata: BTreeMap<String, String> = builder
+        kind,
+        metadata,
+        rows,
+        extra,
+    })
+}
+
+/// The file's key-value metadata (keys without a value are left out).
+fn key_value_metadata(builder: &ParquetRecordBatchReaderBuilder<File>) -> BTreeMap<String, String> {
+    builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
@@ -359,7 +379,11 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
                 .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Refuse a file without zerolm's schema version, with another one, or of another kind.
+fn check_header(metadata: &BTreeMap<String, String>, path: &Path, kind: Kind) -> Result<()> {
     match metadata.get(keys::SCHEMA_VERSION).map(String::as_str) {
         Some(SCHEMA_VERSION) => {}
         Some(v) => {
@@ -374,88 +398,95 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
             msg: format!("holds `{found}` tokens, expected `{}`", kind.name()),
         });
     }
-    let mut rows = Vec::new();
-    let mut extra: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for batch in builder.build().map_err(pq)? {
-        let batch = batch.map_err(|e| DataError::Parquet {
-            path: path.into(),
-            msg: e.to_string(),
-        })?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| DataError::BadFile {
-                    path: path.into(),
-                    msg: format!("missing column `{name}`"),
-                })
-        };
-        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-            if let Some(values) = column.as_any().downcast_ref::<Float32Array>() {
-                extra
-                    .entry(field.name().clone())
-                    .or_default()
-                    .extend(values.values().iter().copied());
-            }
-        }
-        match kind {
-            Kind::Pretrain => rows.extend(
-                list_rows(col("input_ids")?.as_ref(), path, "input_ids")?
-                    .into_iter()
-                    .map(TokenRow::Doc),
-            ),
-            Kind::Sft => {
-                let ids = list_rows(col("input_ids")?.as_ref(), path, "input_ids")?;
-                let mask_col = col("loss_mask")?;
-                let mask = mask_col
-                    .as_any()
-                    .downcast_ref::<ListArray>()
-                    .ok_or_else(|| DataError::BadFile {
-                        path: path.into(),
-                        msg: "column `loss_mask` is not list<uint8>".into(),
-                    })?;
-                for (i, input_ids) in ids.into_iter().enumerate() {
-                    let m = mask.value(i);
-                    let m = m.as_any().downcast_ref::<UInt8Array>().ok_or_else(|| {
-                        DataError::BadFile {
-                            path: path.into(),
-                            msg: "column `loss_mask` is not list<uint8>".into(),
-                        }
-                    })?;
-                    rows.push(TokenRow::Sft {
-                        input_ids,
-                        loss_mask: m.values().to_vec(),
-                    });
-                }
-            }
-            Kind::Dpo => {
-                let id_col = col("id")?;
-                let ids = id_col
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| DataError::BadFile {
-                        path: path.into(),
-                        msg: "column `id` is not a string".into(),
-                    })?;
-                let p = list_rows(col("prompt_ids")?.as_ref(), path, "prompt_ids")?;
-                let c = list_rows(col("chosen_ids")?.as_ref(), path, "chosen_ids")?;
-                let r = list_rows(col("rejected_ids")?.as_ref(), path, "rejected_ids")?;
-                for (i, ((p, c), r)) in p.into_iter().zip(c).zip(r).enumerate() {
-                    rows.push(TokenRow::Dpo {
-                        id: ids.value(i).to_string(),
-                        prompt_ids: p,
-                        chosen_ids: c,
-                        rejected_ids: r,
-                    });
-                }
-            }
+    Ok(())
+}
+
+/// Append the values of every f32 column of `batch` to `extra`, by column name.
+fn collect_f32_columns(batch: &RecordBatch, extra: &mut BTreeMap<String, Vec<f32>>) {
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let Some(values) = column.as_any().downcast_ref::<Float32Array>() {
+            extra
+                .entry(field.name().clone())
+                .or_default()
+                .extend(values.values().iter().copied());
         }
     }
-    Ok(TokenFile {
+}
+
+fn column(batch: &RecordBatch, name: &str, path: &Path) -> Result<ArrayRef> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| DataError::BadFile {
+            path: path.into(),
+            msg: format!("missing column `{name}`"),
+        })
+}
+
+/// The list<uint32> column `name` of `batch`, one id list per row.
+fn id_lists(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Vec<u32>>> {
+    list_rows(column(batch, name, path)?.as_ref(), path, name)
+}
+
+/// The rows of one batch of a `kind` token file.
+fn batch_rows(batch: &RecordBatch, kind: Kind, path: &Path) -> Result<Vec<TokenRow>> {
+    match kind {
+        Kind::Pretrain => Ok(id_lists(batch, "input_ids", path)?
+            .into_iter()
+            .map(TokenRow::Doc)
+            .collect()),
+        Kind::Sft => sft_rows(batch, path),
+        Kind::Dpo => dpo_rows(batch, path),
+    }
+}
+
+fn sft_rows(batch: &RecordBatch, path: &Path) -> Result<Vec<TokenRow>> {
+    let ids = id_lists(batch, "input_ids", path)?;
+    let bad_mask = || DataError::BadFile {
         path: path.into(),
-        kind,
-        metadata,
-        rows,
-        extra,
-    })
+        msg: "column `loss_mask` is not list<uint8>".into(),
+    };
+    let mask_col = column(batch, "loss_mask", path)?;
+    let mask = mask_col
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or_else(bad_mask)?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for (i, input_ids) in ids.into_iter().enumerate() {
+        let m = mask.value(i);
+        let m = m
+            .as_any()
+            .downcast_ref::<UInt8Array>()
+            .ok_or_else(bad_mask)?;
+        rows.push(TokenRow::Sft {
+            input_ids,
+            loss_mask: m.values().to_vec(),
+        });
+    }
+    Ok(rows)
+}
+
+fn dpo_rows(batch: &RecordBatch, path: &Path) -> Result<Vec<TokenRow>> {
+    let id_col = column(batch, "id", path)?;
+    let ids = id_col
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DataError::BadFile {
+            path: path.into(),
+            msg: "column `id` is not a string".into(),
+        })?;
+    let p = id_lists(batch, "prompt_ids", path)?;
+    let c = id_lists(batch, "chosen_ids", path)?;
+    let r = id_lists(batch, "rejected_ids", path)?;
+    Ok(p.into_iter()
+        .zip(c)
+        .zip(r)
+        .enumerate()
+        .map(|(i, ((p, c), r))| TokenRow::Dpo {
+            id: ids.value(i).to_string(),
+            prompt_ids: p,
+            chosen_ids: c,
+            rejected_ids: r,
+        })
+        .collect())
 }

@@ -3,8 +3,7 @@
 
 use crate::artifact::{keys, TokenRow, TokenWriter};
 use crate::chat::Message;
-use crate::error::{DataError, Location, Result};
-use crate::fingerprint;
+use crate::error::{unknown_choice, DataError, Location, Result};
 use crate::formats::{normalize, Format, Kind, Pair, Problem, Record, Template};
 use crate::input::{RawRow, RowReader};
 use crate::tokenizer::TokenizerDir;
@@ -23,6 +22,24 @@ pub enum Overlong {
     Drop,
     /// Pretraining only: cut the document into `max_len`-token pieces, losing nothing.
     Split,
+}
+
+impl Overlong {
+    /// The names `--overlong` accepts (also how the config records it).
+    pub const NAMES: &'static [&'static str] = &["truncate", "drop", "split"];
+}
+
+impl std::str::FromStr for Overlong {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Overlong> {
+        match s {
+            "truncate" => Ok(Overlong::Truncate),
+            "drop" => Ok(Overlong::Drop),
+            "split" => Ok(Overlong::Split),
+            _ => Err(unknown_choice("--overlong", s, Overlong::NAMES)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -377,7 +394,8 @@ fn detect_format(path: &Path, cfg: &EncodeConfig) -> Result<Format> {
     }))
 }
 
-/// Tokenize `inputs` into the token file `out`.
+/// Tokenize `inputs` into the token file `out`, and record the run beside it in
+/// `<out>.resolved_config.json` (see [`resolved_config_path`]).
 pub fn run(
     tok: &TokenizerDir,
     inputs: &[PathBuf],
@@ -390,6 +408,43 @@ pub fn run(
     if inputs.is_empty() {
         return Err(DataError::Usage("no --input given".into()));
     }
+    let (infos, formats) = inspect_inputs(inputs, cfg, obs)?;
+    let mut sink = Sink {
+        writer: TokenWriter::create(out, cfg.stage)?,
+        counts: Counts::default(),
+        skipped_examples: Vec::new(),
+        bytes_before: 0,
+        obs,
+    };
+    for ((path, &format), info) in inputs.iter().zip(&formats).zip(&infos) {
+        encode_file(tok, path, format, cfg, &mut sink)?;
+        sink.bytes_before += info.bytes;
+    }
+    let Sink {
+        writer,
+        counts,
+        skipped_examples,
+        ..
+    } = sink;
+    if counts.rows_written == 0 {
+        return Err(nothing_written(&counts, out));
+    }
+    writer.finish(metadata(tok, &infos, &counts, cfg, command))?;
+    let report = Report {
+        counts,
+        inputs: infos,
+        skipped_examples,
+    };
+    write_resolved_config(tok, out, cfg, &report)?;
+    Ok(report)
+}
+
+/// Open every input, decide its format and fingerprint it, before anything is written.
+fn inspect_inputs(
+    inputs: &[PathBuf],
+    cfg: &EncodeConfig,
+    obs: &mut dyn Observer,
+) -> Result<(Vec<InputInfo>, Vec<Format>)> {
     let mut infos = Vec::new();
     let mut formats = Vec::new();
     for path in inputs {
@@ -403,7 +458,7 @@ pub fn run(
                 cfg.stage.name()
             )));
         }
-        let (blake3, bytes) = fingerprint::file(path)?;
+        let (blake3, bytes) = zerolm_io::hash_file(path)?;
         obs.detected(path, &reader.container().to_string(), format.name());
         infos.push(InputInfo {
             path: path.display().to_string(),
@@ -414,104 +469,154 @@ pub fn run(
         });
         formats.push(format);
     }
+    Ok((infos, formats))
+}
 
-    let mut writer = TokenWriter::create(out, cfg.stage)?;
-    let mut counts = Counts::default();
-    let mut skipped_examples = Vec::new();
-    let mut bytes_before = 0u64;
-    for ((path, &format), info) in inputs.iter().zip(&formats).zip(&infos) {
-        let mut reader = RowReader::open(path)?.text_key(&cfg.text_field);
-        let mut chunk = reader.next_chunk(cfg.chunk_rows)?;
-        while !chunk.is_empty() {
-            // Read the next chunk while this one is encoded on the other threads.
-            let (next, encoded) = rayon::join(
-                || reader.next_chunk(cfg.chunk_rows),
-                || {
-                    chunk
-                        .par_iter()
-                        .map(|row| encode_row(tok, row, format, cfg))
-                        .collect::<Result<Vec<_>>>()
-                },
-            );
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (raw, outcome) in chunk.iter().zip(encoded?) {
-                counts.rows_read += 1;
-                match outcome {
-                    Outcome::Problem(Problem::Bad(msg)) if !cfg.skip_bad => {
-                        return Err(DataError::BadRow {
-                            at: raw.at.clone(),
-                            msg: format!("{msg} (use --skip-bad to skip such rows)"),
-                        })
-                    }
-                    Outcome::Problem(Problem::Empty(msg)) if cfg.strict => {
-                        return Err(DataError::BadRow {
-                            at: raw.at.clone(),
-                            msg: format!("{msg} (--strict)"),
-                        })
-                    }
-                    Outcome::Problem(p) => {
-                        let msg = match p {
-                            Problem::Bad(m) => {
-                                counts.skipped_bad += 1;
-                                m
-                            }
-                            Problem::Empty(m) => {
-                                counts.skipped_empty += 1;
-                                m
-                            }
-                        };
-                        if skipped_examples.len() < 10 {
-                            skipped_examples.push(format!("{}: {msg}", raw.at));
-                        }
-                    }
-                    Outcome::Done(e) => {
-                        counts.truncated += u64::from(e.truncated);
-                        counts.dropped_overlong += u64::from(e.dropped);
-                        counts.split += u64::from(e.split);
-                        counts.prefix_mismatch += u64::from(e.prefix_mismatch);
-                        rows.extend(e.rows);
-                    }
+/// Where encoded rows go: the token file being written, the run's counts and its progress.
+struct Sink<'a> {
+    writer: TokenWriter,
+    counts: Counts,
+    skipped_examples: Vec<String>,
+    /// Input bytes of the files already done.
+    bytes_before: u64,
+    obs: &'a mut dyn Observer,
+}
+
+/// Encode one input file chunk by chunk, reading the next chunk while this one is encoded.
+fn encode_file(
+    tok: &TokenizerDir,
+    path: &Path,
+    format: Format,
+    cfg: &EncodeConfig,
+    sink: &mut Sink,
+) -> Result<()> {
+    let mut reader = RowReader::open(path)?.text_key(&cfg.text_field);
+    let mut chunk = reader.next_chunk(cfg.chunk_rows)?;
+    while !chunk.is_empty() {
+        // Read the next chunk while this one is encoded on the other threads.
+        let (next, encoded) = rayon::join(
+            || reader.next_chunk(cfg.chunk_rows),
+            || {
+                chunk
+                    .par_iter()
+                    .map(|row| encode_row(tok, row, format, cfg))
+                    .collect::<Result<Vec<_>>>()
+            },
+        );
+        let rows = sink.take(&chunk, encoded?, cfg)?;
+        sink.write(&rows, reader.bytes_read())?;
+        chunk = next?;
+    }
+    Ok(())
+}
+
+impl Sink<'_> {
+    /// Count each row's outcome and collect the rows to write; a problem row is an error unless
+    /// `--skip-bad` (bad rows) or not `--strict` (empty rows) lets it be skipped.
+    fn take(
+        &mut self,
+        chunk: &[RawRow],
+        outcomes: Vec<Outcome>,
+        cfg: &EncodeConfig,
+    ) -> Result<Vec<TokenRow>> {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (raw, outcome) in chunk.iter().zip(outcomes) {
+            self.counts.rows_read += 1;
+            match outcome {
+                Outcome::Problem(p) => self.skip(raw, p, cfg)?,
+                Outcome::Done(e) => {
+                    self.counts.truncated += u64::from(e.truncated);
+                    self.counts.dropped_overlong += u64::from(e.dropped);
+                    self.counts.split += u64::from(e.split);
+                    self.counts.prefix_mismatch += u64::from(e.prefix_mismatch);
+                    rows.extend(e.rows);
                 }
             }
-            for r in &rows {
-                match r {
-                    TokenRow::Doc(d) => counts.tokens += d.len() as u64,
-                    TokenRow::Sft {
-                        input_ids,
-                        loss_mask,
-                    } => {
-                        counts.tokens += input_ids.len() as u64;
-                        counts.supervised_tokens +=
-                            loss_mask.iter().map(|&m| u64::from(m)).sum::<u64>();
-                    }
-                    TokenRow::Dpo {
-                        prompt_ids,
-                        chosen_ids,
-                        rejected_ids,
-                        ..
-                    } => {
-                        counts.tokens +=
-                            (prompt_ids.len() + chosen_ids.len() + rejected_ids.len()) as u64
-                    }
-                }
-            }
-            counts.rows_written += rows.len() as u64;
-            writer.write(&rows)?;
-            obs.progress(counts.rows_read, bytes_before + reader.bytes_read());
-            chunk = next?;
         }
-        bytes_before += info.bytes;
+        Ok(rows)
     }
-    if counts.rows_written == 0 {
-        return Err(DataError::Usage(format!(
-            "no rows left to write ({} read, {} bad, {} empty, {} dropped as too long); nothing written to {}",
-            counts.rows_read,
-            counts.skipped_bad,
-            counts.skipped_empty,
-            counts.dropped_overlong,
-            out.display()
-        )));
+
+    /// Skip a problem row (counted, the first ten kept as examples), or fail on it.
+    fn skip(&mut self, raw: &RawRow, problem: Problem, cfg: &EncodeConfig) -> Result<()> {
+        let msg = match problem {
+            Problem::Bad(msg) if !cfg.skip_bad => {
+                return Err(DataError::BadRow {
+                    at: raw.at.clone(),
+                    msg: format!("{msg} (use --skip-bad to skip such rows)"),
+                })
+            }
+            Problem::Empty(msg) if cfg.strict => {
+                return Err(DataError::BadRow {
+                    at: raw.at.clone(),
+                    msg: format!("{msg} (--strict)"),
+                })
+            }
+            Problem::Bad(msg) => {
+                self.counts.skipped_bad += 1;
+                msg
+            }
+            Problem::Empty(msg) => {
+                self.counts.skipped_empty += 1;
+                msg
+            }
+        };
+        if self.skipped_examples.len() < 10 {
+            self.skipped_examples.push(format!("{}: {msg}", raw.at));
+        }
+        Ok(())
     }
+
+    /// Write a chunk's rows, count them and their tokens, and report progress (`bytes`: of this file).
+    fn write(&mut self, rows: &[TokenRow], bytes: u64) -> Result<()> {
+        for r in rows {
+            count_tokens(&mut self.counts, r);
+        }
+        self.counts.rows_written += rows.len() as u64;
+        self.writer.write(rows)?;
+        self.obs
+            .progress(self.counts.rows_read, self.bytes_before + bytes);
+        Ok(())
+    }
+}
+
+fn count_tokens(counts: &mut Counts, row: &TokenRow) {
+    match row {
+        TokenRow::Doc(d) => counts.tokens += d.len() as u64,
+        TokenRow::Sft {
+            input_ids,
+            loss_mask,
+        } => {
+            counts.tokens += input_ids.len() as u64;
+            counts.supervised_tokens += loss_mask.iter().map(|&m| u64::from(m)).sum::<u64>();
+        }
+        TokenRow::Dpo {
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+            ..
+        } => counts.tokens += (prompt_ids.len() + chosen_ids.len() + rejected_ids.len()) as u64,
+    }
+}
+
+fn nothing_written(counts: &Counts, out: &Path) -> DataError {
+    DataError::Usage(format!(
+        "no rows left to write ({} read, {} bad, {} empty, {} dropped as too long); nothing written to {}",
+        counts.rows_read,
+        counts.skipped_bad,
+        counts.skipped_empty,
+        counts.dropped_overlong,
+        out.display()
+    ))
+}
+
+/// The provenance a token file records in its key-value metadata.
+fn metadata(
+    tok: &TokenizerDir,
+    infos: &[InputInfo],
+    counts: &Counts,
+    cfg: &EncodeConfig,
+    command: &[String],
+) -> BTreeMap<String, String> {
     let mut meta = BTreeMap::new();
     meta.insert(
         keys::TOKENIZER_FINGERPRINT.to_string(),
@@ -519,17 +624,61 @@ pub fn run(
     );
     meta.insert(keys::VOCAB_SIZE.to_string(), tok.vocab_size().to_string());
     meta.insert(keys::INPUTS.to_string(), json(&infos));
-    meta.insert(keys::COUNTS.to_string(), json(&counts));
+    meta.insert(keys::COUNTS.to_string(), json(counts));
     meta.insert(keys::CONFIG.to_string(), json(cfg));
     meta.insert(keys::COMMAND.to_string(), json(&command.to_vec()));
-    writer.finish(meta)?;
-    Ok(Report {
-        counts,
-        inputs: infos,
-        skipped_examples,
-    })
+    meta
+}
+
+/// Where [`run`] records a token file's run: `<out>` with its extension replaced by
+/// `resolved_config.json` (`pre.parquet` → `pre.resolved_config.json`).
+pub fn resolved_config_path(out: &Path) -> PathBuf {
+    out.with_extension("resolved_config.json")
+}
+
+/// Write the run's stage, tokenizer, inputs, output, config, thread count and counts as pretty JSON.
+fn write_resolved_config(
+    tok: &TokenizerDir,
+    out: &Path,
+    cfg: &EncodeConfig,
+    report: &Report,
+) -> Result<()> {
+    let resolved = serde_json::json!({
+        "stage": format!("tokenize {}", cfg.stage.name()),
+        "tokenizer": tok.dir,
+        "tokenizer_fingerprint": tok.fingerprint,
+        "inputs": report.inputs.iter().map(|i| serde_json::json!({"path": i.path, "blake3": i.blake3, "format": i.format})).collect::<Vec<_>>(),
+        "out": out,
+        "config": cfg,
+        "threads": rayon::current_num_threads(),
+        "counts": report.counts,
+    });
+    let text = serde_json::to_string_pretty(&resolved).expect("JSON values serialise");
+    Ok(zerolm_io::write_atomically(
+        &resolved_config_path(out),
+        text.as_bytes(),
+    )?)
 }
 
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("metadata serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlong_parses_its_names_and_rejects_others_naming_the_choices() {
+        for name in Overlong::NAMES {
+            let o: Overlong = name.parse().unwrap();
+            assert_eq!(serde_json::to_value(o).unwrap(), serde_json::json!(name));
+        }
+        assert_eq!("split".parse::<Overlong>().unwrap(), Overlong::Split);
+        let err = "chop".parse::<Overlong>().unwrap_err().to_string();
+        assert!(
+            err.contains("`chop`") && err.contains("truncate, drop, split"),
+            "{err}"
+        );
+    }
 }

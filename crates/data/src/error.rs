@@ -1,6 +1,6 @@
 //! The data crate's one error type: every variant says what went wrong and where.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where in an input a problem is: a file and a 1-based line (JSONL, text) or 0-based row (JSON array,
 /// Parquet).
@@ -32,16 +32,9 @@ pub enum DataError {
     BadFile { path: PathBuf, msg: String },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot read {path}: {cause}")]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("cannot write {path}: {cause}")]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    /// A file that cannot be read, or written (names the path).
+    #[error(transparent)]
+    Io(#[from] zerolm_io::IoError),
     #[error("{path}: parquet error: {msg}")]
     Parquet { path: PathBuf, msg: String },
     #[error("tokenizer {path}: {msg}")]
@@ -60,8 +53,27 @@ impl DataError {
     /// True for problems the user can fix in their input or flags (exit code 1); false for internal
     /// failures such as a write error (exit code 2).
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, DataError::Write { .. })
+        match self {
+            DataError::Io(e) => e.is_user_error(),
+            _ => true,
+        }
     }
+}
+
+/// Maps a Parquet, Arrow or JSON error met in `path` to [`DataError::Parquet`].
+pub(crate) fn parquet_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> DataError + '_ {
+    move |e| DataError::Parquet {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+/// A flag value that is not one of `names`.
+pub(crate) fn unknown_choice(flag: &str, value: &str, names: &[&str]) -> DataError {
+    DataError::Usage(format!(
+        "{flag}: unknown value `{value}` (expected one of: {})",
+        names.join(", ")
+    ))
 }
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -2,6 +2,7 @@
 //! normalised into [`Record`]s: a text, a conversation, or a preference pair.
 
 use crate::chat::{Message, Role};
+use crate::error::{unknown_choice, DataError};
 use serde_json::Value;
 
 /// Which stage's data a file holds.
@@ -124,6 +125,23 @@ pub enum Template {
     Chat,
     /// Strings are tokenized as they are, the completion followed by eos (TRL's standard format).
     Raw,
+}
+
+impl Template {
+    /// The names `--template` accepts (also how the config records it).
+    pub const NAMES: &'static [&'static str] = &["chat", "raw"];
+}
+
+impl std::str::FromStr for Template {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Template, DataError> {
+        match s {
+            "chat" => Ok(Template::Chat),
+            "raw" => Ok(Template::Raw),
+            _ => Err(unknown_choice("--template", s, Template::NAMES)),
+        }
+    }
 }
 
 /// A preference pair, either as messages (rendered with the chat template) or raw text.
@@ -340,79 +358,89 @@ pub fn normalize(
         Format::Text => Record::Text(string(row, text_field)?),
         Format::Conversations => Record::Chat(messages(row, "conversations")?),
         Format::Messages => Record::Chat(messages(row, "messages")?),
-        Format::Article | Format::TrlStandard => {
-            let (p, c, r) = (
-                string(row, "prompt")?,
-                string(row, "chosen")?,
-                string(row, "rejected")?,
-            );
-            let pair = match template {
-                Template::Chat => user_assistant(p, c, r),
-                Template::Raw => Pair::Raw {
-                    prompt: p,
-                    chosen: c,
-                    rejected: r,
-                },
-            };
-            Record::Pair {
-                id: id_of(row)?,
-                pair,
-            }
-        }
-        Format::TrlConversational => {
-            for name in ["chosen", "rejected"] {
-                if let Some(m) = messages(row, name)?
-                    .first()
-                    .filter(|m| m.role != Role::Assistant)
-                {
-                    return Err(Problem::Bad(format!(
-                        "field `{name}[0].role` must be `assistant` (the completion), found {:?}",
-                        m.role
-                    )));
-                }
-            }
-            let pair = Pair::Chat {
-                prompt: messages(row, "prompt")?,
-                chosen: messages(row, "chosen")?,
-                rejected: messages(row, "rejected")?,
-            };
-            Record::Pair {
-                id: id_of(row)?,
-                pair,
-            }
-        }
+        Format::Article | Format::TrlStandard => with_id(row, string_pair(row, template)?)?,
+        Format::TrlConversational => with_id(row, trl_conversational_pair(row)?)?,
         Format::ImplicitConversational => Record::Pair {
             id: id_of(row)?,
             pair: shared_prefix(messages(row, "chosen")?, messages(row, "rejected")?)?,
         },
-        Format::HhRlhf => {
-            let (c, r) = (string(row, "chosen")?, string(row, "rejected")?);
-            let pair = match template {
-                Template::Chat => hh_chat_pair(hh_turns(&c, "chosen")?, hh_turns(&r, "rejected")?)?,
-                Template::Raw => {
-                    let cut = c.rfind(ASSISTANT).ok_or_else(|| {
-                        Problem::Bad("field `chosen` has no `\\n\\nAssistant:`".into())
-                    })? + ASSISTANT.len();
-                    if !r.starts_with(&c[..cut]) {
-                        return Err(Problem::Bad(
-                            "`chosen` and `rejected` do not share the prompt up to the last `\\n\\nAssistant:`".into(),
-                        ));
-                    }
-                    Pair::Raw {
-                        prompt: c[..cut].to_string(),
-                        chosen: c[cut..].to_string(),
-                        rejected: r[cut..].to_string(),
-                    }
-                }
-            };
-            Record::Pair {
-                id: id_of(row)?,
-                pair,
-            }
-        }
+        Format::HhRlhf => with_id(row, hh_pair(row, template)?)?,
     };
     check_not_empty(&record)?;
     Ok(record)
+}
+
+/// A pair record with the row's `id`, if it has one.
+fn with_id(row: &Value, pair: Pair) -> Result<Record, Problem> {
+    Ok(Record::Pair {
+        id: id_of(row)?,
+        pair,
+    })
+}
+
+/// `prompt`, `chosen` and `rejected` strings: chat turns or raw text.
+fn string_pair(row: &Value, template: Template) -> Result<Pair, Problem> {
+    let (p, c, r) = (
+        string(row, "prompt")?,
+        string(row, "chosen")?,
+        string(row, "rejected")?,
+    );
+    Ok(match template {
+        Template::Chat => user_assistant(p, c, r),
+        Template::Raw => Pair::Raw {
+            prompt: p,
+            chosen: c,
+            rejected: r,
+        },
+    })
+}
+
+/// `prompt`, `chosen` and `rejected` message lists; the completions must start with the assistant.
+fn trl_conversational_pair(row: &Value) -> Result<Pair, Problem> {
+    for name in ["chosen", "rejected"] {
+        if let Some(m) = messages(row, name)?
+            .first()
+            .filter(|m| m.role != Role::Assistant)
+        {
+            return Err(Problem::Bad(format!(
+                "field `{name}[0].role` must be `assistant` (the completion), found {:?}",
+                m.role
+            )));
+        }
+    }
+    Ok(Pair::Chat {
+        prompt: messages(row, "prompt")?,
+        chosen: messages(row, "chosen")?,
+        rejected: messages(row, "rejected")?,
+    })
+}
+
+/// hh-rlhf `chosen` and `rejected` texts: split into turns, or cut as text after the last assistant mark.
+fn hh_pair(row: &Value, template: Template) -> Result<Pair, Problem> {
+    let (c, r) = (string(row, "chosen")?, string(row, "rejected")?);
+    match template {
+        Template::Chat => hh_chat_pair(hh_turns(&c, "chosen")?, hh_turns(&r, "rejected")?),
+        Template::Raw => hh_raw_pair(&c, &r),
+    }
+}
+
+/// hh-rlhf as text: the prompt is `chosen` through its last `\n\nAssistant:`, which `rejected` must share.
+fn hh_raw_pair(c: &str, r: &str) -> Result<Pair, Problem> {
+    let cut = c
+        .rfind(ASSISTANT)
+        .ok_or_else(|| Problem::Bad("field `chosen` has no `\\n\\nAssistant:`".into()))?
+        + ASSISTANT.len();
+    if !r.starts_with(&c[..cut]) {
+        return Err(Problem::Bad(
+            "`chosen` and `rejected` do not share the prompt up to the last `\\n\\nAssistant:`"
+                .into(),
+        ));
+    }
+    Ok(Pair::Raw {
+        prompt: c[..cut].to_string(),
+        chosen: c[cut..].to_string(),
+        rejected: r[cut..].to_string(),
+    })
 }
 
 fn check_not_empty(record: &Record) -> Result<(), Problem> {
@@ -539,6 +567,20 @@ mod tests {
         };
         assert_eq!(prompt.len(), 3);
         assert_eq!(chosen, vec![Message::new(Role::Assistant, "4")]);
+    }
+
+    #[test]
+    fn template_parses_its_names_and_rejects_others_naming_the_choices() {
+        for name in Template::NAMES {
+            let t: Template = name.parse().unwrap();
+            assert_eq!(serde_json::to_value(t).unwrap(), json!(name));
+        }
+        assert_eq!("raw".parse::<Template>().unwrap(), Template::Raw);
+        let err = "fancy".parse::<Template>().unwrap_err().to_string();
+        assert!(
+            err.contains("`fancy`") && err.contains("chat, raw"),
+            "{err}"
+        );
     }
 
     #[test]

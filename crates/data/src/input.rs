@@ -4,12 +4,14 @@
 //! JSONL, text and Parquet are streamed (bounded memory). A JSON array is parsed whole: use JSONL or
 //! Parquet for inputs larger than memory.
 
-use crate::error::{DataError, Location, Result};
+use crate::error::{parquet_err, DataError, Location, Result};
+use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use zerolm_io::IoError;
 
 /// One input row: its location and either the parsed JSON object or why it could not be parsed.
 #[derive(Debug, Clone)]
@@ -38,23 +40,49 @@ impl std::fmt::Display for Container {
 }
 
 enum Source {
-    Lines {
-        reader: Box<dyn BufRead + Send>,
-        line: u64,
-    },
+    Lines(Lines),
     Array {
         items: std::vec::IntoIter<Value>,
         row: u64,
     },
-    Parquet {
-        reader: ParquetRecordBatchReader,
-        pending: std::vec::IntoIter<Value>,
-        row: u64,
-    },
-    Text {
-        reader: Box<dyn BufRead + Send>,
-        line: u64,
-    },
+    Parquet(ParquetRows),
+    Text(Lines),
+}
+
+/// A byte stream read line by line, counting lines (1-based) and uncompressed bytes.
+struct Lines {
+    reader: Box<dyn BufRead + Send>,
+    line: u64,
+    bytes: u64,
+}
+
+impl Lines {
+    fn new(reader: Box<dyn BufRead + Send>) -> Lines {
+        Lines {
+            reader,
+            line: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Read the next line, newline included, into `buf` (cleared first); false at the end.
+    fn next_line(&mut self, buf: &mut Vec<u8>, path: &Path) -> Result<bool> {
+        buf.clear();
+        let n = self.reader.read_until(b'\n', buf).map_err(read_err(path))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.bytes += n as u64;
+        self.line += 1;
+        Ok(true)
+    }
+}
+
+/// Parquet record batches, turned into JSON rows one batch at a time.
+struct ParquetRows {
+    reader: ParquetRecordBatchReader,
+    pending: std::vec::IntoIter<Value>,
+    row: u64,
 }
 
 /// A streaming reader over one input file.
@@ -62,15 +90,11 @@ pub struct RowReader {
     path: PathBuf,
     container: Container,
     source: Source,
-    bytes: u64,
     text_key: String,
 }
 
 fn read_err(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Read {
-        path: path.to_path_buf(),
-        cause: source,
-    }
+    move |cause| IoError::read(path, cause).into()
 }
 
 fn is_gzip(path: &Path) -> bool {
@@ -138,70 +162,15 @@ impl RowReader {
     pub fn open(path: &Path) -> Result<RowReader> {
         let container = detect_container(path)?;
         let source = match container {
-            Container::Jsonl => Source::Lines {
-                reader: open_bytes(path)?,
-                line: 0,
-            },
-            Container::Text => Source::Text {
-                reader: open_bytes(path)?,
-                line: 0,
-            },
-            Container::JsonArray => {
-                let mut bytes = Vec::new();
-                open_bytes(path)?
-                    .read_to_end(&mut bytes)
-                    .map_err(read_err(path))?;
-                let text = std::str::from_utf8(&bytes).map_err(|e| DataError::BadFile {
-                    path: path.to_path_buf(),
-                    msg: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                })?;
-                let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-                    .map_err(|e| DataError::BadFile {
-                        path: path.to_path_buf(),
-                        msg: format!("malformed JSON: {e}"),
-                    })?;
-                match value {
-                    Value::Array(items) => Source::Array {
-                        items: items.into_iter(),
-                        row: 0,
-                    },
-                    _ => {
-                        return Err(DataError::BadFile {
-                            path: path.to_path_buf(),
-                            msg: "expected a JSON array of objects".into(),
-                        })
-                    }
-                }
-            }
-            Container::Parquet => {
-                if is_gzip(path) {
-                    return Err(DataError::BadFile {
-                        path: path.to_path_buf(),
-                        msg: "gzip-compressed Parquet is not supported; Parquet compresses internally".into(),
-                    });
-                }
-                let file = File::open(path).map_err(read_err(path))?;
-                let pq = |e: parquet::errors::ParquetError| DataError::Parquet {
-                    path: path.to_path_buf(),
-                    msg: e.to_string(),
-                };
-                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(pq)?
-                    .with_batch_size(1024)
-                    .build()
-                    .map_err(pq)?;
-                Source::Parquet {
-                    reader,
-                    pending: Vec::new().into_iter(),
-                    row: 0,
-                }
-            }
+            Container::Jsonl => Source::Lines(Lines::new(open_bytes(path)?)),
+            Container::Text => Source::Text(Lines::new(open_bytes(path)?)),
+            Container::JsonArray => json_array_source(path)?,
+            Container::Parquet => parquet_source(path)?,
         };
         Ok(RowReader {
             path: path.to_path_buf(),
             container,
             source,
-            bytes: 0,
             text_key: "text".into(),
         })
     }
@@ -222,162 +191,21 @@ impl RowReader {
 
     /// Uncompressed bytes of JSONL / text consumed so far (0 for JSON arrays and Parquet).
     pub fn bytes_read(&self) -> u64 {
-        self.bytes
+        match &self.source {
+            Source::Lines(lines) | Source::Text(lines) => lines.bytes,
+            Source::Array { .. } | Source::Parquet(_) => 0,
+        }
     }
 
     /// The next row, `None` at the end. I/O failures are errors; a row that cannot be parsed is a row
     /// whose `value` is `Err`.
     pub fn next_row(&mut self) -> Result<Option<RawRow>> {
-        let path = self.path.clone();
-        let bytes = &mut self.bytes;
-        let text_key = self.text_key.as_str();
+        let path = self.path.as_path();
         match &mut self.source {
-            Source::Lines { reader, line } => {
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    let n = reader
-                        .read_until(b'\n', &mut buf)
-                        .map_err(read_err(&path))?;
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    *bytes += n as u64;
-                    *line += 1;
-                    let n = *line;
-                    let start = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
-                    let trimmed = buf.trim_ascii();
-                    if trimmed.is_empty() {
-                        continue;
-                    }
-                    let (skipped, trimmed) = match trimmed.strip_prefix(b"\xEF\xBB\xBF".as_slice())
-                    {
-                        Some(rest) => (start + 3, rest),
-                        None => (start, trimmed),
-                    };
-                    let value = match std::str::from_utf8(trimmed) {
-                        Err(e) => Err(format!(
-                            "invalid UTF-8 at byte {} of the line",
-                            skipped + e.valid_up_to() + 1
-                        )),
-                        Ok(s) => serde_json::from_str::<Value>(s)
-                            .map_err(|e| format!("malformed JSON: {e}")),
-                    };
-                    return Ok(Some(RawRow {
-                        at: location(&path, Some(n), None),
-                        value,
-                    }));
-                }
-            }
-            Source::Text { reader, line } => {
-                // One document per block of non-blank lines.
-                let mut doc = String::new();
-                let mut first_line = None;
-                let mut buf = Vec::new();
-                let mut bad = None;
-                loop {
-                    buf.clear();
-                    let n = reader
-                        .read_until(b'\n', &mut buf)
-                        .map_err(read_err(&path))?;
-                    if n == 0 {
-                        break;
-                    }
-                    *bytes += n as u64;
-                    *line += 1;
-                    if buf.trim_ascii().is_empty() {
-                        if first_line.is_some() {
-                            break;
-                        }
-                        continue;
-                    }
-                    first_line.get_or_insert(*line);
-                    let text = if *line == 1 {
-                        buf.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&buf)
-                    } else {
-                        &buf
-                    };
-                    match std::str::from_utf8(text) {
-                        Ok(s) => doc.push_str(s),
-                        Err(e) => {
-                            bad.get_or_insert(format!(
-                                "invalid UTF-8 at line {}, byte {}",
-                                *line,
-                                e.valid_up_to() + 1
-                            ));
-                        }
-                    }
-                }
-                let Some(first) = first_line else {
-                    return Ok(None);
-                };
-                let value = match bad {
-                    Some(msg) => Err(msg),
-                    None => {
-                        let mut obj = serde_json::Map::new();
-                        obj.insert(
-                            text_key.to_string(),
-                            Value::String(doc.trim_end().to_string()),
-                        );
-                        Ok(Value::Object(obj))
-                    }
-                };
-                Ok(Some(RawRow {
-                    at: location(&path, Some(first), None),
-                    value,
-                }))
-            }
-            Source::Array { items, row } => {
-                let Some(v) = items.next() else {
-                    return Ok(None);
-                };
-                let r = *row;
-                *row += 1;
-                Ok(Some(RawRow {
-                    at: location(&path, None, Some(r)),
-                    value: Ok(v),
-                }))
-            }
-            Source::Parquet {
-                reader,
-                pending,
-                row,
-            } => loop {
-                if let Some(v) = pending.next() {
-                    let r = *row;
-                    *row += 1;
-                    return Ok(Some(RawRow {
-                        at: location(&path, None, Some(r)),
-                        value: Ok(v),
-                    }));
-                }
-                let Some(batch) = reader.next() else {
-                    return Ok(None);
-                };
-                let batch = batch.map_err(|e| DataError::Parquet {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                })?;
-                let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-                writer
-                    .write(&batch)
-                    .and_then(|_| writer.finish())
-                    .map_err(|e| DataError::Parquet {
-                        path: path.clone(),
-                        msg: e.to_string(),
-                    })?;
-                let bytes = writer.into_inner();
-                let rows: std::result::Result<Vec<Value>, _> = bytes
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(serde_json::from_slice::<Value>)
-                    .collect();
-                let rows = rows.map_err(|e| DataError::Parquet {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                })?;
-                *pending = rows.into_iter();
-            },
+            Source::Lines(lines) => next_json_line(lines, path),
+            Source::Text(lines) => next_text_doc(lines, path, &self.text_key),
+            Source::Array { items, row } => Ok(items.next().map(|v| numbered_row(path, row, v))),
+            Source::Parquet(rows) => rows.next_row(path),
         }
     }
 
@@ -392,6 +220,194 @@ impl RowReader {
         }
         Ok(out)
     }
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A JSON array file, parsed whole.
+fn json_array_source(path: &Path) -> Result<Source> {
+    let mut bytes = Vec::new();
+    open_bytes(path)?
+        .read_to_end(&mut bytes)
+        .map_err(read_err(path))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::BadFile {
+        path: path.to_path_buf(),
+        msg: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+    })?;
+    let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| {
+        DataError::BadFile {
+            path: path.to_path_buf(),
+            msg: format!("malformed JSON: {e}"),
+        }
+    })?;
+    match value {
+        Value::Array(items) => Ok(Source::Array {
+            items: items.into_iter(),
+            row: 0,
+        }),
+        _ => Err(DataError::BadFile {
+            path: path.to_path_buf(),
+            msg: "expected a JSON array of objects".into(),
+        }),
+    }
+}
+
+/// A Parquet file, read in batches of 1024 rows.
+fn parquet_source(path: &Path) -> Result<Source> {
+    if is_gzip(path) {
+        return Err(DataError::BadFile {
+            path: path.to_path_buf(),
+            msg: "gzip-compressed Parquet is not supported; Parquet compresses internally".into(),
+        });
+    }
+    let file = File::open(path).map_err(read_err(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_err(path))?
+        .with_batch_size(1024)
+        .build()
+        .map_err(parquet_err(path))?;
+    Ok(Source::Parquet(ParquetRows {
+        reader,
+        pending: Vec::new().into_iter(),
+        row: 0,
+    }))
+}
+
+/// Parse one non-blank JSONL line (a leading byte-order mark is skipped).
+fn parse_json_line(buf: &[u8]) -> std::result::Result<Value, String> {
+    let start = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let trimmed = buf.trim_ascii();
+    let (skipped, trimmed) = match trimmed.strip_prefix(BOM) {
+        Some(rest) => (start + 3, rest),
+        None => (start, trimmed),
+    };
+    match std::str::from_utf8(trimmed) {
+        Err(e) => Err(format!(
+            "invalid UTF-8 at byte {} of the line",
+            skipped + e.valid_up_to() + 1
+        )),
+        Ok(s) => serde_json::from_str::<Value>(s).map_err(|e| format!("malformed JSON: {e}")),
+    }
+}
+
+/// The next JSONL row: the next non-blank line.
+fn next_json_line(lines: &mut Lines, path: &Path) -> Result<Option<RawRow>> {
+    let mut buf = Vec::new();
+    while lines.next_line(&mut buf, path)? {
+        if buf.trim_ascii().is_empty() {
+            continue;
+        }
+        return Ok(Some(RawRow {
+            at: location(path, Some(lines.line), None),
+            value: parse_json_line(&buf),
+        }));
+    }
+    Ok(None)
+}
+
+/// A text document being gathered from its lines.
+#[derive(Default)]
+struct TextBlock {
+    doc: String,
+    first_line: Option<u64>,
+    /// The first invalid UTF-8 found.
+    bad: Option<String>,
+}
+
+impl TextBlock {
+    fn push(&mut self, buf: &[u8], line: u64) {
+        self.first_line.get_or_insert(line);
+        let text = if line == 1 {
+            buf.strip_prefix(BOM).unwrap_or(buf)
+        } else {
+            buf
+        };
+        match std::str::from_utf8(text) {
+            Ok(s) => self.doc.push_str(s),
+            Err(e) => {
+                self.bad.get_or_insert(format!(
+                    "invalid UTF-8 at line {line}, byte {}",
+                    e.valid_up_to() + 1
+                ));
+            }
+        }
+    }
+
+    /// The row's value: an object with the text under `text_key`, or why it is malformed.
+    fn into_value(self, text_key: &str) -> std::result::Result<Value, String> {
+        if let Some(msg) = self.bad {
+            return Err(msg);
+        }
+        let mut obj = serde_json::Map::new();
+        obj.insert(
+            text_key.to_string(),
+            Value::String(self.doc.trim_end().to_string()),
+        );
+        Ok(Value::Object(obj))
+    }
+}
+
+/// The next text document: one block of non-blank lines.
+fn next_text_doc(lines: &mut Lines, path: &Path, text_key: &str) -> Result<Option<RawRow>> {
+    let mut block = TextBlock::default();
+    let mut buf = Vec::new();
+    while lines.next_line(&mut buf, path)? {
+        if buf.trim_ascii().is_empty() {
+            if block.first_line.is_some() {
+                break;
+            }
+            continue;
+        }
+        block.push(&buf, lines.line);
+    }
+    let Some(first) = block.first_line else {
+        return Ok(None);
+    };
+    Ok(Some(RawRow {
+        at: location(path, Some(first), None),
+        value: block.into_value(text_key),
+    }))
+}
+
+/// The row `value` at 0-based index `*row` of `path`; advances the index.
+fn numbered_row(path: &Path, row: &mut u64, value: Value) -> RawRow {
+    let r = *row;
+    *row += 1;
+    RawRow {
+        at: location(path, None, Some(r)),
+        value: Ok(value),
+    }
+}
+
+impl ParquetRows {
+    fn next_row(&mut self, path: &Path) -> Result<Option<RawRow>> {
+        loop {
+            if let Some(v) = self.pending.next() {
+                return Ok(Some(numbered_row(path, &mut self.row, v)));
+            }
+            let Some(batch) = self.reader.next() else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(parquet_err(path))?;
+            self.pending = batch_to_json(&batch, path)?.into_iter();
+        }
+    }
+}
+
+/// One record batch as JSON objects, via Arrow's JSON writer.
+fn batch_to_json(batch: &RecordBatch, path: &Path) -> Result<Vec<Value>> {
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer
+        .write(batch)
+        .and_then(|_| writer.finish())
+        .map_err(parquet_err(path))?;
+    let bytes = writer.into_inner();
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice::<Value>)
+        .collect::<std::result::Result<Vec<Value>, _>>()
+        .map_err(parquet_err(path))
 }
 
 fn location(path: &Path, line: Option<u64>, row: Option<u64>) -> Location {

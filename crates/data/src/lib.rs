@@ -5,7 +5,6 @@ pub mod artifact;
 pub mod chat;
 pub mod encode;
 pub mod error;
-pub mod fingerprint;
 pub mod formats;
 pub mod input;
 pub mod progress;

@@ -3,7 +3,6 @@
 
 use crate::chat::{ChatTemplate, CHATML_TEMPLATE};
 use crate::error::{DataError, Result};
-use crate::fingerprint;
 use crate::input::RowReader;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
+use zerolm_io::IoError;
 
 /// Special tokens, in id order (0, 1, 2).
 pub const PAD_TOKEN: &str = "<|endoftext|>";
@@ -126,9 +126,16 @@ fn pre_tokenizer(split_han: bool) -> PreTokenizerWrapper {
     ]))
 }
 
+/// What [`train`] made: the vocabulary size reached and the new tokenizer's fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trained {
+    pub vocab_size: usize,
+    pub fingerprint: String,
+}
+
 /// Train a byte-level BPE tokenizer on `inputs` and write the HF directory `out`
-/// (`tokenizer.json`, `tokenizer_config.json`). Returns the vocabulary size reached.
-pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize> {
+/// (`tokenizer.json`, `tokenizer_config.json`), then record the run in `out/resolved_config.json`.
+pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<Trained> {
     let min_vocab = SPECIAL_TOKENS.len() + 256;
     if cfg.vocab_size < min_vocab {
         return Err(DataError::Usage(format!(
@@ -136,6 +143,29 @@ pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize>
             cfg.vocab_size
         )));
     }
+    let tokenizer = train_bpe(inputs, cfg, out)?;
+    check_special_ids(&tokenizer, out)?;
+    let vocab_size = tokenizer.get_vocab_size(true);
+    let json = tokenizer.to_string(true).map_err(tok_err(out))?;
+    let config =
+        serde_json::to_string_pretty(&tokenizer_config(cfg)).expect("static JSON serialises");
+    zerolm_io::write_files_atomically(
+        out,
+        &[
+            ("tokenizer.json", json.as_bytes()),
+            ("tokenizer_config.json", config.as_bytes()),
+        ],
+    )?;
+    let trained = Trained {
+        vocab_size,
+        fingerprint: fingerprint_of(json.as_bytes(), config.as_bytes()),
+    };
+    write_resolved_config(inputs, cfg, out, &trained)?;
+    Ok(trained)
+}
+
+/// Run the BPE trainer over every string of `inputs`.
+fn train_bpe(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<Tokenizer> {
     let specials: Vec<AddedToken> = SPECIAL_TOKENS
         .iter()
         .map(|t| AddedToken::from(*t, true))
@@ -164,7 +194,11 @@ pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize>
     if let Some(e) = failure.lock().unwrap().take() {
         return Err(e);
     }
-    let tokenizer: Tokenizer = tokenizer.into();
+    Ok(tokenizer.into())
+}
+
+/// The special tokens must have ids 0, 1, 2 in order.
+fn check_special_ids(tokenizer: &Tokenizer, out: &Path) -> Result<()> {
     for (id, tok) in SPECIAL_TOKENS.iter().enumerate() {
         if tokenizer.token_to_id(tok) != Some(id as u32) {
             return Err(DataError::Tokenizer {
@@ -173,18 +207,26 @@ pub fn train(inputs: &[PathBuf], cfg: &TrainConfig, out: &Path) -> Result<usize>
             });
         }
     }
-    let vocab = tokenizer.get_vocab_size(true);
-    let json = tokenizer.to_string(true).map_err(tok_err(out))?;
-    let config =
-        serde_json::to_string_pretty(&tokenizer_config(cfg)).expect("static JSON serialises");
-    fingerprint::write_files_atomically(
-        out,
-        &[
-            ("tokenizer.json", json.as_bytes()),
-            ("tokenizer_config.json", config.as_bytes()),
-        ],
-    )?;
-    Ok(vocab)
+    Ok(())
+}
+
+/// `out/resolved_config.json`: the inputs, output, settings, vocabulary reached and fingerprint.
+fn write_resolved_config(
+    inputs: &[PathBuf],
+    cfg: &TrainConfig,
+    out: &Path,
+    trained: &Trained,
+) -> Result<()> {
+    let resolved = json!({
+        "stage": "tokenize train-tokenizer", "inputs": inputs, "out": out, "vocab_size": cfg.vocab_size,
+        "min_frequency": cfg.min_frequency, "model_max_length": cfg.model_max_length, "split_han": cfg.split_han, "vocab_size_reached": trained.vocab_size,
+        "tokenizer_fingerprint": trained.fingerprint,
+    });
+    let text = serde_json::to_string_pretty(&resolved).expect("JSON values serialise");
+    Ok(zerolm_io::write_atomically(
+        &out.join("resolved_config.json"),
+        text.as_bytes(),
+    )?)
 }
 
 /// `tokenizer_config.json` as `transformers.AutoTokenizer` expects it.
@@ -244,18 +286,13 @@ impl TokenizerDir {
     pub fn load(dir: &Path) -> Result<TokenizerDir> {
         let tok_path = dir.join("tokenizer.json");
         let cfg_path = dir.join("tokenizer_config.json");
-        let bytes = std::fs::read(&tok_path).map_err(|source| DataError::Read {
-            path: tok_path.clone(),
-            cause: source,
-        })?;
+        let bytes = std::fs::read(&tok_path).map_err(|cause| IoError::read(&tok_path, cause))?;
         let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer {
             path: tok_path.clone(),
             msg: e.to_string(),
         })?;
-        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| DataError::Read {
-            path: cfg_path.clone(),
-            cause: source,
-        })?;
+        let cfg_text =
+            std::fs::read_to_string(&cfg_path).map_err(|cause| IoError::read(&cfg_path, cause))?;
         let cfg: Value = serde_json::from_str(&cfg_text).map_err(|e| DataError::BadFile {
             path: cfg_path.clone(),
             msg: format!("malformed JSON: {e}"),

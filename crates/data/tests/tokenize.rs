@@ -518,8 +518,7 @@ fn token_files_record_provenance_and_readers_check_it() {
     );
     let file = artifact::read(&tmp("prov.parquet"), Kind::Sft).unwrap();
     let inputs: serde_json::Value = serde_json::from_str(&file.metadata[keys::INPUTS]).unwrap();
-    let (hash, _) =
-        zerolm_data::fingerprint::file(&fixtures().join("sft/conversations.jsonl")).unwrap();
+    let (hash, _) = zerolm_io::hash_file(&fixtures().join("sft/conversations.jsonl")).unwrap();
     assert_eq!(inputs[0]["blake3"], hash);
     assert_eq!(inputs[0]["format"], "conversations");
     let counts: serde_json::Value = serde_json::from_str(&file.metadata[keys::COUNTS]).unwrap();

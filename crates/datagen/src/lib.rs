@@ -25,6 +25,16 @@ pub enum GenError {
     Config(String),
 }
 
+impl GenError {
+    /// A setting, or a write refused because of the path given, is the user's to fix.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            GenError::Io { source, .. } => zerolm_io::is_user_fixable(source),
+            GenError::Config(_) => true,
+        }
+    }
+}
+
 /// Sizes of the generated dataset. [`GenConfig::default`] is what `data/` ships.
 #[derive(Debug, Clone)]
 pub struct GenConfig {

@@ -13,6 +13,12 @@ pub enum ModelError {
     /// Input the model cannot take (ids out of range, too long).
     #[error("model input: {0}")]
     Input(String),
+    /// A device that cannot be used (`--device`).
+    #[error("{0}")]
+    Device(String),
+    /// A tokenizer or template problem of a model directory.
+    #[error(transparent)]
+    Data(#[from] zerolm_data::DataError),
     #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
@@ -32,6 +38,10 @@ impl ModelError {
 
     /// Whether the user can fix this (bad file or setting) rather than it being a bug.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, ModelError::Candle(_))
+        match self {
+            ModelError::Data(e) => e.is_user_error(),
+            ModelError::Candle(_) => false,
+            _ => true,
+        }
     }
 }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use zerolm_data::fingerprint;
 use zerolm_model::io::{load_safetensors, safetensors_bytes};
 
 use crate::TrainError;
@@ -78,7 +77,7 @@ pub fn save(
     let opt_bytes = safetensors_bytes(optimizer, &meta)?;
     let state_bytes = serde_json::to_vec_pretty(state).expect("state serialises");
     let dir = step_dir(root, state.step);
-    fingerprint::write_files_atomically(
+    zerolm_io::write_files_atomically(
         &dir,
         &[
             ("model.safetensors", &model_bytes),

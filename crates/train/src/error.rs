@@ -31,6 +31,8 @@ pub enum TrainError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
+    Io(#[from] zerolm_io::IoError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
@@ -41,6 +43,7 @@ impl TrainError {
             TrainError::Config(_) | TrainError::Resume(_) | TrainError::Diverged { .. } => true,
             TrainError::Data(e) => e.is_user_error(),
             TrainError::Model(e) => e.is_user_error(),
+            TrainError::Io(e) => e.is_user_error(),
             TrainError::Write { .. } | TrainError::Internal(_) | TrainError::Candle(_) => false,
         }
     }

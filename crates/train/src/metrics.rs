@@ -1,5 +1,6 @@
-//! Metrics: one JSON object per line in `metrics.jsonl` (train rows and `eval_`-prefixed eval rows),
-//! and the live display (a progress bar on a terminal, log lines otherwise).
+//! Metrics: one JSON object per line in `metrics.jsonl` (train rows and `eval_`-prefixed eval rows;
+//! read back with `zerolm_io::read_rows`), and the live display (a progress bar on a terminal, log
+//! lines otherwise).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ impl MetricsLog {
         if !text.is_empty() {
             text.push('\n');
         }
-        zerolm_data::fingerprint::write_atomically(path, text.as_bytes())?;
+        zerolm_io::write_atomically(path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
@@ -64,15 +65,6 @@ impl MetricsLog {
                 cause,
             })
     }
-}
-
-/// Reads every row of a metrics file (for reports and tests).
-pub fn read_rows(path: &Path) -> Vec<Map<String, Value>> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?.as_object().cloned())
-        .collect()
 }
 
 /// The live view of a run.

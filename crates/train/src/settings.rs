@@ -2,6 +2,8 @@
 //! `--set key=value`. Every override is checked against the defaults: an unknown key is an error that
 //! names the nearest known keys, and a value must parse as the type of the value it replaces.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zerolm_model::ModelConfig;
@@ -114,7 +116,7 @@ impl TrainConfig {
             return bad("weight_decay and grad_clip must be non-negative");
         }
         if let Some(p) = &self.train_only {
-            crate::adamw::compile_train_only(p)?;
+            crate::params::compile_train_only(p)?;
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1 (resume needs one)");
@@ -128,6 +130,94 @@ impl TrainConfig {
         self.model
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))
+    }
+}
+
+/// Where a run's settings come from, each layer over the one before: the stage's defaults for the
+/// preset, the `--config` YAML file, the dedicated flags, then `--set key=value` overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Layers {
+    /// `--preset` (wins over the YAML's `preset:`).
+    pub preset: Option<String>,
+    pub config_file: Option<PathBuf>,
+    pub flags: Overrides,
+    pub sets: Vec<String>,
+}
+
+/// The settings that have a flag of their own (`--lr`, `--max-len`, …), typed.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub seed: Option<u64>,
+    pub seq_len: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lr: Option<f64>,
+    pub save_every: Option<usize>,
+    pub eval_every: Option<usize>,
+    pub train_only: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, cfg: &mut TrainConfig) {
+        let set = |slot: &mut usize, v: Option<usize>| *slot = v.unwrap_or(*slot);
+        cfg.seed = self.seed.unwrap_or(cfg.seed);
+        set(&mut cfg.seq_len, self.seq_len);
+        set(&mut cfg.max_steps, self.max_steps);
+        set(&mut cfg.epochs, self.epochs);
+        set(&mut cfg.batch_size, self.batch_size);
+        set(&mut cfg.grad_accum, self.grad_accum);
+        cfg.lr = self.lr.unwrap_or(cfg.lr);
+        set(&mut cfg.save_every, self.save_every);
+        set(&mut cfg.eval_every, self.eval_every);
+        if let Some(p) = &self.train_only {
+            cfg.train_only = Some(p.clone());
+        }
+    }
+}
+
+impl Layers {
+    /// The resolved settings, and whether the user set `model.vocab_size` explicitly. `defaults` gives a
+    /// stage's defaults for the preset (the flag's, else the YAML's `preset:`, else none).
+    pub fn resolve(
+        &self,
+        defaults: impl Fn(Option<&str>) -> Result<TrainConfig, TrainError>,
+    ) -> Result<(TrainConfig, bool), TrainError> {
+        let yaml = self.read_config_file()?;
+        let yaml_value: Value = match &yaml {
+            None => Value::Null,
+            Some((text, source)) => serde_yaml::from_str(text)
+                .map_err(|e| TrainError::Config(format!("{source}: not valid YAML: {e}")))?,
+        };
+        let preset = self.preset.clone().or_else(|| {
+            let named = yaml_value.get("preset").and_then(Value::as_str);
+            named.map(str::to_string)
+        });
+        let mut cfg = defaults(preset.as_deref())?;
+        if let Some((text, source)) = &yaml {
+            let label = cfg.preset.clone();
+            cfg = apply_yaml(&cfg, text, source)?;
+            cfg.preset = label; // the preset that shaped the model, even when --preset overrode the YAML's
+        }
+        self.flags.apply(&mut cfg);
+        let cfg = apply_sets(&cfg, &self.sets)?;
+        let in_sets = (self.sets.iter()).any(|s| s.trim_start().starts_with("model.vocab_size"));
+        let in_yaml = yaml_value
+            .get("model")
+            .and_then(|m| m.get("vocab_size"))
+            .is_some();
+        Ok((cfg, in_sets || in_yaml))
+    }
+
+    /// The `--config` file's text and its name, if one is given.
+    fn read_config_file(&self) -> Result<Option<(String, String)>, TrainError> {
+        let Some(p) = &self.config_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
+        Ok(Some((text, p.display().to_string())))
     }
 }
 
@@ -281,6 +371,102 @@ fn typed(old: &Value, new: &Value, key: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn layered(
+        preset: Option<&str>,
+        yaml: Option<&std::path::Path>,
+        flags: Overrides,
+        sets: &[&str],
+    ) -> Layers {
+        Layers {
+            preset: preset.map(str::to_string),
+            config_file: yaml.map(|p| p.to_path_buf()),
+            flags,
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn pretrain(preset: Option<&str>) -> Result<TrainConfig, TrainError> {
+        TrainConfig::pretrain_defaults(preset.unwrap_or("tiny"))
+    }
+
+    #[test]
+    fn yaml_preset_then_flags_then_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("c.yaml");
+        std::fs::write(&yaml, "preset: micro\nlr: 0.01\nbatch_size: 3\nmodel:\n  num_hidden_layers: 1\n  vocab_size: 7000\n").unwrap();
+        let batch5 = Overrides {
+            batch_size: Some(5),
+            ..Default::default()
+        };
+        let (c, explicit) = layered(None, Some(&yaml), batch5, &["batch_size=6"])
+            .resolve(pretrain)
+            .unwrap();
+        assert_eq!(c.preset, "micro");
+        assert_eq!(
+            c.model.hidden_size, 32,
+            "the YAML's preset shapes the model"
+        );
+        assert_eq!(c.model.num_hidden_layers, 1);
+        assert_eq!(c.lr, 0.01);
+        assert_eq!(
+            c.batch_size, 6,
+            "--set wins over the flag, the flag over the YAML"
+        );
+        assert!(explicit, "vocab_size given in the YAML");
+        let lr = Overrides {
+            lr: Some(0.5),
+            ..Default::default()
+        };
+        let (c, explicit) = layered(Some("tiny"), None, lr, &[])
+            .resolve(pretrain)
+            .unwrap();
+        assert_eq!((c.model.hidden_size, c.lr, explicit), (128, 0.5, false));
+        let (c, _) = layered(Some("tiny"), Some(&yaml), Overrides::default(), &[])
+            .resolve(pretrain)
+            .unwrap();
+        assert_eq!(
+            (c.preset.as_str(), c.model.hidden_size),
+            ("tiny", 128),
+            "--preset wins and is what is recorded"
+        );
+        let missing = std::path::Path::new("/no/such.yaml");
+        let e = layered(None, Some(missing), Overrides::default(), &[])
+            .resolve(pretrain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such.yaml"), "{e}");
+    }
+
+    #[test]
+    fn every_flag_lands_in_its_setting() {
+        let flags = Overrides {
+            seed: Some(7),
+            seq_len: Some(33),
+            max_steps: Some(9),
+            epochs: Some(4),
+            batch_size: Some(3),
+            grad_accum: Some(2),
+            lr: Some(0.25),
+            save_every: Some(5),
+            eval_every: Some(6),
+            train_only: Some("norm".into()),
+        };
+        let (c, _) = layered(None, None, flags, &[]).resolve(pretrain).unwrap();
+        assert_eq!(
+            (
+                c.seed,
+                c.seq_len,
+                c.max_steps,
+                c.epochs,
+                c.batch_size,
+                c.grad_accum
+            ),
+            (7, 33, 9, 4, 3, 2)
+        );
+        assert_eq!((c.lr, c.save_every, c.eval_every), (0.25, 5, 6));
+        assert_eq!(c.train_only.as_deref(), Some("norm"));
+    }
 
     #[test]
     fn sets_are_typed_and_reach_into_the_model() {

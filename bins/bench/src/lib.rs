@@ -1,0 +1,5 @@
+//! The benchmark behind the `bench` binary: zerolm's training step and forward pass against PyTorch's
+//! on this machine ([`rounds`]), each measurement in a worker process of its own ([`measure`]).
+
+pub mod measure;
+pub mod rounds;

@@ -1,0 +1,530 @@
+//! Causal grouped-query attention: per (batch, KV head) group, its query heads stacked into one
+//! matrix, in row blocks that see only the keys they may.
+
+use super::simd::{dot, exp, fold3, max_of, multiversion};
+use super::{gemm_raw, slice, values};
+use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `softmax(Q Kᵀ · scale + causal mask) V` for q [B, Tq, NH, D], k and v [B, Tk, NKV, D] (the layout
+/// the projections produce, so no transposes are needed); query head h reads KV head h / (NH / NKV),
+/// query i attends to keys 0..=i + (Tk − Tq), and the output is [B, Tq, NH, D].
+///
+/// Rows are processed in blocks of [`ROW_BLOCK`] queries, each against only the keys it may see, so the
+/// masked half of the score matrix is never computed. The forward keeps the probabilities (B·NH·Tq·Tk
+/// floats) for the backward.
+pub struct CausalAttention {
+    pub scale: f32,
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+const ROW_BLOCK: usize = 64;
+
+impl CausalAttention {
+    pub fn new(scale: f32) -> Self {
+        CausalAttention {
+            scale,
+            probs: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+struct Dims {
+    b: usize,
+    nh: usize,
+    nkv: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+        let (b, tq, nh, d) = q.shape().dims4()?;
+        let (b2, tk, nkv, d2) = k.shape().dims4()?;
+        if b2 != b || d2 != d || v.shape() != k.shape() || nkv == 0 || nh % nkv != 0 || tk < tq {
+            return Err(Error::Msg(format!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit together",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        Ok(Dims {
+            b,
+            nh,
+            nkv,
+            tq,
+            tk,
+            d,
+        })
+    }
+
+    /// Row blocks: (first row, rows, keys visible to the block's last row).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.tq).step_by(ROW_BLOCK).map(move |r0| {
+            let rows = ROW_BLOCK.min(self.tq - r0);
+            (r0, rows, r0 + rows + self.tk - self.tq)
+        })
+    }
+
+    /// Offset of query (or output) head `h`, row 0, of batch `bi`; rows are `q_rs` apart.
+    fn q_at(&self, bi: usize, h: usize) -> usize {
+        bi * self.tq * self.nh * self.d + h * self.d
+    }
+
+    fn q_rs(&self) -> usize {
+        self.nh * self.d
+    }
+
+    /// Distance between consecutive positions' rows in k and v.
+    fn kv_rs(&self) -> usize {
+        self.nkv * self.d
+    }
+
+    /// Query heads per KV head.
+    fn rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+
+    /// Offset of KV head `g`'s first row in batch `bi` (k, v).
+    fn kv_group_at(&self, bi: usize, g: usize) -> usize {
+        bi * self.tk * self.nkv * self.d + g * self.d
+    }
+
+    /// Floats of one group's probabilities: its `rep` query heads × Tq × Tk.
+    fn group_probs_len(&self) -> usize {
+        self.rep() * self.tq * self.tk
+    }
+
+    /// The rows of KV group `g`'s query heads in batch `bi` of a [B, Tq, NH, D] tensor, as one
+    /// contiguous [Tq · rep, D] matrix, position-major (row t·rep + r is head g·rep + r at position t).
+    /// In the input those `rep` heads are already adjacent at each position.
+    fn gather_group(&self, src: &[f32], bi: usize, g: usize) -> Vec<f32> {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        let mut out = Vec::with_capacity(self.tq * w);
+        for t in 0..self.tq {
+            out.extend_from_slice(&src[at + t * self.q_rs()..][..w]);
+        }
+        out
+    }
+
+    /// The inverse of [`Dims::gather_group`]: writes a group's [Tq · rep, D] rows into `dst`.
+    fn scatter_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
+        let w = self.rep() * self.d;
+        let at = self.q_at(bi, g * self.rep());
+        for (t, row) in rows.chunks(w).enumerate() {
+            dst[at + t * self.q_rs()..][..w].copy_from_slice(row);
+        }
+    }
+
+    /// Writes KV group `g`'s [Tk, D] rows (its dK or dV) into that head of batch `bi` of a
+    /// [B, Tk, NKV, D] tensor.
+    fn scatter_kv_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
+        let at = self.kv_group_at(bi, g);
+        for (i, row) in rows.chunks(self.d).enumerate() {
+            dst[at + i * self.kv_rs()..][..self.d].copy_from_slice(row);
+        }
+    }
+}
+
+/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart, single-threaded
+/// (the attention kernels parallelise over heads).
+#[allow(clippy::too_many_arguments)]
+fn gemm_rs(
+    c: &mut [f32],
+    c_rs: usize,
+    mnk: (usize, usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+    scale: f32,
+) {
+    // SAFETY: `c` is an initialised slice of `c.len()` floats.
+    unsafe {
+        gemm_raw(
+            c.as_mut_ptr(),
+            c.len(),
+            c_rs,
+            mnk,
+            a,
+            a_strides,
+            b,
+            b_strides,
+            accumulate,
+            scale,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `Σ row[i]`.
+#[inline(always)]
+fn sum_of(row: &[f32]) -> f32 {
+    fold3(row, row, row, 0.0, |x, _, _| x, |x, y| x + y)
+}
+
+multiversion! {
+    /// Softmax of each row of `p` (rows `tk` apart) over its first `first_live + i / per_position`
+    /// entries (row `i`; `per_position` consecutive rows share a query position); the rest of the row,
+    /// the masked keys, is set to 0.
+    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize, per_position: usize) {
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            let live = first_live + i / per_position;
+            let max = max_of(&row[..live]);
+            for x in &mut row[..live] {
+                *x = exp(*x - max);
+            }
+            let inv = 1.0 / sum_of(&row[..live]);
+            for x in &mut row[..live] {
+                *x *= inv;
+            }
+            row[live..].fill(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward in place over the first `keys` entries of each row: `dP ← P ⊙ (dP − Σ dP·P) · scale`.
+    fn softmax_grad_rows(p: &[f32], dp: &mut [f32], tk: usize, keys: usize, scale: f32) {
+        for (prow, dprow) in p.chunks(tk).zip(dp.chunks_mut(tk)) {
+            let (prow, dprow) = (&prow[..keys], &mut dprow[..keys]);
+            let dot = dot(prow, dprow);
+            for (x, pv) in dprow.iter_mut().zip(prow) {
+                *x = pv * (*x - dot) * scale;
+            }
+        }
+    }
+}
+
+impl CausalAttention {
+    /// Probabilities of KV group `g` of batch `bi` into `p` [Tq · rep, Tk] (row t·rep + r: query head
+    /// g·rep + r at position t; masked entries 0), from the group's gathered queries `qg`. The `rep`
+    /// heads that read the same keys are stacked, so each block is one matrix product `rep` times taller.
+    fn group_probs(&self, qg: &[f32], k: &[f32], dm: &Dims, bi: usize, g: usize, p: &mut [f32]) {
+        let (rep, kv0) = (dm.rep(), dm.kv_group_at(bi, g));
+        let shift = dm.tk - dm.tq;
+        for (r0, rows, keys) in dm.blocks() {
+            let pb = &mut p[r0 * rep * dm.tk..][..rows * rep * dm.tk];
+            // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1, column stride kv_rs.
+            gemm_rs(
+                pb,
+                dm.tk,
+                (rows * rep, keys, dm.d),
+                &qg[r0 * rep * dm.d..],
+                (dm.d, 1),
+                &k[kv0..],
+                (1, dm.kv_rs()),
+                false,
+                self.scale,
+            );
+            softmax_rows(pb, dm.tk, r0 + shift + 1, rep);
+        }
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "zerolm-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1, l2, l3)?;
+        let (q, k, v) = (
+            slice(s1, l1, "attention q")?,
+            slice(s2, l2, "attention k")?,
+            slice(s3, l3, "attention v")?,
+        );
+        let rep = dm.rep();
+        let mut out = vec![0f32; dm.b * dm.tq * dm.nh * dm.d];
+        let mut probs = vec![0f32; dm.b * dm.nh * dm.tq * dm.tk];
+        // One task per (batch, KV head) group, each filling its probabilities and returning its
+        // heads' outputs as [Tq · rep, D] rows, scattered into the [B, Tq, NH, D] output afterwards.
+        let groups: Vec<Vec<f32>> = probs
+            .par_chunks_mut(dm.group_probs_len())
+            .enumerate()
+            .map(|(gi, p)| {
+                let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+                let kv0 = dm.kv_group_at(bi, g);
+                let qg = dm.gather_group(q, bi, g);
+                self.group_probs(&qg, k, &dm, bi, g, p);
+                let mut o = vec![0f32; dm.tq * rep * dm.d];
+                for (r0, rows, keys) in dm.blocks() {
+                    gemm_rs(
+                        &mut o[r0 * rep * dm.d..],
+                        dm.d,
+                        (rows * rep, dm.d, keys),
+                        &p[r0 * rep * dm.tk..],
+                        (dm.tk, 1),
+                        &v[kv0..],
+                        (dm.kv_rs(), 1),
+                        false,
+                        1.0,
+                    );
+                }
+                o
+            })
+            .collect();
+        for (gi, o) in groups.iter().enumerate() {
+            dm.scatter_group(&mut out, o, gi / dm.nkv, gi % dm.nkv);
+        }
+        *self.probs.lock().expect("attention cache") = Some(probs);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::of(q.layout(), k.layout(), v.layout())?;
+        let (qv, kv, vv, go) = (values(q)?, values(k)?, values(v)?, values(grad)?);
+        let gn = dm.group_probs_len();
+        let cached = self
+            .probs
+            .lock()
+            .expect("attention cache")
+            .take()
+            .filter(|p| p.len() == dm.b * dm.nkv * gn);
+        // One task per (batch, KV head) group: its query heads stacked as in the forward; it owns
+        // that head's dK, dV and its query heads' dQ, scattered into place afterwards.
+        let groups: Vec<GroupGrads> = (0..dm.b * dm.nkv)
+            .into_par_iter()
+            .map(|gi| {
+                let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+                let kv0 = dm.kv_group_at(bi, g);
+                let qg = dm.gather_group(&qv, bi, g);
+                let dog = dm.gather_group(&go, bi, g);
+                let own;
+                let p: &[f32] = match &cached {
+                    Some(all) => &all[gi * gn..][..gn],
+                    None => {
+                        let mut p = vec![0f32; gn];
+                        self.group_probs(&qg, &kv, &dm, bi, g, &mut p);
+                        own = p;
+                        &own
+                    }
+                };
+                let group = GroupInputs {
+                    dm: &dm,
+                    kv0,
+                    qg: &qg,
+                    dog: &dog,
+                    k: &kv,
+                    v: &vv,
+                    p,
+                };
+                self.group_grads(&group)
+            })
+            .collect();
+        let mut dq = vec![0f32; qv.len()];
+        let mut dk = vec![0f32; kv.len()];
+        let mut dv = vec![0f32; vv.len()];
+        for (gi, grads) in groups.iter().enumerate() {
+            let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+            dm.scatter_group(&mut dq, &grads.dq, bi, g);
+            dm.scatter_kv_group(&mut dk, &grads.dk, bi, g);
+            dm.scatter_kv_group(&mut dv, &grads.dv, bi, g);
+        }
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// What the backward of one (batch, KV head) group reads: its query heads' rows and their output
+/// gradient gathered as in the forward ([Tq · rep, D]), its probabilities `p` [Tq · rep, Tk], and k, v
+/// with its KV head at `kv0`.
+struct GroupInputs<'a> {
+    dm: &'a Dims,
+    kv0: usize,
+    qg: &'a [f32],
+    dog: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    p: &'a [f32],
+}
+
+/// The gradients one (batch, KV head) group owns: its query heads' dQ as gathered rows [Tq · rep, D],
+/// and its KV head's dK and dV [Tk, D].
+struct GroupGrads {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+impl CausalAttention {
+    /// The backward of one group, row block by row block: through V (dV, dP), through the softmax (dS),
+    /// through the scores (dQ, dK).
+    fn group_grads(&self, x: &GroupInputs) -> GroupGrads {
+        let (dm, rep) = (x.dm, x.dm.rep());
+        let kn = dm.tk * dm.d;
+        let mut grads = GroupGrads {
+            dq: vec![0f32; dm.tq * rep * dm.d],
+            dk: vec![0f32; kn],
+            dv: vec![0f32; kn],
+        };
+        let mut dp = vec![0f32; dm.group_probs_len()];
+        for block in dm.blocks() {
+            let (r0, rows, keys) = block;
+            let dpb = &mut dp[r0 * rep * dm.tk..][..rows * rep * dm.tk];
+            x.value_grads(block, &mut grads.dv, dpb);
+            // dS = P ⊙ (dP − Σ_j dP·P), with the scale folded in for dQ and dK.
+            softmax_grad_rows(&x.p[r0 * rep * dm.tk..], dpb, dm.tk, keys, self.scale);
+            x.score_grads(block, dpb, &mut grads.dq, &mut grads.dk);
+        }
+        grads
+    }
+}
+
+impl GroupInputs<'_> {
+    /// Row block `(r0, rows, keys)` through V: dV += Pᵀ dO, and the block's dP = dO Vᵀ into `dpb`.
+    fn value_grads(
+        &self,
+        (r0, rows, keys): (usize, usize, usize),
+        dv: &mut [f32],
+        dpb: &mut [f32],
+    ) {
+        let (dm, rep) = (self.dm, self.dm.rep());
+        let n = rows * rep;
+        let pb = &self.p[r0 * rep * dm.tk..];
+        let dob = &self.dog[r0 * rep * dm.d..];
+        // dV += Pᵀ dO
+        gemm_rs(
+            dv,
+            dm.d,
+            (keys, dm.d, n),
+            pb,
+            (1, dm.tk),
+            dob,
+            (dm.d, 1),
+            true,
+            1.0,
+        );
+        // dP = dO Vᵀ
+        gemm_rs(
+            dpb,
+            dm.tk,
+            (n, keys, dm.d),
+            dob,
+            (dm.d, 1),
+            &self.v[self.kv0..],
+            (1, dm.kv_rs()),
+            false,
+            1.0,
+        );
+    }
+
+    /// Row block `(r0, rows, keys)` through the scores, from its dS in `dsb`: dQ = dS K, dK += dSᵀ Q.
+    fn score_grads(
+        &self,
+        (r0, rows, keys): (usize, usize, usize),
+        dsb: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+    ) {
+        let (dm, rep) = (self.dm, self.dm.rep());
+        let n = rows * rep;
+        // dQ = dS K, dK += dSᵀ Q
+        gemm_rs(
+            &mut dq[r0 * rep * dm.d..],
+            dm.d,
+            (n, dm.d, keys),
+            dsb,
+            (dm.tk, 1),
+            &self.k[self.kv0..],
+            (dm.kv_rs(), 1),
+            false,
+            1.0,
+        );
+        gemm_rs(
+            dk,
+            dm.d,
+            (keys, dm.d, n),
+            dsb,
+            (1, dm.tk),
+            &self.qg[r0 * rep * dm.d..],
+            (dm.d, 1),
+            true,
+            1.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fused::tests_support::{check, close, grads_on_threads, randn};
+    use crate::ops;
+    use crate::SplitMix64;
+    use candle_core::Var;
+
+    #[test]
+    fn attention_matches_composed_including_gqa_and_an_offset() {
+        let mut rng = SplitMix64::new(1);
+        for (b, nh, nkv, tq, tk, d) in [
+            (2, 4, 2, 7, 7, 8),
+            (1, 2, 2, 3, 5, 4),
+            (2, 6, 1, 9, 9, 16),
+            (1, 4, 2, 130, 141, 8),
+        ] {
+            let q = randn(&mut rng, &[b, tq, nh, d], 1.0);
+            let k = randn(&mut rng, &[b, tk, nkv, d], 1.0);
+            let v = randn(&mut rng, &[b, tk, nkv, d], 1.0);
+            let scale = 1.0 / (d as f64).sqrt();
+            check(
+                "attention",
+                &[q, k, v],
+                |x| ops::causal_attention(&x[0], &x[1], &x[2], scale),
+                |x| ops::causal_attention_composed(&x[0], &x[1], &x[2], scale),
+            );
+        }
+        // A second backward finds the forward's probabilities already used and recomputes them.
+        let q = Var::from_tensor(&randn(&mut rng, &[2, 33, 4, 8], 1.0)).unwrap();
+        let k = randn(&mut rng, &[2, 40, 2, 8], 1.0);
+        let v = randn(&mut rng, &[2, 40, 2, 8], 1.0);
+        let y = ops::causal_attention(q.as_tensor(), &k, &v, 0.3).unwrap();
+        let loss = (&y * &randn(&mut rng, y.dims(), 1.0))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        close(
+            first.get(q.as_tensor()).unwrap(),
+            second.get(q.as_tensor()).unwrap(),
+            1e-7,
+            "recomputed attention gradient",
+        );
+    }
+
+    #[test]
+    fn attention_gives_the_same_bits_for_any_thread_count() {
+        let mut rng = SplitMix64::new(3);
+        let q = randn(&mut rng, &[2, 100, 4, 16], 1.0);
+        let k = randn(&mut rng, &[2, 100, 2, 16], 1.0);
+        let v = randn(&mut rng, &[2, 100, 2, 16], 1.0);
+        let run = |threads| {
+            grads_on_threads(threads, &[q.clone(), k.clone(), v.clone()], |x| {
+                ops::causal_attention(&x[0], &x[1], &x[2], 0.25)
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}

@@ -1,0 +1,314 @@
+//! Elementwise and row-wise kernels: SwiGLU, RMSNorm and RoPE, each parallel over fixed-size pieces
+//! of independent rows.
+
+use super::simd::{dot, exp, fold3, multiversion};
+use super::{grads2, slice, values};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per parallel task: fixed, so results never depend on the thread count.
+const CHUNK: usize = 1 << 14;
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `silu(gate) · up`.
+pub struct SwiGlu;
+
+multiversion! {
+    fn swiglu_fwd(o: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+}
+
+multiversion! {
+    fn swiglu_bwd(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]) {
+        let n = dg.len().min(du.len()).min(g.len()).min(u.len()).min(dy.len());
+        for i in 0..n {
+            let (x, y, d) = (g[i], u[i], dy[i]);
+            let s = sigmoid(x);
+            du[i] = d * x * s;
+            dg[i] = d * y * s * (1.0 + x * (1.0 - s));
+        }
+    }
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "zerolm-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(Error::Msg("swiglu: gate and up differ in shape".into()));
+        }
+        let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| swiglu_fwd(o, g, u));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, u, dy) = (values(gate)?, values(up)?, values(grad)?);
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let at = c * CHUNK;
+                let n = dg.len();
+                swiglu_bwd(dg, du, &g[at..at + n], &u[at..at + n], &dy[at..at + n]);
+            });
+        grads2(gate, dg, up, du)
+    }
+}
+
+/// RMSNorm over the last dimension, HF order: `x / sqrt(mean(x²) + eps) · w`.
+pub struct RmsNorm {
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    #[inline(always)]
+    fn inv_rms(row: &[f32], eps: f32) -> f32 {
+        let ms = dot(row, row) / row.len() as f32;
+        1.0 / (ms + eps).sqrt()
+    }
+}
+
+multiversion! {
+    fn rms_norm_rows(o: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
+            let r = RmsNorm::inv_rms(x, eps);
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// RMSNorm backward over whole rows: fills `dx` and adds this block's share of dW into `dw`.
+    fn rms_norm_grad_rows(dx: &mut [f32], dw: &mut [f32], x: &[f32], dy: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+            let (dx, x, dy, dw) = (&mut dx[..h], &x[..h], &dy[..h], &mut dw[..h]);
+            let r = RmsNorm::inv_rms(x, eps);
+            // dot = mean(dy · w · x̂)
+            let dot = fold3(dy, w, x, 0.0, |dy, w, x| dy * w * (x * r), |a, b| a + b) / h as f32;
+            for j in 0..h {
+                dw[j] += dy[j] * (x[j] * r);
+                dx[j] = r * (dy[j] * w[j] - x[j] * r * dot);
+            }
+        }
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "zerolm-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (
+            slice(s1, l1, "rms_norm x")?,
+            slice(s2, l2, "rms_norm weight")?,
+        );
+        let h = w.len();
+        if h == 0 || x.len() % h != 0 || l1.shape().dims().last() != Some(&h) {
+            return Err(Error::Msg(
+                "rms_norm: weight does not match the last dimension".into(),
+            ));
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows = (CHUNK / h).max(1);
+        out.par_chunks_mut(rows * h)
+            .zip(x.par_chunks(rows * h))
+            .for_each(|(o, x)| rms_norm_rows(o, x, w, self.eps));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
+        let h = wv.len();
+        let rows = (CHUNK / h).max(1);
+        let mut dx = vec![0f32; xv.len()];
+        // Each task returns its partial dW; the partials are added in task order.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows * h)
+            .zip(xv.par_chunks(rows * h).zip(dy.par_chunks(rows * h)))
+            .map(|(dx, (x, dy))| {
+                let mut dw = vec![0f32; h];
+                rms_norm_grad_rows(dx, &mut dw, x, dy, &wv, self.eps);
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; h];
+        for p in partials {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        grads2(x, dx, w, dw)
+    }
+}
+
+/// RoPE in the Hugging Face `rotate_half` layout on x [B, T, H, D] (positions on axis 1) with tables
+/// cos, sin [T, D] whose two halves are equal: `x · cos + rotate_half(x) · sin`.
+pub struct Rope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub t: usize,
+    pub d: usize,
+}
+
+multiversion! {
+    /// Rotates each `d`-vector of `x` (one position, all heads) by the angles in `c`, `s` (`sign` −1:
+    /// the inverse rotation).
+    fn rope_rows(o: &mut [f32], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
+        let d = c.len();
+        let half = d / 2;
+        for (or, xr) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let (or, xr, s) = (&mut or[..d], &xr[..d], &s[..d]);
+            for j in 0..half {
+                let (a, b) = (xr[j], xr[j + half]);
+                or[j] = a * c[j] - sign * b * s[j];
+                or[j + half] = b * c[j + half] + sign * a * s[j + half];
+            }
+        }
+    }
+}
+
+impl Rope {
+    /// `inverse = false`: the rotation; `true`: its transpose (the backward). `heads` per position.
+    fn apply(&self, x: &[f32], heads: usize, inverse: bool) -> Vec<f32> {
+        let (t, d) = (self.t, self.d);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        // One task per (batch, position): `heads` vectors of `d` rotated by the same angles.
+        out.par_chunks_mut(heads * d)
+            .zip(x.par_chunks(heads * d))
+            .enumerate()
+            .for_each(|(bp, (o, x))| {
+                let p = bp % t;
+                let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
+                rope_rows(o, x, c, s, sign);
+            });
+        out
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "zerolm-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "rope x")?;
+        let dims = l.shape().dims();
+        if dims.len() != 4 || dims[1] != self.t || dims[3] != self.d {
+            return Err(Error::Msg(format!(
+                "rope: input {dims:?} is not [B, {}, H, {}]",
+                self.t, self.d
+            )));
+        }
+        Ok((
+            CpuStorage::F32(self.apply(x, dims[2], false)),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dy = values(grad)?;
+        let heads = x.dim(2)?;
+        Ok(Some(Tensor::from_vec(
+            self.apply(&dy, heads, true),
+            x.shape(),
+            x.device(),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fused::tests_support::{check, grads_on_threads, randn};
+    use crate::ops;
+    use crate::SplitMix64;
+    use candle_core::Device;
+
+    #[test]
+    fn swiglu_rms_norm_and_rope_match_composed() {
+        let mut rng = SplitMix64::new(2);
+        let (g, u) = (
+            randn(&mut rng, &[3, 5, 40], 2.0),
+            randn(&mut rng, &[3, 5, 40], 1.0),
+        );
+        check(
+            "swiglu",
+            &[g, u],
+            |x| ops::swiglu(&x[0], &x[1]),
+            |x| ops::swiglu_composed(&x[0], &x[1]),
+        );
+        let x = randn(&mut rng, &[4, 3, 24], 1.5);
+        let w = randn(&mut rng, &[24], 1.0);
+        check(
+            "rms_norm",
+            &[x, w],
+            |x| ops::rms_norm(&x[0], &x[1], 1e-5),
+            |x| ops::rms_norm_composed(&x[0], &x[1], 1e-5),
+        );
+        let (cos, sin) = ops::rope_tables(8, 1e4, 3, 6, &Device::Cpu).unwrap();
+        let x = randn(&mut rng, &[2, 6, 3, 8], 1.0);
+        check(
+            "rope",
+            &[x],
+            |x| ops::rope(&x[0], &cos, &sin),
+            |x| ops::rope_composed(&x[0], &cos, &sin),
+        );
+    }
+
+    #[test]
+    fn rms_norm_gives_the_same_bits_for_any_thread_count() {
+        let mut rng = SplitMix64::new(6);
+        let x = randn(&mut rng, &[70, 300], 1.0);
+        let w = randn(&mut rng, &[300], 1.0);
+        let run = |threads| {
+            grads_on_threads(threads, &[x.clone(), w.clone()], |x| {
+                ops::rms_norm(&x[0], &x[1], 1e-5)
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}

@@ -1,0 +1,146 @@
+//! The run set-up every training stage shares: read and fingerprint its token files, describe the run
+//! in `resolved_config.json`, hand the task to the training loop, and export the result.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde_json::{json, Map, Value};
+use zerolm_data::artifact::{self, TokenFile};
+use zerolm_data::formats::Kind;
+use zerolm_data::tokenizer::TokenizerDir;
+use zerolm_train::checkpoint::InputFingerprint;
+use zerolm_train::trainer::{self, Outcome, RunSpec, Task};
+use zerolm_train::TrainError;
+
+use super::args::StageArgs;
+use super::export::{export_model_dir, Provenance};
+
+/// Reads token files of `kind`, refusing any made with another tokenizer; returns them with their
+/// content fingerprints under `role`.
+pub fn read_token_files(
+    paths: &[PathBuf],
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+    role: &str,
+) -> Result<(Vec<TokenFile>, Vec<InputFingerprint>), TrainError> {
+    let mut files = Vec::new();
+    let mut prints = Vec::new();
+    for path in paths {
+        let file = artifact::read(path, kind)?;
+        file.check_tokenizer(&tokenizer.fingerprint)?;
+        prints.push(fingerprint(path, role)?);
+        files.push(file);
+    }
+    Ok((files, prints))
+}
+
+/// A file a run depends on, by content, under `role`.
+pub fn fingerprint(path: &Path, role: &str) -> Result<InputFingerprint, TrainError> {
+    Ok(InputFingerprint {
+        role: role.to_string(),
+        path: path.display().to_string(),
+        blake3: zerolm_io::hash_file(path)?.0,
+    })
+}
+
+/// A stage's train and eval token files, read and checked, with their fingerprints (train, then eval).
+pub struct TokenInputs {
+    pub train: Vec<TokenFile>,
+    pub eval: Vec<TokenFile>,
+    pub prints: Vec<InputFingerprint>,
+}
+
+/// Reads `--input` (at least one) and `--eval-input` files of `kind`.
+pub fn read_inputs(
+    args: &StageArgs,
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+) -> Result<TokenInputs, TrainError> {
+    if args.inputs.is_empty() {
+        return Err(TrainError::Config(format!(
+            "no --input token file given (make one with `tokenize {}`)",
+            kind.name()
+        )));
+    }
+    let (train, mut prints) = read_token_files(&args.inputs, kind, tokenizer, "train")?;
+    let (eval, eval_prints) = read_token_files(&args.eval_inputs, kind, tokenizer, "eval")?;
+    prints.extend(eval_prints);
+    Ok(TokenInputs {
+        train,
+        eval,
+        prints,
+    })
+}
+
+/// A training stage ready to run: what it is, on what, and what it records besides the common keys.
+pub struct StageRun<'a> {
+    pub stage: &'a str,
+    pub args: &'a StageArgs,
+    pub tokenizer: &'a TokenizerDir,
+    pub inputs: Vec<InputFingerprint>,
+    pub total_steps: usize,
+    /// Stage-specific keys of `resolved_config.json` (e.g. `model`, `loss`).
+    pub resolved: Map<String, Value>,
+    /// Stage settings outside the training config that change the result (checked on resume).
+    pub stage_settings: Option<Value>,
+}
+
+impl StageRun<'_> {
+    /// Trains `task` from `init` (or resumes), then exports `<out>/model`.
+    pub fn train_and_export(
+        self,
+        task: &dyn Task,
+        init: BTreeMap<String, Tensor>,
+    ) -> Result<(Outcome, PathBuf), TrainError> {
+        let args = self.args;
+        let spec = RunSpec {
+            stage: self.stage,
+            out: &args.out,
+            cfg: &args.cfg,
+            resolved: self.resolved_config(),
+            inputs: self.inputs,
+            tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
+            threads: args.threads,
+            no_resume: args.no_resume,
+            progress: args.progress,
+            stage_settings: self.stage_settings,
+        };
+        let outcome = trainer::train(task, init, &spec)?;
+        let dir = args.out.join("model");
+        let config = serde_json::to_value(&args.cfg).expect("config serialises");
+        let prov = Provenance {
+            stage: self.stage,
+            step: outcome.step,
+            tokenizer_fingerprint: &spec.tokenizer_fingerprint,
+            inputs: &spec.inputs,
+            config: &config,
+        };
+        export_model_dir(
+            &dir,
+            &args.cfg.model,
+            &outcome.params,
+            self.tokenizer,
+            &prov,
+        )?;
+        Ok((outcome, dir))
+    }
+
+    /// `resolved_config.json`: the keys every stage writes, then the stage's own.
+    fn resolved_config(&self) -> Value {
+        let args = self.args;
+        let mut v = json!({
+            "stage": self.stage,
+            "command": args.command,
+            "threads": args.threads,
+            "tokenizer": self.tokenizer.dir.display().to_string(),
+            "tokenizer_fingerprint": self.tokenizer.fingerprint,
+            "inputs": self.inputs,
+            "total_steps": self.total_steps,
+            "config": serde_json::to_value(&args.cfg).expect("config serialises"),
+        });
+        let obj = v.as_object_mut().expect("an object");
+        obj.extend(self.resolved.clone());
+        v
+    }
+}

@@ -1,0 +1,621 @@
+//! Preference losses (the TRL `DPOTrainer` family; docs/dpo-losses.md gives each formula) and their
+//! metrics, on per-pair summed completion log-probs. Every loss is built from differentiable candle ops, so the
+//! gradient reaches the policy through `lc` / `lr`; reference values are constants.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Result as CResult, Tensor};
+
+use zerolm_train::TrainError;
+
+/// One loss of the family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    Sigmoid,
+    Hinge,
+    Ipo,
+    Robust,
+    ExoPair,
+    NcaPair,
+    BcoPair,
+    SppoHard,
+    ApoZero,
+    ApoDown,
+    Discopop,
+    SigmoidNorm,
+    Sft,
+    Simpo,
+    Orpo,
+}
+
+pub const LOSS_NAMES: &[(&str, LossKind)] = &[
+    ("sigmoid", LossKind::Sigmoid),
+    ("hinge", LossKind::Hinge),
+    ("ipo", LossKind::Ipo),
+    ("robust", LossKind::Robust),
+    ("exo_pair", LossKind::ExoPair),
+    ("nca_pair", LossKind::NcaPair),
+    ("bco_pair", LossKind::BcoPair),
+    ("sppo_hard", LossKind::SppoHard),
+    ("apo_zero", LossKind::ApoZero),
+    ("apo_down", LossKind::ApoDown),
+    ("discopop", LossKind::Discopop),
+    ("sigmoid_norm", LossKind::SigmoidNorm),
+    ("sft", LossKind::Sft),
+    ("simpo", LossKind::Simpo),
+    ("orpo", LossKind::Orpo),
+];
+
+impl LossKind {
+    /// Whether the loss uses reference log-probs.
+    pub fn needs_reference(self) -> bool {
+        !matches!(self, LossKind::Sft | LossKind::Simpo | LossKind::Orpo)
+    }
+}
+
+/// `--loss`: one or more losses with weights, e.g. `sigmoid` or `sigmoid:1,sft:0.2` (RPO).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossSpec(pub Vec<(LossKind, f64)>);
+
+impl LossSpec {
+    pub fn parse(s: &str) -> Result<LossSpec, TrainError> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = match part.split_once(':') {
+                Some((n, w)) => {
+                    let w: f64 = w.trim().parse().map_err(|_| {
+                        TrainError::Config(format!(
+                            "--loss {s}: weight `{w}` of `{n}` is not a number"
+                        ))
+                    })?;
+                    (n.trim(), w)
+                }
+                None => (part, 1.0),
+            };
+            let kind = LOSS_NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = LOSS_NAMES.iter().map(|(n, _)| *n).collect();
+                    TrainError::Config(format!(
+                        "--loss {s}: unknown loss `{name}`; known: {}",
+                        known.join(", ")
+                    ))
+                })?;
+            out.push((kind, weight));
+        }
+        if out.is_empty() {
+            return Err(TrainError::Config("--loss is empty".into()));
+        }
+        if let Some((k, w)) = out.iter().find(|(_, w)| !w.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "--loss {s}: the weight of {k:?} must be a finite number, got {w}"
+            )));
+        }
+        Ok(LossSpec(out))
+    }
+
+    pub fn needs_reference(&self) -> bool {
+        self.0.iter().any(|(k, _)| k.needs_reference())
+    }
+}
+
+/// Loss constants.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossParams {
+    pub beta: f64,
+    /// ε of `robust` and `exo_pair`.
+    pub label_smoothing: f64,
+    /// τ of `discopop`.
+    pub discopop_tau: f64,
+    /// γ of `simpo` (subtracted from the β-scaled length-normalised margin).
+    pub simpo_gamma: f64,
+    /// λ of `orpo`.
+    pub orpo_lambda: f64,
+}
+
+/// The loss settings as given on the command line; [`LossOptions::resolve`] checks them.
+#[derive(Clone, Debug)]
+pub struct LossOptions {
+    /// `--loss`, e.g. `sigmoid` or `sigmoid:1,sft:0.2`.
+    pub loss: String,
+    /// β; by default 0.1 (the article's), or 2.0 when the loss is `simpo` alone (SimPO's scale).
+    pub beta: Option<f64>,
+    pub label_smoothing: f64,
+    pub simpo_gamma: f64,
+    pub orpo_lambda: f64,
+}
+
+impl LossOptions {
+    /// The loss mix and its constants, or an error naming the flag that cannot work.
+    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
+    pub fn resolve(&self) -> Result<(LossSpec, LossParams), TrainError> {
+        let spec = LossSpec::parse(&self.loss)?;
+        let has = |k: LossKind| spec.0.iter().any(|(kind, _)| *kind == k);
+        let e = self.label_smoothing;
+        if !(0.0..0.5).contains(&e) {
+            return Err(TrainError::Config(format!(
+                "--label-smoothing must be in [0, 0.5), got {e}"
+            )));
+        }
+        if has(LossKind::ExoPair) && e <= 0.0 {
+            return Err(TrainError::Config(
+                "exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into(),
+            ));
+        }
+        if e > 0.0 && !has(LossKind::Robust) && !has(LossKind::ExoPair) {
+            return Err(TrainError::Config(
+                "--label-smoothing applies to robust and exo_pair only; this --loss would ignore it".into(),
+            ));
+        }
+        let simpo_only = spec.0.iter().all(|(k, _)| *k == LossKind::Simpo);
+        let beta = self.beta.unwrap_or(if simpo_only { 2.0 } else { 0.1 });
+        if !(beta > 0.0 && beta.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "--beta must be a positive number, got {beta}"
+            )));
+        }
+        let params = LossParams {
+            beta,
+            label_smoothing: e,
+            simpo_gamma: self.simpo_gamma,
+            orpo_lambda: self.orpo_lambda,
+            ..Default::default()
+        };
+        Ok((spec, params))
+    }
+}
+
+impl Default for LossParams {
+    fn default() -> Self {
+        LossParams {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            discopop_tau: 0.05,
+            simpo_gamma: 0.5,
+            orpo_lambda: 0.1,
+        }
+    }
+}
+
+/// Per-pair inputs, each [N] f32: policy (tracked) and reference (constant) summed completion
+/// log-probs and completion lengths in tokens.
+pub struct Pairs {
+    pub lc: Tensor,
+    pub lr: Tensor,
+    pub rc: Option<Tensor>,
+    pub rr: Option<Tensor>,
+    pub len_c: Tensor,
+    pub len_r: Tensor,
+}
+
+/// log σ(x), stably: min(x, 0) − log(1 + e^(−|x|)), with min(x, 0) written as (x − |x|)/2 so the
+/// gradient at exactly 0 is σ(0) = ½ (candle's relu′(0) = |·|′(0) = 1 would give 1.5 otherwise; a
+/// policy equal to its reference sits at exactly 0 on the first step).
+pub fn log_sigmoid(x: &Tensor) -> CResult<Tensor> {
+    let min0 = ((x - x.abs()?)? * 0.5)?;
+    min0 - (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+pub fn sigmoid(x: &Tensor) -> CResult<Tensor> {
+    log_sigmoid(x)?.exp()
+}
+
+/// The per-pair loss [N] of a pairwise kind (not `sft`, which is a batch token mean).
+pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, TrainError> {
+    let beta = k.beta;
+    let refs = || -> Result<(Tensor, Tensor), TrainError> {
+        match (&p.rc, &p.rr) {
+            (Some(rc), Some(rr)) => Ok(((&p.lc - rc)?, (&p.lr - rr)?)),
+            _ => Err(TrainError::Config(format!(
+                "loss {kind:?} needs reference log-probs"
+            ))),
+        }
+    };
+    let out = match kind {
+        LossKind::Sigmoid => {
+            let (cl, rl) = refs()?;
+            log_sigmoid(&((cl - rl)? * beta)?)?.neg()?
+        }
+        LossKind::Hinge => {
+            let (cl, rl) = refs()?;
+            ((cl - rl)? * -beta)?.affine(1.0, 1.0)?.relu()?
+        }
+        LossKind::Ipo => {
+            let (cl, rl) = refs()?;
+            let d = ((cl / &p.len_c)? - (rl / &p.len_r)?)?;
+            d.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?
+        }
+        LossKind::Robust => {
+            let (cl, rl) = refs()?;
+            let z = ((cl - rl)? * beta)?;
+            let e = k.label_smoothing;
+            ((log_sigmoid(&z)? * -(1.0 - e))? + (log_sigmoid(&z.neg()?)? * e)?)?
+                .affine(1.0 / (1.0 - 2.0 * e), 0.0)?
+        }
+        LossKind::ExoPair => {
+            let (cl, rl) = refs()?;
+            let e = k.label_smoothing;
+            let z = ((cl - rl)? * beta)?;
+            let q = sigmoid(&z)?;
+            let log_q = log_sigmoid(&z)?;
+            let log_1mq = log_sigmoid(&z.neg()?)?;
+            let a = (q.clone() * log_q.affine(1.0, -(1.0 - e).ln())?)?;
+            let b = (q.affine(-1.0, 1.0)? * log_1mq.affine(1.0, -e.ln())?)?;
+            (a + b)?
+        }
+        LossKind::NcaPair => {
+            let (cl, rl) = refs()?;
+            let c = (cl * beta)?;
+            let r = (rl * beta)?;
+            ((log_sigmoid(&c)?.neg()? - (log_sigmoid(&c.neg()?)? * 0.5)?)?
+                - (log_sigmoid(&r.neg()?)? * 0.5)?)?
+        }
+        LossKind::BcoPair => {
+            let (cl, rl) = refs()?;
+            (log_sigmoid(&(cl * beta)?)?.neg()? - log_sigmoid(&(rl * -beta)?)?)?
+        }
+        LossKind::SppoHard => {
+            let (cl, rl) = refs()?;
+            let h = 1.0 / (2.0 * beta);
+            (cl.affine(1.0, -h)?.sqr()? + rl.affine(1.0, h)?.sqr()?)?
+        }
+        LossKind::ApoZero => {
+            let (cl, rl) = refs()?;
+            (sigmoid(&(cl * beta)?)?.affine(-1.0, 1.0)? + sigmoid(&(rl * beta)?)?)?
+        }
+        LossKind::ApoDown => {
+            let (cl, rl) = refs()?;
+            let d = ((&cl - &rl)? * beta)?;
+            (sigmoid(&(cl * beta)?)? + sigmoid(&d)?.affine(-1.0, 1.0)?)?
+        }
+        LossKind::Discopop => {
+            let (cl, rl) = refs()?;
+            let z = ((cl - rl)? * beta)?;
+            let m = sigmoid(&(&z / k.discopop_tau)?)?;
+            let logistic = log_sigmoid(&z)?.neg()?;
+            // m·e^(−z) as exp(log m − z): no 0·∞ when z is very negative
+            let m_exp = (log_sigmoid(&(&z / k.discopop_tau)?)? - &z)?.exp()?;
+            ((m.affine(-1.0, 1.0)? * logistic)? + m_exp)?
+        }
+        LossKind::SigmoidNorm => {
+            let (cl, rl) = refs()?;
+            log_sigmoid(&(((cl / &p.len_c)? - (rl / &p.len_r)?)? * beta)?)?.neg()?
+        }
+        LossKind::Simpo => {
+            let m = ((&p.lc / &p.len_c)? - (&p.lr / &p.len_r)?)?;
+            log_sigmoid(&m.affine(beta, -k.simpo_gamma)?)?.neg()?
+        }
+        LossKind::Orpo => {
+            // log odds of each completion from its mean token log-prob p̄: log p̄ − log(1 − p̄).
+            // clamped below 0 so log(1 − e^m) stays finite for a memorised completion (m → 0)
+            let mc = (&p.lc / &p.len_c)?.minimum(-1e-6)?;
+            let mr = (&p.lr / &p.len_r)?.minimum(-1e-6)?;
+            let log_odds =
+                |m: &Tensor| -> CResult<Tensor> { m - m.exp()?.affine(-1.0, 1.0)?.log()? };
+            let ratio = (log_odds(&mc)? - log_odds(&mr)?)?;
+            (log_sigmoid(&ratio)? * -k.orpo_lambda)?
+        }
+        LossKind::Sft => return Err(TrainError::Internal("sft is not a pairwise loss".into())),
+    };
+    Ok(out)
+}
+
+/// The batch loss: Σ weight · (mean over pairs of the per-pair loss), where `sft` (and orpo's NLL
+/// term) is the token-mean cross-entropy of the chosen completions.
+pub fn batch_loss(spec: &LossSpec, p: &Pairs, k: &LossParams) -> Result<Tensor, TrainError> {
+    let chosen_nll = || -> Result<Tensor, TrainError> {
+        let tokens = p.len_c.sum_all()?.to_scalar::<f32>()? as f64;
+        Ok(p.lc.sum_all()?.affine(-1.0 / tokens.max(1.0), 0.0)?)
+    };
+    let mut total: Option<Tensor> = None;
+    for (kind, weight) in &spec.0 {
+        let term = match kind {
+            LossKind::Sft => chosen_nll()?,
+            LossKind::Orpo => (per_pair(*kind, p, k)?.mean_all()? + chosen_nll()?)?,
+            _ => per_pair(*kind, p, k)?.mean_all()?,
+        };
+        let term = (term * *weight)?;
+        total = Some(match total {
+            None => term,
+            Some(t) => (t + term)?,
+        });
+    }
+    total.ok_or_else(|| TrainError::Config("no loss".into()))
+}
+
+/// TRL's metrics for a batch (without logits): rewards/* from β·(policy − reference) (or β·policy when
+/// reference-free), logps/* the mean summed log-probs.
+pub fn reward_metrics(p: &Pairs, beta: f64) -> Result<BTreeMap<String, f64>, TrainError> {
+    let v = |t: &Tensor| -> Result<Vec<f64>, TrainError> {
+        Ok(t.detach()
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?)
+    };
+    let (lc, lr) = (v(&p.lc)?, v(&p.lr)?);
+    let (rc, rr) = match (&p.rc, &p.rr) {
+        (Some(a), Some(b)) => (v(a)?, v(b)?),
+        _ => (vec![0.0; lc.len()], vec![0.0; lr.len()]),
+    };
+    let n = lc.len() as f64;
+    let chosen: Vec<f64> = lc.iter().zip(&rc).map(|(a, b)| beta * (a - b)).collect();
+    let rejected: Vec<f64> = lr.iter().zip(&rr).map(|(a, b)| beta * (a - b)).collect();
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / n;
+    let mut m = BTreeMap::new();
+    m.insert("rewards/chosen".into(), mean(&chosen));
+    m.insert("rewards/rejected".into(), mean(&rejected));
+    m.insert("rewards/margins".into(), mean(&chosen) - mean(&rejected));
+    m.insert(
+        "rewards/accuracies".into(),
+        chosen.iter().zip(&rejected).filter(|(c, r)| c > r).count() as f64 / n,
+    );
+    m.insert("logps/chosen".into(), mean(&lc));
+    m.insert("logps/rejected".into(), mean(&lr));
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::f64::consts::LN_2;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    fn pairs(lc: &[f32], lr: &[f32], rc: &[f32], rr: &[f32]) -> Pairs {
+        let n = lc.len();
+        Pairs {
+            lc: t(lc),
+            lr: t(lr),
+            rc: Some(t(rc)),
+            rr: Some(t(rr)),
+            len_c: t(&vec![5.0; n]),
+            len_r: t(&vec![5.0; n]),
+        }
+    }
+
+    fn vals(x: &Tensor) -> Vec<f32> {
+        x.to_vec1().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((*x as f64 - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn test_vector_one_sigmoid_hinge_and_rewards() {
+        let p = pairs(
+            &[-0.5, -10.0, -1.0],
+            &[-0.1, -30.0, -21.0],
+            &[-0.5, -10.1, -0.1],
+            &[-0.1, -20.1, -0.1],
+        );
+        let k = LossParams::default();
+        close(
+            &vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()),
+            &[LN_2, 0.313262, 0.126928],
+        );
+        close(
+            &vals(&per_pair(LossKind::Hinge, &p, &k).unwrap()),
+            &[1.0, 0.0, 0.0],
+        );
+        let m = reward_metrics(&p, 0.1).unwrap();
+        assert!((m["rewards/chosen"] - (0.0 + 0.01 - 0.09) / 3.0).abs() < 1e-6);
+        assert!((m["rewards/margins"] - 1.0).abs() < 1e-5, "{m:?}"); // mean of [0, 1, 2]
+        assert!((m["rewards/accuracies"] - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn test_vector_two_sigmoid_mean() {
+        let p = pairs(
+            &[-3.0, -2.5, -4.0, -1.5],
+            &[-5.0, -3.5, -6.0, -2.5],
+            &[-2.8, -2.3, -3.8, -1.4],
+            &[-3.2, -2.7, -4.2, -1.8],
+        );
+        let k = LossParams::default();
+        close(
+            &vals(&per_pair(LossKind::Sigmoid, &p, &k).unwrap()),
+            &[0.616344, 0.663597, 0.616344, 0.663597],
+        );
+        let mean = batch_loss(&LossSpec::parse("sigmoid").unwrap(), &p, &k)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((mean as f64 - 0.639970).abs() < 1e-5);
+    }
+
+    #[test]
+    fn values_at_init_match_the_formula_sheet() {
+        // policy = reference: Δ = cl = rl = 0.
+        let p = pairs(&[-4.0, -7.0], &[-6.0, -2.0], &[-4.0, -7.0], &[-6.0, -2.0]);
+        let mut k = LossParams::default();
+        for (kind, want) in [
+            (LossKind::Sigmoid, LN_2),
+            (LossKind::Robust, LN_2),
+            (LossKind::Hinge, 1.0),
+            (LossKind::ApoZero, 1.0),
+            (LossKind::ApoDown, 1.0),
+            (LossKind::Ipo, 25.0),
+            (LossKind::SppoHard, 50.0),
+            (LossKind::NcaPair, 1.386294),
+            (LossKind::BcoPair, 1.386294),
+            (LossKind::Discopop, 0.846574),
+            (LossKind::SigmoidNorm, LN_2),
+        ] {
+            close(&vals(&per_pair(kind, &p, &k).unwrap()), &[want, want]);
+        }
+        k.label_smoothing = 1e-3;
+        close(
+            &vals(&per_pair(LossKind::ExoPair, &p, &k).unwrap()),
+            &[2.761231, 2.761231],
+        );
+        close(
+            &vals(&per_pair(LossKind::Robust, &p, &k).unwrap()),
+            &[LN_2, LN_2],
+        );
+        assert_eq!(reward_metrics(&p, 0.1).unwrap()["rewards/accuracies"], 0.0);
+    }
+
+    #[test]
+    fn reference_free_losses_and_sft_combination() {
+        let p = Pairs {
+            rc: None,
+            rr: None,
+            ..pairs(&[-2.0, -3.0], &[-4.0, -3.0], &[0.0, 0.0], &[0.0, 0.0])
+        };
+        let k = LossParams {
+            beta: 2.0,
+            ..Default::default()
+        };
+        // simpo: −logσ(β·(lc/5 − lr/5) − γ) for pair 0: β·0.4 − 0.5 = 0.3
+        let s = vals(&per_pair(LossKind::Simpo, &p, &k).unwrap());
+        assert!(
+            (s[0] as f64 - (1.0 + (-0.3f64).exp()).ln()).abs() < 1e-5,
+            "{s:?}"
+        );
+        // orpo with equal completions has log-odds ratio 0: −λ·logσ(0) = λ·ln 2 (pair 1)
+        let o = vals(&per_pair(LossKind::Orpo, &p, &k).unwrap());
+        assert!((o[1] as f64 - 0.1 * 2f64.ln()).abs() < 1e-6, "{o:?}");
+        // sft = token-mean NLL of chosen: (2 + 3) / 10
+        let sft = batch_loss(&LossSpec::parse("sft").unwrap(), &p, &k)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((sft - 0.5).abs() < 1e-6);
+        assert!(
+            per_pair(LossKind::Sigmoid, &p, &k).is_err(),
+            "sigmoid without a reference must refuse"
+        );
+        let spec = LossSpec::parse("sigmoid:1, sft:0.2").unwrap();
+        assert_eq!(spec.0, vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 0.2)]);
+        assert!(LossSpec::parse("dpo")
+            .unwrap_err()
+            .to_string()
+            .contains("known: sigmoid"));
+        assert!(LossSpec::parse("sigmoid:x").is_err());
+        assert!(!LossSpec::parse("simpo,sft").unwrap().needs_reference());
+    }
+
+    #[test]
+    fn sigmoid_gradient_at_policy_equals_reference_is_minus_beta_over_2() {
+        let lc = Var::new(&[-3.0f32, -2.0], &Device::Cpu).unwrap();
+        let p = Pairs {
+            lc: lc.as_tensor().clone(),
+            lr: t(&[-5.0, -1.0]),
+            rc: Some(t(&[-3.0, -2.0])),
+            rr: Some(t(&[-5.0, -1.0])),
+            len_c: t(&[4.0, 3.0]),
+            len_r: t(&[5.0, 2.0]),
+        };
+        let loss = batch_loss(
+            &LossSpec::parse("sigmoid").unwrap(),
+            &p,
+            &LossParams::default(),
+        )
+        .unwrap();
+        let g = vals(loss.backward().unwrap().get(&lc).unwrap());
+        // d/dlc mean(−logσ(βΔ)) = −β·σ(−βΔ)/N = −0.1·0.5/2 at Δ = 0
+        close(&g, &[-0.025, -0.025]);
+        // and a huge negative margin stays finite for discopop
+        let far = pairs(&[-900.0], &[-1.0], &[-1.0], &[-1.0]);
+        let d = vals(
+            &per_pair(
+                LossKind::Discopop,
+                &far,
+                &LossParams {
+                    beta: 1.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        assert!(d[0].is_finite() || d[0] == f32::INFINITY, "{d:?}");
+        assert!(!d[0].is_nan());
+    }
+
+    #[test]
+    fn every_loss_passes_a_finite_gradient_to_the_policy() {
+        for (name, kind) in LOSS_NAMES {
+            let lc = Var::new(&[-3.0f32, -2.0], &Device::Cpu).unwrap();
+            let lr = Var::new(&[-5.0f32, -1.0], &Device::Cpu).unwrap();
+            let p = Pairs {
+                lc: lc.as_tensor().clone(),
+                lr: lr.as_tensor().clone(),
+                rc: Some(t(&[-2.5, -2.2])),
+                rr: Some(t(&[-4.0, -1.5])),
+                len_c: t(&[4.0, 3.0]),
+                len_r: t(&[5.0, 2.0]),
+            };
+            let k = LossParams {
+                label_smoothing: 0.1,
+                ..Default::default()
+            };
+            let loss = batch_loss(&LossSpec(vec![(*kind, 1.0)]), &p, &k).unwrap();
+            let g = loss.backward().unwrap();
+            let gc = vals(g.get(&lc).unwrap());
+            assert!(
+                gc.iter().all(|v| v.is_finite()) && gc.iter().any(|v| *v != 0.0),
+                "{name}: {gc:?}"
+            );
+        }
+    }
+
+    fn options(loss: &str, beta: Option<f64>, label_smoothing: f64) -> LossOptions {
+        LossOptions {
+            loss: loss.into(),
+            beta,
+            label_smoothing,
+            simpo_gamma: 0.5,
+            orpo_lambda: 0.1,
+        }
+    }
+
+    #[test]
+    fn loss_options_default_beta_per_loss_and_refuse_what_cannot_work() {
+        let (spec, p) = options("sigmoid:1,sft:0.5", None, 0.0).resolve().unwrap();
+        assert_eq!(spec.0, vec![(LossKind::Sigmoid, 1.0), (LossKind::Sft, 0.5)]);
+        assert_eq!(p.beta, 0.1);
+        assert_eq!(options("simpo", None, 0.0).resolve().unwrap().1.beta, 2.0);
+        assert_eq!(
+            options("robust", Some(0.3), 0.1)
+                .resolve()
+                .unwrap()
+                .1
+                .label_smoothing,
+            0.1
+        );
+        let refused = |o: LossOptions, needle: &str| {
+            let e = o.resolve().unwrap_err();
+            assert!(e.is_user_error() && e.to_string().contains(needle), "{e}");
+        };
+        refused(
+            options("sigmoid", None, 0.6),
+            "--label-smoothing must be in [0, 0.5)",
+        );
+        refused(
+            options("exo_pair", None, 0.0),
+            "exo_pair needs --label-smoothing > 0",
+        );
+        refused(
+            options("sigmoid", None, 0.1),
+            "applies to robust and exo_pair only",
+        );
+        refused(
+            options("sigmoid", Some(0.0), 0.0),
+            "--beta must be a positive number",
+        );
+        refused(
+            options("sigmoid", Some(f64::NAN), 0.0),
+            "--beta must be a positive number",
+        );
+        refused(options("dpo", None, 0.0), "unknown loss `dpo`");
+    }
+}

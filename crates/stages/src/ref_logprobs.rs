@@ -1,0 +1,263 @@
+//! The `ref-logprobs` stage: the reference model's summed completion log-probs for every DPO pair,
+//! computed once (forward only, no autograd graph) and cached as Parquet (see
+//! [`crate::preference::cache`]) for `dpo`.
+//!
+//! Resumable: rows are computed in parts of `PART_ROWS` pairs, each written atomically to
+//! `<out>.parts/part-NNNNN.parquet` with the run's fingerprints; a rerun keeps the parts that match and
+//! computes the rest, then merges them into `<out>` and removes the parts.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use zerolm_data::artifact;
+use zerolm_data::formats::Kind;
+use zerolm_model::Model;
+use zerolm_train::TrainError;
+
+use crate::common::read_token_files;
+use crate::common::start::start_tokenizer;
+use crate::preference::cache::{self, compute, keys, write_cache, CHOSEN, REJECTED};
+use crate::preference::pairs::PairSet;
+
+const PART_ROWS: usize = 256;
+
+pub struct RefArgs {
+    pub inputs: Vec<PathBuf>,
+    pub model: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub out: PathBuf,
+    pub max_len: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub progress: bool,
+    pub command: String,
+}
+
+pub struct RefReport {
+    pub rows: usize,
+    pub parts_reused: usize,
+    pub skipped_empty: usize,
+    pub skipped_long_prompt: usize,
+    pub truncated: usize,
+    pub elapsed_s: f64,
+}
+
+impl RefReport {
+    /// The run's closing line.
+    pub fn summary(&self, out: &Path) -> String {
+        format!(
+            "ref-logprobs: {} pairs in {:.1}s ({} parts reused from an interrupted run); skipped {} empty, {} long \
+             prompts; {} truncated → {}",
+            self.rows,
+            self.elapsed_s,
+            self.parts_reused,
+            self.skipped_empty,
+            self.skipped_long_prompt,
+            self.truncated,
+            out.display()
+        )
+    }
+}
+
+pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
+    let started = std::time::Instant::now();
+    let (pairs, mut meta) = read_pairs(&args)?;
+    let model = zerolm_model::io::load_model_dir(&args.model, &zerolm_model::device::current())?
+        .for_inference()?;
+    meta.insert(
+        keys::REF_MODEL_FINGERPRINT.to_string(),
+        cache::model_fingerprint(&args.model)?,
+    );
+    meta.insert(
+        keys::REF_MODEL.to_string(),
+        args.model.display().to_string(),
+    );
+    let parts = Parts::new(&args.out, pairs.pairs.len(), args.batch_size)?;
+    eprintln!(
+        "ref-logprobs: {} pairs ({} with an empty completion and {} with a prompt too long for --max-len {} skipped, \
+         {} truncated) in {} parts, batch {}",
+        pairs.pairs.len(), pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len, pairs.truncated,
+        parts.count, args.batch_size
+    );
+    let reused = parts.compute(&model, &pairs, &meta, &args)?;
+    let (chosen, rejected) = parts.merge()?;
+    let counts = json!({
+        "pairs": pairs.pairs.len(), "skipped_empty": pairs.skipped_empty,
+        "skipped_long_prompt": pairs.skipped_long_prompt, "truncated": pairs.truncated, "threads": args.threads,
+    });
+    meta.insert(artifact::keys::COUNTS.to_string(), counts.to_string());
+    write_cache(
+        &args.out,
+        &pairs,
+        0..pairs.pairs.len(),
+        &chosen,
+        &rejected,
+        meta,
+    )?;
+    parts.remove()?;
+    Ok(RefReport {
+        rows: pairs.pairs.len(),
+        parts_reused: reused,
+        skipped_empty: pairs.skipped_empty,
+        skipped_long_prompt: pairs.skipped_long_prompt,
+        truncated: pairs.truncated,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The DPO pairs of `--input` under the run's length rule, and the cache metadata that identifies them.
+fn read_pairs(args: &RefArgs) -> Result<(PairSet, BTreeMap<String, String>), TrainError> {
+    let (tokenizer, _) = start_tokenizer(&args.model, args.tokenizer.as_deref())?;
+    if args.inputs.is_empty() {
+        return Err(TrainError::Config(
+            "no --input token file given (make one with `tokenize dpo`)".into(),
+        ));
+    }
+    let (files, inputs) = read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "dpo")?;
+    let pairs = PairSet::new(&files, args.max_len, tokenizer.pad_id);
+    if pairs.pairs.is_empty() {
+        return Err(TrainError::Config(format!(
+            "no usable pair: {} with an empty completion, {} whose prompt leaves no room within --max-len {}",
+            pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len
+        )));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert(keys::ROWS_FINGERPRINT.to_string(), pairs.fingerprint());
+    meta.insert(keys::MAX_LEN.to_string(), args.max_len.to_string());
+    meta.insert(
+        artifact::keys::TOKENIZER_FINGERPRINT.to_string(),
+        tokenizer.fingerprint.clone(),
+    );
+    meta.insert(
+        artifact::keys::VOCAB_SIZE.to_string(),
+        tokenizer.vocab_size().to_string(),
+    );
+    meta.insert(
+        artifact::keys::INPUTS.to_string(),
+        serde_json::to_string(&inputs).expect("json"),
+    );
+    meta.insert(artifact::keys::COMMAND.to_string(), args.command.clone());
+    Ok((pairs, meta))
+}
+
+/// The parts a cache is computed in: `count` ranges of `rows` pairs (a multiple of the batch size),
+/// kept in `<out>.parts/` until they are merged.
+struct Parts {
+    dir: PathBuf,
+    rows: usize,
+    count: usize,
+    pairs: usize,
+}
+
+impl Parts {
+    fn new(out: &Path, pairs: usize, batch_size: usize) -> Result<Parts, TrainError> {
+        let mut name = out
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".parts");
+        let dir = out.with_file_name(name);
+        std::fs::create_dir_all(&dir).map_err(|cause| TrainError::Write {
+            path: dir.clone(),
+            cause,
+        })?;
+        let rows = PART_ROWS.div_ceil(batch_size.max(1)) * batch_size.max(1);
+        Ok(Parts {
+            dir,
+            rows,
+            count: pairs.div_ceil(rows),
+            pairs,
+        })
+    }
+
+    fn range(&self, k: usize) -> Range<usize> {
+        k * self.rows..((k + 1) * self.rows).min(self.pairs)
+    }
+
+    fn path(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("part-{k:05}.parquet"))
+    }
+
+    /// Computes every part that an interrupted run did not leave behind with the same metadata;
+    /// returns how many were reused.
+    fn compute(
+        &self,
+        model: &Model,
+        pairs: &PairSet,
+        meta: &BTreeMap<String, String>,
+        args: &RefArgs,
+    ) -> Result<usize, TrainError> {
+        let bar = args.progress.then(|| progress_bar(self.pairs)).flatten();
+        let mut reused = 0;
+        for k in 0..self.count {
+            let range = self.range(k);
+            let mut part_meta = meta.clone();
+            let span = format!("{}..{}", range.start, range.end);
+            part_meta.insert(keys::PART.to_string(), span);
+            if self.is_done(k, &part_meta) {
+                reused += 1;
+                if let Some(b) = &bar {
+                    b.inc(range.len() as u64);
+                }
+                continue;
+            }
+            let (c, r) = compute(model, pairs, range.clone(), args.batch_size, bar.as_ref())?;
+            write_cache(&self.path(k), pairs, range, &c, &r, part_meta)?;
+            if bar.is_none() {
+                eprintln!("ref-logprobs: part {}/{} done", k + 1, self.count);
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        Ok(reused)
+    }
+
+    /// Whether part `k` exists with exactly this metadata (the command line may differ).
+    fn is_done(&self, k: usize, part_meta: &BTreeMap<String, String>) -> bool {
+        let Ok(existing) = artifact::read(&self.path(k), Kind::Dpo) else {
+            return false;
+        };
+        part_meta
+            .iter()
+            .all(|(key, v)| key == artifact::keys::COMMAND || existing.metadata.get(key) == Some(v))
+    }
+
+    /// The parts' log-probs, in pair order.
+    fn merge(&self) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+        let (mut c, mut r) = (
+            Vec::with_capacity(self.pairs),
+            Vec::with_capacity(self.pairs),
+        );
+        for k in 0..self.count {
+            let part = artifact::read(&self.path(k), Kind::Dpo)?;
+            c.extend_from_slice(&part.extra[CHOSEN]);
+            r.extend_from_slice(&part.extra[REJECTED]);
+        }
+        Ok((c, r))
+    }
+
+    fn remove(self) -> Result<(), TrainError> {
+        std::fs::remove_dir_all(&self.dir).map_err(|cause| TrainError::Write {
+            path: self.dir,
+            cause,
+        })
+    }
+}
+
+/// A bar over `pairs` when stderr is a terminal.
+fn progress_bar(pairs: usize) -> Option<ProgressBar> {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let b = ProgressBar::with_draw_target(Some(pairs as u64), ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template(
+                "ref-logprobs {bar:30} {pos}/{len} pairs · {per_sec} · {eta_precise}",
+            )
+            .expect("template"),
+        );
+        b
+    })
+}
