@@ -7,12 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use zerolm_testkit::{has_checkpoint, kill_when, repo, workdir, Run};
 
 /// The stage binaries sit next to `pipeline`; build any that are missing (e.g. under `cargo test -p`).
 fn binaries() -> PathBuf {
@@ -130,8 +128,7 @@ const ALL: [&str; 10] = [
 
 /// A fresh project directory: data/ (a slice of the shipped data) and pipes/tiny.yaml.
 fn project(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zerolm-pipeline-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = workdir("pipeline", name);
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::create_dir_all(dir.join("pipes")).unwrap();
     for (file, lines) in [
@@ -149,44 +146,31 @@ fn project(name: &str) -> PathBuf {
     dir
 }
 
-struct Out {
-    code: i32,
-    stderr: String,
-    stdout: String,
-}
-
-impl Out {
-    /// The stages this run started.
-    fn ran(&self) -> BTreeSet<String> {
-        self.stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix('['))
-            .filter_map(|l| l.split_once("] "))
-            .filter_map(|(_, rest)| rest.split_once(": running"))
-            .map(|(name, _)| name.to_string())
-            .collect()
-    }
+/// The stages a run started.
+fn ran(r: &Run) -> BTreeSet<String> {
+    r.stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split_once("] "))
+        .filter_map(|(_, rest)| rest.split_once(": running"))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-fn pipeline_in(cwd: &Path, args: &[&str]) -> Out {
+fn pipeline_in(cwd: &Path, args: &[&str]) -> Run {
     binaries();
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-    }
+    Run::of(
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(args)
+            .current_dir(cwd),
+    )
 }
 
-fn run(dir: &Path, extra: &[&str]) -> Out {
+fn run(dir: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["run", "pipes/tiny.yaml", "--quiet"];
     args.extend_from_slice(extra);
     pipeline_in(dir, &args)
@@ -202,7 +186,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     let a = project("a");
     let r = run(&a, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.ran(), set(&ALL), "{}", r.stderr);
+    assert_eq!(ran(&r), set(&ALL), "{}", r.stderr);
     let report = std::fs::read_to_string(a.join("runs/report/index.html")).unwrap();
     assert!(
         report.contains("<svg") && report.contains("pretrain — loss"),
@@ -219,7 +203,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     // 2. An immediate rerun runs nothing, from any working directory.
     let r = run(&a, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.ran().is_empty(), "{}", r.stderr);
+    assert!(ran(&r).is_empty(), "{}", r.stderr);
     assert!(r.stderr.contains("0 ran, 10 up to date"), "{}", r.stderr);
     let r = pipeline_in(&a.join("pipes"), &["status", "tiny.yaml"]);
     assert!(
@@ -234,29 +218,13 @@ fn full_run_caching_set_kill_resume_and_failure() {
     let b = project("b");
     let r = run(&b, &["--until", "tok-pretrain-eval"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(["run", "pipes/tiny.yaml", "--quiet"])
-        .current_dir(&b)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let ckpts = b.join("runs/pretrain/checkpoints");
-    let t0 = Instant::now();
-    while !std::fs::read_dir(&ckpts)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.path().join("trainer_state.json").is_file())
-        })
-        .unwrap_or(false)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(["run", "pipes/tiny.yaml", "--quiet"])
+            .current_dir(&b),
+        || has_checkpoint(&ckpts),
+    );
     assert!(
         !b.join("runs/pretrain/model").exists(),
         "pretraining finished before the kill; the test would prove nothing"
@@ -280,7 +248,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
         r.stderr
     );
     assert_eq!(
-        r.ran(),
+        ran(&r),
         set(&["pretrain", "sft", "ref", "dpo", "report"]),
         "{}",
         r.stderr
@@ -297,7 +265,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&sft_data, &text).unwrap();
     let r = run(&a, &[]);
-    assert!(r.ran().is_empty(), "{}", r.stderr);
+    assert!(ran(&r).is_empty(), "{}", r.stderr);
     let fewer: Vec<&str> = text.lines().skip(1).collect();
     std::fs::write(&sft_data, fewer.join("\n") + "\n").unwrap();
     let r = pipeline_in(&a, &["status", "pipes/tiny.yaml"]);
@@ -309,7 +277,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     let r = run(&a, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
-        r.ran(),
+        ran(&r),
         set(&["tok-sft", "sft", "ref", "dpo", "report"]),
         "{}",
         r.stderr
@@ -319,7 +287,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     let r = run(&a, &["--set", "sft.lr=2e-3"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
-        r.ran(),
+        ran(&r),
         set(&["sft", "ref", "dpo", "report"]),
         "{}",
         r.stderr
@@ -337,7 +305,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
     );
     assert!(r.stderr.contains("invalid value 'lots'"), "{}", r.stderr);
     assert!(r.stderr.contains("logs/sft.log"), "{}", r.stderr);
-    assert_eq!(r.ran(), set(&["sft"]), "{}", r.stderr);
+    assert_eq!(ran(&r), set(&["sft"]), "{}", r.stderr);
     let lock: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("runs/pipeline/lock.json")).unwrap())
             .unwrap();
@@ -371,7 +339,7 @@ fn full_run_caching_set_kill_resume_and_failure() {
         "{}",
         r.stderr
     );
-    assert!(r.ran().is_empty());
+    assert!(ran(&r).is_empty());
     let r = run(&a, &["--only", "report"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(

@@ -8,11 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use zerolm_cli::args::{AnswerCheckArgs, TrainArgs};
-use zerolm_cli::UsageError;
 use zerolm_stages::defaults;
 use zerolm_stages::dpo::{self, DpoArgs, RefSources};
 use zerolm_stages::preference::losses::LossOptions;
-use zerolm_train::TrainError;
 
 #[derive(Parser)]
 #[command(
@@ -53,15 +51,7 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let model = (cli.train.model.clone())
-        .ok_or_else(|| UsageError("--model DIR (the policy to start from) is required".into()))?;
-    let model_cfg = zerolm_model::io::read_config(&model)?;
-    let (cfg, _) = cli.train.layers().resolve(|preset| match preset {
-        Some(_) => Err(TrainError::Config(
-            "dpo takes its model from --model; --preset is for pretrain".into(),
-        )),
-        None => Ok(defaults::dpo(model_cfg.clone())),
-    })?;
+    let (model, cfg) = cli.train.finetune("dpo", defaults::dpo)?;
     let (loss, loss_params) = LossOptions {
         loss: cli.loss,
         beta: cli.beta,

@@ -281,11 +281,7 @@ fn empty_completions_and_long_prompts_are_counted_skips_and_fewer_pairs_than_a_b
         "{}",
         r.stderr
     );
-    let steps: Vec<u64> = zerolm_io::read_rows(&out.join("metrics.jsonl"))
-        .iter()
-        .filter(|row| row.contains_key("loss"))
-        .filter_map(|row| row["step"].as_u64())
-        .collect();
+    let steps = zerolm_testkit::train_steps(&out.join("metrics.jsonl"));
     assert_eq!(steps.last(), Some(&3), "one step per epoch: {steps:?}");
     assert!(out.join("model/model.safetensors").is_file());
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use zerolm_pipeline::{report, Graph, Pipeline, PipelineError, RunOptions, Selection, Verdict};
+use zerolm_pipeline::{makefile, report, Graph, Pipeline, RunOptions, Selection, Verdict};
 
 #[derive(Parser)]
 #[command(
@@ -118,107 +118,87 @@ fn run(cli: Cli) -> Result<()> {
             select,
             dry_run,
             quiet,
-        } => {
-            let p = Pipeline::load(&target.file, &target.sets)?;
-            let opts = RunOptions {
-                selection: select.selection(),
-                dry_run,
-                quiet,
-            };
-            zerolm_pipeline::run(&p, &opts)?;
+        } => run_pipeline(target, select, dry_run, quiet),
+        Cmd::Status { target } => status(target),
+        Cmd::Dag { target, format } => dag(target, format),
+        Cmd::Makefile { target, bin } => makefile(target, bin),
+        Cmd::Report { target, out } => report(target, out),
+    }
+}
+
+impl Target {
+    fn load(&self) -> Result<Pipeline> {
+        Ok(Pipeline::load(&self.file, &self.sets)?)
+    }
+}
+
+fn run_pipeline(target: Target, select: Select, dry_run: bool, quiet: bool) -> Result<()> {
+    let p = target.load()?;
+    let opts = RunOptions {
+        selection: select.selection(),
+        dry_run,
+        quiet,
+    };
+    zerolm_pipeline::run(&p, &opts)?;
+    Ok(())
+}
+
+fn status(target: Target) -> Result<()> {
+    let p = target.load()?;
+    let list = zerolm_pipeline::status(&p, &Selection::default())?;
+    let stale = list
+        .iter()
+        .filter(|s| s.verdict != Verdict::UpToDate)
+        .count();
+    for s in &list {
+        match &s.verdict {
+            Verdict::UpToDate => println!("  {:<16} up to date", s.name),
+            Verdict::Run(why) => println!("  {:<16} will run: {}", s.name, why.join("; ")),
         }
-        Cmd::Status { target } => {
-            let p = Pipeline::load(&target.file, &target.sets)?;
-            let list = zerolm_pipeline::status(&p, &Selection::default())?;
-            let stale = list
-                .iter()
-                .filter(|s| s.verdict != Verdict::UpToDate)
-                .count();
-            for s in &list {
-                match &s.verdict {
-                    Verdict::UpToDate => println!("  {:<16} up to date", s.name),
-                    Verdict::Run(why) => println!("  {:<16} will run: {}", s.name, why.join("; ")),
-                }
-            }
-            println!(
-                "{}: {} of {} stage(s) up to date",
-                target.file.display(),
-                list.len() - stale,
-                list.len()
-            );
+    }
+    println!(
+        "{}: {} of {} stage(s) up to date",
+        target.file.display(),
+        list.len() - stale,
+        list.len()
+    );
+    Ok(())
+}
+
+fn dag(target: Target, format: Format) -> Result<()> {
+    let p = target.load()?;
+    let g = Graph::build(&p)?;
+    print!(
+        "{}",
+        match format {
+            Format::Text => g.text(&p),
+            Format::Mermaid => g.mermaid(&p),
+            Format::Dot => g.dot(&p),
         }
-        Cmd::Dag { target, format } => {
-            let p = Pipeline::load(&target.file, &target.sets)?;
-            let g = Graph::build(&p)?;
-            print!(
-                "{}",
-                match format {
-                    Format::Text => g.text(&p),
-                    Format::Mermaid => g.mermaid(&p),
-                    Format::Dot => g.dot(&p),
-                }
-            );
-        }
-        Cmd::Makefile { target, bin } => {
-            let p = Pipeline::load(&target.file, &target.sets)?;
-            let g = Graph::build(&p)?;
-            let cwd = std::env::current_dir()?;
-            let bin = bin.unwrap_or_else(|| {
-                let dir = std::env::current_exe()
-                    .ok()
-                    .and_then(|e| e.parent().map(|d| d.to_path_buf()))
-                    .unwrap_or_default();
-                match dir.strip_prefix(&cwd) {
-                    Ok(rel) => format!("$(CURDIR)/{}", rel.display()),
-                    Err(_) => dir.display().to_string(),
-                }
-            });
-            let invoked = format!("pipeline makefile {}", target.file.display());
-            print!(
-                "{}",
-                zerolm_pipeline::makefile::makefile(&p, &g, &cwd, &bin, &invoked)
-            );
-        }
-        Cmd::Report { target, out } => {
-            let (run_dir, title) = if target.is_dir() {
-                (target.clone(), format!("zerolm run {}", target.display()))
-            } else {
-                let p = Pipeline::load(&target, &[])?;
-                (
-                    p.run_dir.clone(),
-                    format!("zerolm pipeline {}", target.display()),
-                )
-            };
-            let records = report::load_records(&run_dir)?;
-            let out = out.unwrap_or_else(|| run_dir.join("report"));
-            let r = report::write(&records, &out, &title)?;
-            println!("{}", r.markdown);
-            println!("report: {}", r.dir.join("index.html").display());
-            if let Some(m) = r.final_model {
-                println!("final model: {}", m.display());
-            }
-        }
+    );
+    Ok(())
+}
+
+fn makefile(target: Target, bin: Option<String>) -> Result<()> {
+    let p = target.load()?;
+    let g = Graph::build(&p)?;
+    let cwd = std::env::current_dir()?;
+    let bin = bin.unwrap_or_else(|| makefile::default_bin(&cwd));
+    let invoked = format!("pipeline makefile {}", target.file.display());
+    print!("{}", makefile::makefile(&p, &g, &cwd, &bin, &invoked));
+    Ok(())
+}
+
+fn report(target: PathBuf, out: Option<PathBuf>) -> Result<()> {
+    let r = report::generate(&target, out)?;
+    println!("{}", r.markdown);
+    println!("report: {}", r.dir.join("index.html").display());
+    if let Some(m) = r.final_model {
+        println!("final model: {}", m.display());
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let internal = e
-                .downcast_ref::<PipelineError>()
-                .is_some_and(|p| !p.is_user_error());
-            eprintln!("pipeline: error: {e:#}");
-            ExitCode::from(if internal { 2 } else { 1 })
-        }
-    }
+    zerolm_cli::main(run)
 }

@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use zerolm_cli::args::{AnswerCheckArgs, TrainArgs};
-use zerolm_cli::UsageError;
 use zerolm_stages::defaults;
 use zerolm_stages::sft::{self, SftArgs};
-use zerolm_train::TrainError;
 
 #[derive(Parser)]
 #[command(
@@ -25,15 +23,7 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     let threads = cli.train.apply_threads()?;
-    let model = (cli.train.model.clone())
-        .ok_or_else(|| UsageError("--model DIR (the model to fine-tune) is required".into()))?;
-    let model_cfg = zerolm_model::io::read_config(&model)?;
-    let (cfg, _) = cli.train.layers().resolve(|preset| match preset {
-        Some(_) => Err(TrainError::Config(
-            "sft takes its model from --model; --preset is for pretrain".into(),
-        )),
-        None => Ok(defaults::sft(model_cfg.clone())),
-    })?;
+    let (model, cfg) = cli.train.finetune("sft", defaults::sft)?;
     let report = sft::run(SftArgs {
         stage: cli.train.stage(cfg, threads),
         model,

@@ -211,11 +211,7 @@ fn fewer_rows_than_a_batch_train_as_one_partial_batch_and_a_broken_model_writes_
         "{}",
         r.stderr
     );
-    let steps: Vec<u64> = zerolm_io::read_rows(&out.join("metrics.jsonl"))
-        .iter()
-        .filter(|row| row.contains_key("loss"))
-        .filter_map(|row| row["step"].as_u64())
-        .collect();
+    let steps = zerolm_testkit::train_steps(&out.join("metrics.jsonl"));
     assert_eq!(steps, vec![1, 2], "one step per epoch");
 
     // A truncated weights file is refused before anything is written.

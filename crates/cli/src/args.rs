@@ -6,10 +6,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use zerolm_model::ModelConfig;
 use zerolm_stages::answers::AnswerCheck;
 use zerolm_stages::common::StageArgs;
 use zerolm_train::settings::{Layers, Overrides};
 use zerolm_train::{TrainConfig, TrainError};
+
+use crate::UsageError;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -131,6 +134,28 @@ impl TrainArgs {
             },
             sets: self.sets.clone(),
         }
+    }
+
+    /// For a stage that fine-tunes `--model` (required): the model directory and the settings, layered
+    /// over `defaults` of the model's own config (`--preset` is refused: the model has its shape).
+    pub fn finetune(
+        &self,
+        stage: &str,
+        defaults: fn(ModelConfig) -> TrainConfig,
+    ) -> anyhow::Result<(PathBuf, TrainConfig)> {
+        let model = self.model.clone().ok_or_else(|| {
+            UsageError(format!(
+                "--model DIR (the model {stage} starts from) is required"
+            ))
+        })?;
+        let model_cfg = zerolm_model::io::read_config(&model)?;
+        let (cfg, _) = self.layers().resolve(|preset| match preset {
+            Some(_) => Err(TrainError::Config(format!(
+                "{stage} takes its model from --model; --preset is for pretrain"
+            ))),
+            None => Ok(defaults(model_cfg.clone())),
+        })?;
+        Ok((model, cfg))
     }
 
     /// The stages' shared arguments with the resolved settings `cfg` and `threads` in use.

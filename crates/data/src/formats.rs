@@ -1,5 +1,5 @@
-//! Row formats users bring (DESIGN.md §3), detected from a row's fields or forced by name, and
-//! normalised into [`Record`]s: a text, a conversation, or a preference pair.
+//! Row formats users bring (every one is listed in docs/formats.md), detected from a row's fields or
+//! forced by name, and normalised into [`Record`]s: a text, a conversation, or a preference pair.
 
 use crate::chat::{Message, Role};
 use crate::error::{unknown_choice, DataError};

@@ -16,16 +16,9 @@ pub enum PipelineError {
     /// Another run holds the pipeline's lock.
     #[error("{0}")]
     Locked(String),
-    #[error("cannot read {path}: {cause}")]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("cannot write {path}: {cause}")]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    /// A file that cannot be read or written (names the path).
+    #[error(transparent)]
+    Io(#[from] zerolm_io::IoError),
     /// A bug rather than bad input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -34,21 +27,19 @@ pub enum PipelineError {
 impl PipelineError {
     /// Whether the user can fix this (a file, a flag, a stage's input) rather than it being a bug.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, PipelineError::Internal(_))
+        match self {
+            PipelineError::Internal(_) => false,
+            PipelineError::Io(e) => e.is_user_error(),
+            _ => true,
+        }
     }
 
     pub(crate) fn read(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
-        PipelineError::Read {
-            path: path.into(),
-            cause,
-        }
+        PipelineError::Io(zerolm_io::IoError::read(path, cause))
     }
 
     pub(crate) fn write(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
-        PipelineError::Write {
-            path: path.into(),
-            cause,
-        }
+        PipelineError::Io(zerolm_io::IoError::write(path, cause))
     }
 }
 

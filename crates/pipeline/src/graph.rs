@@ -25,93 +25,11 @@ fn overlaps(a: &Path, b: &Path) -> bool {
 impl Graph {
     /// Builds and validates the graph of `p`.
     pub fn build(p: &Pipeline) -> Result<Graph> {
-        let n = p.stages.len();
-        // An output is removed before its stage reruns: it must not hold the pipeline itself.
-        for (j, st) in p.stages.iter().enumerate() {
-            for o in &st.outs {
-                if p.dir.starts_with(&o.abs) || p.run_dir.starts_with(&o.abs) {
-                    return Err(PipelineError::Invalid(format!(
-                        "{}: output `{}` contains the pipeline file or its run directory; outputs are deleted before a rerun, so name a directory of their own",
-                        p.at(j),
-                        o.written
-                    )));
-                }
-            }
-        }
-        // Two stages writing one output (or one inside the other's).
-        for j in 0..n {
-            for i in 0..j {
-                for oj in &p.stages[j].outs {
-                    if let Some(oi) = p.stages[i].outs.iter().find(|o| overlaps(&o.abs, &oj.abs)) {
-                        return Err(PipelineError::Invalid(format!(
-                            "{}: output `{}` is also written by stage `{}` (line {}, output `{}`); each output belongs to one stage",
-                            p.at(j),
-                            oj.written,
-                            p.stages[i].name,
-                            p.stages[i].line,
-                            oi.written
-                        )));
-                    }
-                }
-            }
-        }
-        let mut upstream = vec![Vec::new(); n];
-        for (j, stage) in p.stages.iter().enumerate() {
-            for dep in &stage.deps {
-                if let Some(own) = stage.outs.iter().find(|o| overlaps(&o.abs, &dep.abs)) {
-                    return Err(PipelineError::Invalid(format!(
-                        "{}: dep `{}` overlaps its own output `{}`",
-                        p.at(j),
-                        dep.written,
-                        own.written
-                    )));
-                }
-                let producers: Vec<usize> = (0..n)
-                    .filter(|&i| i != j)
-                    .filter(|&i| p.stages[i].outs.iter().any(|o| overlaps(&o.abs, &dep.abs)))
-                    .collect();
-                if producers.is_empty() && !dep.abs.exists() {
-                    return Err(PipelineError::Invalid(format!(
-                        "{}: dep `{}` ({}) does not exist and no stage produces it",
-                        p.at(j),
-                        dep.written,
-                        dep.abs.display()
-                    )));
-                }
-                for i in producers {
-                    if !upstream[j].contains(&i) {
-                        upstream[j].push(i);
-                    }
-                }
-            }
-        }
-        let mut downstream = vec![Vec::new(); n];
-        for (j, ups) in upstream.iter().enumerate() {
-            for &i in ups {
-                downstream[i].push(j);
-            }
-        }
-        // Kahn's algorithm, always taking the earliest ready stage in file order.
-        let mut missing: Vec<usize> = upstream.iter().map(Vec::len).collect();
-        let mut done = vec![false; n];
-        let mut order = Vec::with_capacity(n);
-        while let Some(next) = (0..n).find(|&i| !done[i] && missing[i] == 0) {
-            done[next] = true;
-            order.push(next);
-            for &d in &downstream[next] {
-                missing[d] -= 1;
-            }
-        }
-        if order.len() < n {
-            let start = (0..n).find(|&i| !done[i]).expect("a stage is left");
-            let cycle = find_cycle(start, &upstream, &done);
-            let names: Vec<&str> = cycle.iter().map(|&i| p.stages[i].name.as_str()).collect();
-            return Err(PipelineError::Invalid(format!(
-                "{}: dependency cycle: {} (each reads an output of the next)",
-                p.at(cycle[0]),
-                names.join(" ← ")
-            )));
-        }
+        check_outputs_are_apart_from_the_pipeline(p)?;
+        check_outputs_have_one_writer(p)?;
+        let upstream = upstream_edges(p)?;
+        let downstream = reversed(&upstream);
+        let order = run_order(p, &upstream, &downstream)?;
         Ok(Graph {
             order,
             upstream,
@@ -191,6 +109,125 @@ impl Graph {
         s.push_str("}\n");
         s
     }
+}
+
+/// An output is removed before its stage reruns: it must not hold the pipeline itself.
+fn check_outputs_are_apart_from_the_pipeline(p: &Pipeline) -> Result<()> {
+    for (j, st) in p.stages.iter().enumerate() {
+        for o in &st.outs {
+            if p.dir.starts_with(&o.abs) || p.run_dir.starts_with(&o.abs) {
+                return Err(PipelineError::Invalid(format!(
+                    "{}: output `{}` contains the pipeline file or its run directory; outputs are deleted before a rerun, so name a directory of their own",
+                    p.at(j),
+                    o.written
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses two stages writing one output (or one inside the other's).
+fn check_outputs_have_one_writer(p: &Pipeline) -> Result<()> {
+    for j in 0..p.stages.len() {
+        for i in 0..j {
+            for oj in &p.stages[j].outs {
+                if let Some(oi) = p.stages[i].outs.iter().find(|o| overlaps(&o.abs, &oj.abs)) {
+                    return Err(PipelineError::Invalid(format!(
+                        "{}: output `{}` is also written by stage `{}` (line {}, output `{}`); each output belongs to one stage",
+                        p.at(j),
+                        oj.written,
+                        p.stages[i].name,
+                        p.stages[i].line,
+                        oi.written
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For each stage, the stages that produce its deps (each dep must come from a stage or exist).
+fn upstream_edges(p: &Pipeline) -> Result<Vec<Vec<usize>>> {
+    let mut upstream = vec![Vec::new(); p.stages.len()];
+    for (j, stage) in p.stages.iter().enumerate() {
+        for dep in &stage.deps {
+            for i in producers(p, j, dep)? {
+                if !upstream[j].contains(&i) {
+                    upstream[j].push(i);
+                }
+            }
+        }
+    }
+    Ok(upstream)
+}
+
+/// The other stages whose outputs overlap `dep` of stage `j`.
+fn producers(p: &Pipeline, j: usize, dep: &PathRef) -> Result<Vec<usize>> {
+    let stage = &p.stages[j];
+    if let Some(own) = stage.outs.iter().find(|o| overlaps(&o.abs, &dep.abs)) {
+        return Err(PipelineError::Invalid(format!(
+            "{}: dep `{}` overlaps its own output `{}`",
+            p.at(j),
+            dep.written,
+            own.written
+        )));
+    }
+    let producers: Vec<usize> = (0..p.stages.len())
+        .filter(|&i| i != j)
+        .filter(|&i| p.stages[i].outs.iter().any(|o| overlaps(&o.abs, &dep.abs)))
+        .collect();
+    if producers.is_empty() && !dep.abs.exists() {
+        return Err(PipelineError::Invalid(format!(
+            "{}: dep `{}` ({}) does not exist and no stage produces it",
+            p.at(j),
+            dep.written,
+            dep.abs.display()
+        )));
+    }
+    Ok(producers)
+}
+
+/// The edges turned around: for each stage, the stages that read from it.
+fn reversed(upstream: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut downstream = vec![Vec::new(); upstream.len()];
+    for (j, ups) in upstream.iter().enumerate() {
+        for &i in ups {
+            downstream[i].push(j);
+        }
+    }
+    downstream
+}
+
+/// Kahn's algorithm, always taking the earliest ready stage in file order; a cycle is an error.
+fn run_order(
+    p: &Pipeline,
+    upstream: &[Vec<usize>],
+    downstream: &[Vec<usize>],
+) -> Result<Vec<usize>> {
+    let n = upstream.len();
+    let mut missing: Vec<usize> = upstream.iter().map(Vec::len).collect();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while let Some(next) = (0..n).find(|&i| !done[i] && missing[i] == 0) {
+        done[next] = true;
+        order.push(next);
+        for &d in &downstream[next] {
+            missing[d] -= 1;
+        }
+    }
+    if order.len() < n {
+        let start = (0..n).find(|&i| !done[i]).expect("a stage is left");
+        let cycle = find_cycle(start, upstream, &done);
+        let names: Vec<&str> = cycle.iter().map(|&i| p.stages[i].name.as_str()).collect();
+        return Err(PipelineError::Invalid(format!(
+            "{}: dependency cycle: {} (each reads an output of the next)",
+            p.at(cycle[0]),
+            names.join(" ← ")
+        )));
+    }
+    Ok(order)
 }
 
 fn walk(i: usize, edges: &[Vec<usize>]) -> BTreeSet<usize> {

@@ -116,21 +116,7 @@ impl RunState {
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| PipelineError::Internal(format!("serialising {}: {e}", path.display())))?;
-    write_atomically(path, text.as_bytes())
-}
-
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| PipelineError::write(parent, e))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let res = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(data).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        PipelineError::write(path, e)
-    })
+    Ok(zerolm_io::write_atomically(path, text.as_bytes())?)
 }
 
 /// The start time of process `pid` (clock ticks since boot), or `None` if it is not running.

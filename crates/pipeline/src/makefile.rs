@@ -17,6 +17,18 @@ fn shown(path: &Path, base: &Path) -> String {
     }
 }
 
+/// The default of `$(BIN)`: the running binary's directory, as `$(CURDIR)/…` when it lies under `cwd`.
+pub fn default_bin(cwd: &Path) -> String {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_default();
+    match dir.strip_prefix(cwd) {
+        Ok(rel) => format!("$(CURDIR)/{}", rel.display()),
+        Err(_) => dir.display().to_string(),
+    }
+}
+
 /// The Makefile text. `base` is the directory the Makefile will be used from; `bin` the default of
 /// `$(BIN)`, where the stage binaries are.
 pub fn makefile(p: &Pipeline, g: &Graph, base: &Path, bin: &str, invoked_as: &str) -> String {

@@ -3,7 +3,8 @@
 //! (pretrain/SFT loss and eval loss, DPO loss, reward margins and accuracies, held-out answer checks).
 
 use crate::error::{PipelineError, Result};
-use crate::lockfile::{write_atomically, LockFile};
+use crate::lockfile::LockFile;
+use crate::spec::Pipeline;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,27 @@ pub struct StageRecord {
     pub wall_s: f64,
     pub finished_unix: u64,
     pub rows: Vec<Map<String, Value>>,
+}
+
+/// `pipeline report`: the report of `target` (a run directory, or a pipeline file for its run
+/// directory) written into `out` (default: `RUN_DIR/report`).
+pub fn generate(target: &Path, out: Option<PathBuf>) -> Result<Report> {
+    let (run_dir, title) = run_dir_and_title(target)?;
+    let records = load_records(&run_dir)?;
+    let out = out.unwrap_or_else(|| run_dir.join("report"));
+    write(&records, &out, &title)
+}
+
+/// The run directory `target` names (itself, or a pipeline file's) and the report's title.
+fn run_dir_and_title(target: &Path) -> Result<(PathBuf, String)> {
+    if target.is_dir() {
+        return Ok((
+            target.to_path_buf(),
+            format!("zerolm run {}", target.display()),
+        ));
+    }
+    let p = Pipeline::load(target, &[])?;
+    Ok((p.run_dir, format!("zerolm pipeline {}", target.display())))
 }
 
 /// The finished stages of the run directory `run_dir`, in run order.
@@ -56,7 +78,7 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<StageRecord>> {
             .map(|w| crate::spec::normalize(&dir.join(&w[1])));
         let rows = out_dir
             .as_ref()
-            .map(|d| read_rows(&d.join("metrics.jsonl")))
+            .map(|d| zerolm_io::read_rows(&d.join("metrics.jsonl")))
             .unwrap_or_default();
         out.push(StageRecord {
             name,
@@ -68,16 +90,6 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<StageRecord>> {
         });
     }
     Ok(out)
-}
-
-fn read_rows(path: &Path) -> Vec<Map<String, Value>> {
-    std::fs::read_to_string(path)
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str::<Map<String, Value>>(l).ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// (step, value) of every row holding `key`.
@@ -213,90 +225,143 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The chart's canvas size.
+const W: f64 = 640.0;
+const H: f64 = 340.0;
+/// The edges of the chart's plot area.
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 620.0;
+const TOP: f64 = 36.0;
+const BOTTOM: f64 = 280.0;
+
+/// Maps data points into the plot area: the range of the data, the y range padded by 5%.
+struct Scale {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Scale {
+    fn of(series: &[(String, Vec<(f64, f64)>)]) -> Scale {
+        let pts = series.iter().flat_map(|(_, p)| p.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        if y1 <= y0 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        let pad = (y1 - y0) * 0.05;
+        Scale {
+            x0,
+            x1,
+            y0: y0 - pad,
+            y1: y1 + pad,
+        }
+    }
+
+    fn x(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * (RIGHT - LEFT)
+    }
+
+    fn y(&self, y: f64) -> f64 {
+        BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (BOTTOM - TOP)
+    }
+}
+
 /// A line chart as standalone SVG.
 pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h) = (640.0, 340.0);
-    let (l, r, t, b) = (64.0, 620.0, 36.0, 280.0);
-    let pts = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+    let scale = Scale::of(series);
+    let mut s = svg_frame(title);
+    s.push_str(&svg_axes(&scale));
+    for (k, (label, p)) in series.iter().enumerate() {
+        s.push_str(&svg_series(&scale, k, label, p));
     }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y0 -= 0.5;
-        y1 += 0.5;
-    }
-    let pad = (y1 - y0) * 0.05;
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (r - l);
-    let sy = |y: f64| b - (y - y0) / (y1 - y0) * (b - t);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The opening `<svg>`, the background, the title and the plot area's border.
+fn svg_frame(title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>\n\
          <text x=\"{}\" y=\"20\" font-size=\"14\" text-anchor=\"middle\">{}</text>\n\
-         <rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
-        w / 2.0,
+         <rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
+        W / 2.0,
         xml(title),
-        r - l,
-        b - t
-    );
+        RIGHT - LEFT,
+        BOTTOM - TOP
+    )
+}
+
+/// Five grid lines with their y ticks, five x ticks, and the x axis label.
+fn svg_axes(scale: &Scale) -> String {
+    let mut s = String::new();
     for k in 0..=4 {
         let f = k as f64 / 4.0;
-        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
+        let (xv, yv) = (
+            scale.x0 + f * (scale.x1 - scale.x0),
+            scale.y0 + f * (scale.y1 - scale.y0),
+        );
         s.push_str(&format!(
-            "<line x1=\"{l}\" x2=\"{r}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+            "<line x1=\"{LEFT}\" x2=\"{RIGHT}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
              <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
              <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.0}</text>\n",
-            l - 4.0,
-            sy(yv) + 4.0,
+            LEFT - 4.0,
+            scale.y(yv) + 4.0,
             tick(yv),
-            b + 16.0,
-            y = sy(yv),
-            x = sx(xv),
+            BOTTOM + 16.0,
+            y = scale.y(yv),
+            x = scale.x(xv),
         ));
     }
     s.push_str(&format!(
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step</text>\n",
-        (l + r) / 2.0,
-        b + 30.0
+        (LEFT + RIGHT) / 2.0,
+        BOTTOM + 30.0
     ));
-    for (k, (label, p)) in series.iter().enumerate() {
-        let c = COLOURS[k % COLOURS.len()];
-        let line: Vec<String> = p
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            line.join(" ")
-        ));
-        if p.len() <= 40 {
-            for &(x, y) in p {
-                s.push_str(&format!(
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{c}\"/>",
-                    sx(x),
-                    sy(y)
-                ));
-            }
-            s.push('\n');
+    s
+}
+
+/// Series `k`: its line, its points (when there are few), and its entry in the legend row.
+fn svg_series(scale: &Scale, k: usize, label: &str, p: &[(f64, f64)]) -> String {
+    let c = COLOURS[k % COLOURS.len()];
+    let line: Vec<String> = p
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", scale.x(x), scale.y(y)))
+        .collect();
+    let mut s = format!(
+        "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+        line.join(" ")
+    );
+    if p.len() <= 40 {
+        for &(x, y) in p {
+            s.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{c}\"/>",
+                scale.x(x),
+                scale.y(y)
+            ));
         }
-        // The legend: one row under the axis.
-        let (lx, ly) = (l + 200.0 * k as f64, h - 10.0);
-        s.push_str(&format!(
-            "<line x1=\"{lx}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
-            lx + 20.0,
-            lx + 24.0,
-            ly + 4.0,
-            xml(label)
-        ));
+        s.push('\n');
     }
-    s.push_str("</svg>\n");
+    // The legend: one row under the axis.
+    let (lx, ly) = (LEFT + 200.0 * k as f64, H - 10.0);
+    s.push_str(&format!(
+        "<line x1=\"{lx}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+        lx + 20.0,
+        lx + 24.0,
+        ly + 4.0,
+        xml(label)
+    ));
     s
 }
 
@@ -332,18 +397,49 @@ pub struct Report {
 /// Writes the report for `records` into `out` (replaced whole: built beside it, then renamed).
 pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report> {
     let summary = summary_rows(records);
-    let final_model = records
+    let final_model = final_model(records);
+    let md = markdown(title, &summary, records, final_model.as_deref());
+    let mut files: Vec<(String, String)> = plots(records)
+        .iter()
+        .map(|(stem, title, s)| (format!("{stem}.svg"), svg_chart(title, s)))
+        .collect();
+    let html = html(title, &summary, records, final_model.as_deref(), &files);
+    files.push(("index.html".into(), html));
+    files.push(("summary.md".into(), md.clone()));
+    replace_dir(out, &files)?;
+    Ok(Report {
+        dir: out.to_path_buf(),
+        markdown: md,
+        final_model,
+    })
+}
+
+/// The `model` directory of the last training stage that wrote one.
+fn final_model(records: &[StageRecord]) -> Option<PathBuf> {
+    records
         .iter()
         .rev()
         .filter(|r| matches!(r.kind.as_str(), "pretrain" | "sft" | "dpo"))
         .find_map(|r| r.out.as_ref().map(|o| o.join("model")))
-        .filter(|m| m.is_dir());
+        .filter(|m| m.is_dir())
+}
+
+fn total_wall_s(records: &[StageRecord]) -> f64 {
+    records.iter().map(|r| r.wall_s).sum()
+}
+
+/// `summary.md`: the summary table, the stages' wall times, the final model.
+fn markdown(
+    title: &str,
+    summary: &[(String, String)],
+    records: &[StageRecord],
+    final_model: Option<&Path>,
+) -> String {
     let mut md = format!("# {title}\n\n| | |\n|---|---|\n");
-    for (k, v) in &summary {
+    for (k, v) in summary {
         md.push_str(&format!("| {k} | {v} |\n"));
     }
     md.push_str("\n| stage | wall time | finished |\n|---|---:|---|\n");
-    let total: f64 = records.iter().map(|r| r.wall_s).sum();
     for r in records {
         md.push_str(&format!(
             "| {} | {:.1} s | {} |\n",
@@ -352,27 +448,65 @@ pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report>
             utc(r.finished_unix)
         ));
     }
-    md.push_str(&format!("| total | {total:.1} s | |\n"));
-    if let Some(m) = &final_model {
+    md.push_str(&format!("| total | {:.1} s | |\n", total_wall_s(records)));
+    if let Some(m) = final_model {
         md.push_str(&format!("\nFinal model: `{}`\n", m.display()));
     }
+    md
+}
 
-    let charts = plots(records);
-    let mut html = format!(
+/// `index.html`: the tables of `markdown`, then the charts (`svgs`: file name, SVG) inline.
+fn html(
+    title: &str,
+    summary: &[(String, String)],
+    records: &[StageRecord],
+    final_model: Option<&Path>,
+    svgs: &[(String, String)],
+) -> String {
+    let mut html = html_head(title);
+    html.push_str(&html_summary(summary));
+    html.push_str(&html_stages(records));
+    if let Some(m) = final_model {
+        html.push_str(&format!(
+            "<p>Final model: <code>{}</code></p>\n",
+            xml(&m.display().to_string())
+        ));
+    }
+    html.push_str("<h2>Curves</h2>\n<div class=\"plots\">\n");
+    for (_, svg) in svgs {
+        html.push_str(svg);
+    }
+    html.push_str("</div>\n</body></html>\n");
+    html
+}
+
+fn html_head(title: &str) -> String {
+    format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1320px;margin:24px auto;color:#222}}\
          table{{border-collapse:collapse;margin:12px 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}\
-         .plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>\n<h1>{t}</h1>\n<h2>Summary</h2>\n<table>\n",
+         .plots{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>\n<h1>{t}</h1>\n",
         t = xml(title)
-    );
-    for (k, v) in &summary {
+    )
+}
+
+fn html_summary(summary: &[(String, String)]) -> String {
+    let mut html = String::from("<h2>Summary</h2>\n<table>\n");
+    for (k, v) in summary {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td></tr>\n",
             xml(k),
             xml(v)
         ));
     }
-    html.push_str("</table>\n<h2>Stages</h2>\n<table><tr><th>stage</th><th>wall time</th><th>finished</th></tr>\n");
+    html.push_str("</table>\n");
+    html
+}
+
+fn html_stages(records: &[StageRecord]) -> String {
+    let mut html = String::from(
+        "<h2>Stages</h2>\n<table><tr><th>stage</th><th>wall time</th><th>finished</th></tr>\n",
+    );
     for r in records {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{:.1} s</td><td>{}</td></tr>\n",
@@ -382,40 +516,24 @@ pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report>
         ));
     }
     html.push_str(&format!(
-        "<tr><th>total</th><th>{total:.1} s</th><th></th></tr></table>\n"
+        "<tr><th>total</th><th>{:.1} s</th><th></th></tr></table>\n",
+        total_wall_s(records)
     ));
-    if let Some(m) = &final_model {
-        html.push_str(&format!(
-            "<p>Final model: <code>{}</code></p>\n",
-            xml(&m.display().to_string())
-        ));
-    }
-    html.push_str("<h2>Curves</h2>\n<div class=\"plots\">\n");
-    let mut files: Vec<(String, String)> = Vec::new();
-    for (stem, title, s) in &charts {
-        let svg = svg_chart(title, s);
-        html.push_str(&svg);
-        files.push((format!("{stem}.svg"), svg));
-    }
-    html.push_str("</div>\n</body></html>\n");
-    files.push(("index.html".into(), html));
-    files.push(("summary.md".into(), md.clone()));
+    html
+}
 
+/// Writes `files` (name, text) into a fresh directory beside `out`, then puts it in `out`'s place.
+fn replace_dir(out: &Path, files: &[(String, String)]) -> Result<()> {
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| PipelineError::write(&tmp, e))?;
-    for (name, text) in &files {
-        write_atomically(&tmp.join(name), text.as_bytes())?;
+    for (name, text) in files {
+        zerolm_io::write_atomically(&tmp.join(name), text.as_bytes())?;
     }
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| PipelineError::write(out, e))?;
     }
-    std::fs::rename(&tmp, out).map_err(|e| PipelineError::write(out, e))?;
-    Ok(Report {
-        dir: out.to_path_buf(),
-        markdown: md,
-        final_model,
-    })
+    std::fs::rename(&tmp, out).map_err(|e| PipelineError::write(out, e))
 }
 
 #[cfg(test)]

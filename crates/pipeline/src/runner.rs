@@ -10,7 +10,7 @@ use crate::spec::{Pipeline, Stage};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -240,6 +240,23 @@ fn verdict(
     })
 }
 
+/// [`verdict`], or "forced" for a `forced` stage (whose verdict is still worked out: that refreshes the
+/// hash memo the same way).
+fn judge(
+    stage: &Stage,
+    fp: &Fingerprint,
+    entry: Option<&LockEntry>,
+    state: &mut RunState,
+    forced: bool,
+) -> Result<Verdict> {
+    let v = verdict(stage, fp, entry, state)?;
+    Ok(if forced {
+        Verdict::Run(vec!["forced".into()])
+    } else {
+        v
+    })
+}
+
 /// The selected stages (in run order) and the forced ones.
 fn select(p: &Pipeline, g: &Graph, sel: &Selection) -> Result<(Vec<usize>, BTreeSet<usize>)> {
     let all: BTreeSet<usize> = (0..p.stages.len()).collect();
@@ -311,10 +328,13 @@ fn status_of(
     for i in order {
         let st = &p.stages[i];
         let fp = fingerprint(st, p, &mut state)?;
-        let mut v = verdict(st, &fp, lock.stages.get(&st.name), &mut state)?;
-        if forced.contains(&i) {
-            v = Verdict::Run(vec!["forced".into()]);
-        }
+        let mut v = judge(
+            st,
+            &fp,
+            lock.stages.get(&st.name),
+            &mut state,
+            forced.contains(&i),
+        )?;
         let ups: Vec<&str> = g.upstream[i]
             .iter()
             .filter(|u| will_run.contains(*u))
@@ -388,28 +408,11 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
         locate_stage(&p.stages[i], p)?;
     }
     if opts.dry_run {
-        for s in status_of(p, &g, order, &forced)? {
-            let i = p.stage(&s.name).expect("known stage");
-            match s.verdict {
-                Verdict::UpToDate => eprintln!("  {:<16} up to date", s.name),
-                Verdict::Run(why) => {
-                    eprintln!("  {:<16} would run: {}", s.name, why.join("; "));
-                    eprintln!(
-                        "  {:<16}   $ {}",
-                        "",
-                        shell_line(&p.stages[i].program, &p.stages[i].argv)
-                    );
-                }
-            }
-        }
+        print_dry_run(p, &g, order, &forced)?;
         return Ok(RunSummary::default());
     }
     let _pid = PidLock::acquire(&p.run_dir)?;
-    let mut lock = LockFile::load(&p.run_dir, &p.name)?;
-    lock.dir = p.dir.display().to_string();
-    lock.order = g.order.iter().map(|&i| p.stages[i].name.clone()).collect();
-    let mut state = RunState::load(&p.run_dir);
-    let mut summary = RunSummary::default();
+    let mut run = Run::start(p, &g, opts.quiet)?;
     let total = order.len();
     eprintln!(
         "pipeline: {} — {total} stage(s); run dir {}",
@@ -417,109 +420,209 @@ pub fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunSummary> {
         relative(&p.run_dir)
     );
     for (k, &i) in order.iter().enumerate() {
-        let st = &p.stages[i];
-        let tag = format!("[{}/{total}] {}", k + 1, st.name);
-        let fp = fingerprint(st, p, &mut state)?;
+        let tag = format!("[{}/{total}] {}", k + 1, p.stages[i].name);
+        run.stage(i, &tag, forced.contains(&i))?;
+    }
+    run.finish(t0)
+}
+
+/// `run --dry-run`: each selected stage's verdict and, for the ones that would run, the command.
+fn print_dry_run(
+    p: &Pipeline,
+    g: &Graph,
+    order: Vec<usize>,
+    forced: &BTreeSet<usize>,
+) -> Result<()> {
+    for s in status_of(p, g, order, forced)? {
+        let i = p.stage(&s.name).expect("known stage");
+        match s.verdict {
+            Verdict::UpToDate => eprintln!("  {:<16} up to date", s.name),
+            Verdict::Run(why) => {
+                eprintln!("  {:<16} would run: {}", s.name, why.join("; "));
+                eprintln!(
+                    "  {:<16}   $ {}",
+                    "",
+                    shell_line(&p.stages[i].program, &p.stages[i].argv)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A run in progress (its pid lock held): the lock and state it updates after each stage.
+struct Run<'a> {
+    p: &'a Pipeline,
+    g: &'a Graph,
+    quiet: bool,
+    lock: LockFile,
+    state: RunState,
+    summary: RunSummary,
+}
+
+impl<'a> Run<'a> {
+    fn start(p: &'a Pipeline, g: &'a Graph, quiet: bool) -> Result<Run<'a>> {
+        let mut lock = LockFile::load(&p.run_dir, &p.name)?;
+        lock.dir = p.dir.display().to_string();
+        lock.order = g.order.iter().map(|&i| p.stages[i].name.clone()).collect();
+        Ok(Run {
+            p,
+            g,
+            quiet,
+            lock,
+            state: RunState::load(&p.run_dir),
+            summary: RunSummary::default(),
+        })
+    }
+
+    /// Stage `i`: skipped when up to date (and not `forced`), else run and recorded in the lock.
+    fn stage(&mut self, i: usize, tag: &str, forced: bool) -> Result<()> {
+        let (p, st) = (self.p, &self.p.stages[i]);
+        let fp = fingerprint(st, p, &mut self.state)?;
         if let Some(d) = fp.missing.first() {
-            let producer = g.upstream[i]
-                .iter()
-                .map(|&u| format!("`{}`", p.stages[u].name))
-                .collect::<Vec<_>>();
-            let hint = if producer.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; it comes from stage {}, which this run did not include",
-                    producer.join("/")
-                )
-            };
-            return Err(PipelineError::StageFailed(format!(
-                "{}: dep `{d}` does not exist{hint}",
-                p.at(i)
-            )));
+            return Err(missing_dep(p, self.g, i, d));
         }
-        let mut v = verdict(st, &fp, lock.stages.get(&st.name), &mut state)?;
-        if forced.contains(&i) {
-            v = Verdict::Run(vec!["forced".into()]);
-        }
-        let why = match v {
+        let entry = self.lock.stages.get(&st.name);
+        let why = match judge(st, &fp, entry, &mut self.state, forced)? {
             Verdict::UpToDate => {
                 eprintln!("{tag}: up to date");
-                summary.up_to_date.push(st.name.clone());
-                continue;
+                self.summary.up_to_date.push(st.name.clone());
+                return Ok(());
             }
             Verdict::Run(why) => why,
         };
         eprintln!("{tag}: running — {}", why.join("; "));
+        self.prepare(st, &fp)?;
+        let started = Instant::now();
+        execute(p, st, &fp.binary, self.quiet)?;
+        let wall_s = started.elapsed().as_secs_f64();
+        let outs = self.output_hashes(i)?;
+        self.record(st, &fp, outs, wall_s)?;
+        eprintln!("{tag}: done in {wall_s:.1}s");
+        self.summary.ran.push(st.name.clone());
+        Ok(())
+    }
+
+    /// Before a stage runs: clears what another command wrote, forgets its lock entry, marks it started
+    /// under `fp`, and makes its outputs' parent directories.
+    fn prepare(&mut self, st: &Stage, fp: &Fingerprint) -> Result<()> {
+        let run_dir = &self.p.run_dir;
         // Outputs that another command wrote are removed first: the finished ones of an earlier
         // successful run, or the partial ones of a run started with another fingerprint. Partial
         // outputs of this very command stay, so a training stage resumes from its checkpoint.
-        let resume =
-            !lock.stages.contains_key(&st.name) && state.started.get(&st.name) == Some(&fp.value);
+        let resume = !self.lock.stages.contains_key(&st.name)
+            && self.state.started.get(&st.name) == Some(&fp.value);
         if !resume {
             for o in &st.outs {
                 remove_output(&o.abs, &o.written)?;
             }
         }
-        if lock.stages.remove(&st.name).is_some() {
-            lock.save(&p.run_dir)?;
+        if self.lock.stages.remove(&st.name).is_some() {
+            self.lock.save(run_dir)?;
         }
-        state.started.insert(st.name.clone(), fp.value.clone());
-        state.save(&p.run_dir)?;
+        self.state.started.insert(st.name.clone(), fp.value.clone());
+        self.state.save(run_dir)?;
         for o in &st.outs {
             if let Some(parent) = o.abs.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| PipelineError::write(parent, e))?;
             }
         }
-        let started = Instant::now();
-        execute(p, st, &fp.binary, opts.quiet)?;
-        let wall_s = started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The hashes of stage `i`'s outputs after it ran; each must exist.
+    fn output_hashes(&mut self, i: usize) -> Result<BTreeMap<String, String>> {
         let mut outs = BTreeMap::new();
-        for o in &st.outs {
-            let h = state.hashes.hash(&o.abs)?.ok_or_else(|| {
+        for o in &self.p.stages[i].outs {
+            let h = self.state.hashes.hash(&o.abs)?.ok_or_else(|| {
                 PipelineError::StageFailed(format!(
                     "{}: the stage exited 0 but did not write its output `{}`; fix `outs:` or the command",
-                    p.at(i),
+                    self.p.at(i),
                     o.written
                 ))
             })?;
             outs.insert(o.written.clone(), h);
         }
-        lock.stages.insert(
-            st.name.clone(),
-            LockEntry {
-                program: st.program.clone(),
-                binary: fp.binary.display().to_string(),
-                binary_hash: fp.binary_hash.clone(),
-                argv: st.argv.clone(),
-                deps: fp.deps.clone(),
-                outs,
-                fingerprint: fp.value.clone(),
-                wall_s,
-                finished_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            },
+        Ok(outs)
+    }
+
+    /// Records a finished stage in the lock and clears its started mark.
+    fn record(
+        &mut self,
+        st: &Stage,
+        fp: &Fingerprint,
+        outs: BTreeMap<String, String>,
+        wall_s: f64,
+    ) -> Result<()> {
+        let run_dir = &self.p.run_dir;
+        self.lock
+            .stages
+            .insert(st.name.clone(), lock_entry(st, fp, outs, wall_s));
+        self.lock.save(run_dir)?;
+        self.state.started.remove(&st.name);
+        self.state.save(run_dir)
+    }
+
+    /// Saves the state and prints the summary and the pipeline's results.
+    fn finish(mut self, t0: Instant) -> Result<RunSummary> {
+        self.state.save(&self.p.run_dir)?;
+        let mut summary = self.summary;
+        summary.seconds = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "pipeline: {} ran, {} up to date, in {:.2}s",
+            summary.ran.len(),
+            summary.up_to_date.len(),
+            summary.seconds
         );
-        lock.save(&p.run_dir)?;
-        state.started.remove(&st.name);
-        state.save(&p.run_dir)?;
-        eprintln!("{tag}: done in {wall_s:.1}s");
-        summary.ran.push(st.name.clone());
+        for (label, path) in &self.p.results {
+            eprintln!("  {label}: {}", relative(path));
+        }
+        Ok(summary)
     }
-    state.save(&p.run_dir)?;
-    summary.seconds = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "pipeline: {} ran, {} up to date, in {:.2}s",
-        summary.ran.len(),
-        summary.up_to_date.len(),
-        summary.seconds
-    );
-    for (label, path) in &p.results {
-        eprintln!("  {label}: {}", relative(path));
+}
+
+/// The error for stage `i`'s dep `d` that does not exist, naming the stages that make it.
+fn missing_dep(p: &Pipeline, g: &Graph, i: usize, d: &str) -> PipelineError {
+    let producer = g.upstream[i]
+        .iter()
+        .map(|&u| format!("`{}`", p.stages[u].name))
+        .collect::<Vec<_>>();
+    let hint = if producer.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; it comes from stage {}, which this run did not include",
+            producer.join("/")
+        )
+    };
+    PipelineError::StageFailed(format!("{}: dep `{d}` does not exist{hint}", p.at(i)))
+}
+
+fn lock_entry(
+    st: &Stage,
+    fp: &Fingerprint,
+    outs: BTreeMap<String, String>,
+    wall_s: f64,
+) -> LockEntry {
+    LockEntry {
+        program: st.program.clone(),
+        binary: fp.binary.display().to_string(),
+        binary_hash: fp.binary_hash.clone(),
+        argv: st.argv.clone(),
+        deps: fp.deps.clone(),
+        outs,
+        fingerprint: fp.value.clone(),
+        wall_s,
+        finished_unix: unix_now(),
     }
-    Ok(summary)
+}
+
+/// Seconds since 1970 (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn remove_output(abs: &Path, written: &str) -> Result<()> {
@@ -539,6 +642,22 @@ fn remove_output(abs: &Path, written: &str) -> Result<()> {
 /// Runs one stage with the pipeline's directory as working directory; its stdout and stderr go to
 /// `RUN_DIR/logs/STAGE.log` (appended, one header per attempt) and, unless `quiet`, to our stderr.
 fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
+    let (log, log_path) = open_log(p, st, binary)?;
+    eprintln!("    $ {}", shell_line(&st.program, &st.argv));
+    let mut child = spawn(p, st, binary)?;
+    let tee = Tee::start(&mut child, log, quiet);
+    let status = child
+        .wait()
+        .map_err(|e| PipelineError::Internal(format!("waiting for {}: {e}", st.name)))?;
+    let tail = tee.finish();
+    if status.success() {
+        return Ok(());
+    }
+    Err(stage_failed(p, st, status, &tail, &log_path))
+}
+
+/// The stage's log, opened for appending, with this attempt's header written.
+fn open_log(p: &Pipeline, st: &Stage, binary: &Path) -> Result<(std::fs::File, PathBuf)> {
     let log_path = p.run_dir.join("logs").join(format!("{}.log", st.name));
     std::fs::create_dir_all(log_path.parent().expect("has a parent"))
         .map_err(|e| PipelineError::write(&log_path, e))?;
@@ -551,14 +670,14 @@ fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
     writeln!(
         log,
         "=== {} (unix time) · in {}\n$ {line}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        unix_now(),
         p.dir.display()
     )
     .map_err(|e| PipelineError::write(&log_path, e))?;
-    eprintln!("    $ {}", shell_line(&st.program, &st.argv));
+    Ok((log, log_path))
+}
+
+fn spawn(p: &Pipeline, st: &Stage, binary: &Path) -> Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.args(&st.argv)
         .current_dir(&p.dir)
@@ -566,41 +685,63 @@ fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| {
+    cmd.spawn().map_err(|e| {
         PipelineError::StageFailed(format!(
             "{}: cannot start {}: {e}",
             p.at(p.stage(&st.name).expect("known")),
             binary.display()
         ))
-    })?;
-    let log = Arc::new(Mutex::new(log));
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let pumps: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|stream| {
-        let (log, tail) = (log.clone(), tail.clone());
-        std::thread::spawn(move || pump(stream, &log, &tail, quiet))
     })
-    .collect();
-    let status = child
-        .wait()
-        .map_err(|e| PipelineError::Internal(format!("waiting for {}: {e}", st.name)))?;
-    for t in pumps {
-        let _ = t.join();
+}
+
+/// The threads copying a child's stdout and stderr into its log (and our stderr), keeping the last lines.
+struct Tee {
+    pumps: Vec<std::thread::JoinHandle<()>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Tee {
+    fn start(child: &mut Child, log: std::fs::File, quiet: bool) -> Tee {
+        let log = Arc::new(Mutex::new(log));
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let pumps = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|stream| {
+            let (log, tail) = (log.clone(), tail.clone());
+            std::thread::spawn(move || pump(stream, &log, &tail, quiet))
+        })
+        .collect();
+        Tee { pumps, tail }
     }
-    if status.success() {
-        return Ok(());
+
+    /// Waits for the streams to end; the last lines of output.
+    fn finish(self) -> Vec<String> {
+        for t in self.pumps {
+            let _ = t.join();
+        }
+        let tail = self.tail.lock().expect("tail");
+        tail.iter().cloned().collect()
     }
+}
+
+/// The error for a stage that exited with `status`: how, and the last lines of its log.
+fn stage_failed(
+    p: &Pipeline,
+    st: &Stage,
+    status: ExitStatus,
+    tail: &[String],
+    log_path: &Path,
+) -> PipelineError {
     let how = match status.code() {
         Some(c) => format!("exit code {c}"),
         None => {
@@ -608,16 +749,15 @@ fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
             format!("killed by signal {}", status.signal().unwrap_or(0))
         }
     };
-    let tail: Vec<String> = tail.lock().expect("tail").iter().cloned().collect();
-    Err(PipelineError::StageFailed(format!(
+    PipelineError::StageFailed(format!(
         "{} failed ({how}); downstream stages were not run. Last lines of its log ({}):\n{}",
         p.at(p.stage(&st.name).expect("known")),
-        relative(&log_path),
+        relative(log_path),
         tail.iter()
             .map(|l| format!("    {l}"))
             .collect::<Vec<_>>()
             .join("\n")
-    )))
+    ))
 }
 
 const TAIL_LINES: usize = 20;

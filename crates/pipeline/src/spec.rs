@@ -124,173 +124,21 @@ impl Pipeline {
 
     /// Parses pipeline `text` as if read from `file` in directory `dir` (absolute).
     pub fn parse(text: &str, file: &Path, dir: &Path, sets: &[String]) -> Result<Pipeline> {
-        let shown = file.display().to_string();
-        let mut raw: RawPipeline = serde_yaml::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(":{}", l.line()))
-                .unwrap_or_default();
-            PipelineError::Invalid(format!("{shown}{at}: {e}"))
-        })?;
-        if raw.stages.is_empty() {
-            return Err(PipelineError::Invalid(format!(
-                "{shown}: `stages:` is empty; a pipeline needs at least one stage"
-            )));
-        }
-        let lines = stage_lines(text);
-        let line_of = |name: &str| lines.get(name).copied().unwrap_or(1);
-        let at = |name: &str| format!("{shown}:{}: stage `{name}`", line_of(name));
-        for name in raw.stages.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(PipelineError::Invalid(format!(
-                    "{}: stage names may use letters, digits, `-` and `_` only",
-                    at(name)
-                )));
-            }
-        }
+        let src = Source::new(text, file);
+        let mut raw = src.read(text)?;
+        src.check_stage_names(&raw)?;
         apply_sets(&mut raw, sets)?;
-
-        // Variables, in order; each may use the ones before it.
-        let mut vars: IndexMap<String, String> = IndexMap::new();
-        for (name, value) in &raw.vars {
-            let s = scalar(value).ok_or_else(|| {
-                PipelineError::Invalid(format!(
-                    "{shown}: vars.{name}: a variable must be a string, number or boolean"
-                ))
-            })?;
-            let ctx = Context {
-                vars: &vars,
-                outs: None,
-            };
-            let s = interpolate(&s, &ctx)
-                .map_err(|e| PipelineError::Invalid(format!("{shown}: vars.{name}: {e}")))?;
-            vars.insert(name.clone(), s);
-        }
-
+        let vars = src.resolve_vars(&raw)?;
         // Outs first (they may use vars only), so that stages can refer to each other's outs.
-        let mut outs_written: HashMap<String, Vec<String>> = HashMap::new();
-        let vars_only = Context {
-            vars: &vars,
-            outs: None,
-        };
-        for (name, st) in &raw.stages {
-            let ctx = &vars_only;
-            let mut outs = Vec::new();
-            for o in &st.outs {
-                outs.push(
-                    interpolate(o, ctx)
-                        .map_err(|e| PipelineError::Invalid(format!("{}: outs: {e}", at(name))))?,
-                );
-            }
-            for key in OUT_FLAGS {
-                if let Some(v) = st.args.get(*key) {
-                    for s in flag_strings(v) {
-                        outs.push(interpolate(&s, ctx).map_err(|e| {
-                            PipelineError::Invalid(format!("{}: args.{key}: {e}", at(name)))
-                        })?);
-                    }
-                }
-            }
-            outs_written.insert(name.clone(), outs);
-        }
-
+        let outs = src.written_outs(&raw, &vars)?;
         let ctx = Context {
             vars: &vars,
-            outs: Some(&outs_written),
+            outs: Some(&outs),
         };
-        let mut stages = Vec::new();
-        for (name, st) in &raw.stages {
-            let here = at(name);
-            let words = cmd_words(&st.cmd).ok_or_else(|| {
-                PipelineError::Invalid(format!(
-                    "{here}: `cmd` must be a string (`tokenize pretrain`) or a list of words"
-                ))
-            })?;
-            let mut argv = Vec::new();
-            for w in &words {
-                argv.push(
-                    interpolate(w, &ctx)
-                        .map_err(|e| PipelineError::Invalid(format!("{here}: cmd: {e}")))?,
-                );
-            }
-            if argv.is_empty() {
-                return Err(PipelineError::Invalid(format!(
-                    "{here}: `cmd` is empty; name the stage's binary"
-                )));
-            }
-            let program = argv.remove(0);
-            let mut deps = Vec::new();
-            for d in &st.deps {
-                deps.push(
-                    interpolate(d, &ctx)
-                        .map_err(|e| PipelineError::Invalid(format!("{here}: deps: {e}")))?,
-                );
-            }
-            for (key, value) in &st.args {
-                if key.is_empty() || key.starts_with('-') || key.contains(char::is_whitespace) {
-                    return Err(PipelineError::Invalid(format!(
-                        "{here}: args: `{key}` is not a flag name (write `lr: 3e-3` for --lr 3e-3)"
-                    )));
-                }
-                let values = flag_values(value)
-                    .map_err(|e| PipelineError::Invalid(format!("{here}: args.{key}: {e}")))?;
-                for v in values {
-                    argv.push(format!("--{key}"));
-                    if let Some(v) = v {
-                        let v = interpolate(&v, &ctx).map_err(|e| {
-                            PipelineError::Invalid(format!("{here}: args.{key}: {e}"))
-                        })?;
-                        if DEP_FLAGS.contains(&key.as_str()) {
-                            deps.push(v.clone());
-                        }
-                        argv.push(v);
-                    }
-                }
-            }
-            let resolve = |written: Vec<String>| -> Vec<PathRef> {
-                let mut v: Vec<PathRef> = Vec::new();
-                for w in written {
-                    let abs = normalize(&dir.join(&w));
-                    if !v.iter().any(|p| p.abs == abs) {
-                        v.push(PathRef { written: w, abs });
-                    }
-                }
-                v
-            };
-            stages.push(Stage {
-                name: name.clone(),
-                line: line_of(name),
-                desc: st.desc.clone(),
-                program,
-                argv,
-                deps: resolve(deps),
-                outs: resolve(outs_written[name].clone()),
-            });
-        }
-
-        let name = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".into());
-        let run_dir = match &raw.run_dir {
-            Some(r) => normalize(
-                &dir.join(
-                    interpolate(r, &ctx)
-                        .map_err(|e| PipelineError::Invalid(format!("{shown}: run_dir: {e}")))?,
-                ),
-            ),
-            None => dir.join(".zerolm").join(&name),
-        };
-        let mut results = Vec::new();
-        for (label, path) in &raw.results {
-            let p = interpolate(path, &ctx)
-                .map_err(|e| PipelineError::Invalid(format!("{shown}: results.{label}: {e}")))?;
-            results.push((label.clone(), normalize(&dir.join(p))));
-        }
+        let stages = src.resolve_stages(&raw, &ctx, dir)?;
+        let name = pipeline_name(file);
+        let run_dir = src.run_dir(raw.run_dir.as_deref(), &ctx, dir, &name)?;
+        let results = src.results(&raw.results, &ctx, dir)?;
         Ok(Pipeline {
             file: file.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -329,6 +177,251 @@ impl Pipeline {
             self.stages[i].name
         )
     }
+}
+
+/// The pipeline file being parsed, as its messages name it: the file as shown and each stage's line.
+struct Source {
+    shown: String,
+    lines: HashMap<String, usize>,
+}
+
+impl Source {
+    fn new(text: &str, file: &Path) -> Source {
+        Source {
+            shown: file.display().to_string(),
+            lines: stage_lines(text),
+        }
+    }
+
+    fn line_of(&self, name: &str) -> usize {
+        self.lines.get(name).copied().unwrap_or(1)
+    }
+
+    /// `file:line: stage `name`` for messages.
+    fn at(&self, name: &str) -> String {
+        format!("{}:{}: stage `{name}`", self.shown, self.line_of(name))
+    }
+
+    /// `file: what`, for a part of the file that is not a stage.
+    fn invalid(&self, what: impl std::fmt::Display) -> PipelineError {
+        PipelineError::Invalid(format!("{}: {what}", self.shown))
+    }
+
+    /// `file:line: stage `name`: what`.
+    fn stage_invalid(&self, name: &str, what: impl std::fmt::Display) -> PipelineError {
+        PipelineError::Invalid(format!("{}: {what}", self.at(name)))
+    }
+
+    /// The YAML as written, with at least one stage.
+    fn read(&self, text: &str) -> Result<RawPipeline> {
+        let raw: RawPipeline = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(":{}", l.line()))
+                .unwrap_or_default();
+            PipelineError::Invalid(format!("{}{at}: {e}", self.shown))
+        })?;
+        if raw.stages.is_empty() {
+            return Err(self.invalid("`stages:` is empty; a pipeline needs at least one stage"));
+        }
+        Ok(raw)
+    }
+
+    fn check_stage_names(&self, raw: &RawPipeline) -> Result<()> {
+        for name in raw.stages.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.stage_invalid(
+                    name,
+                    "stage names may use letters, digits, `-` and `_` only",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables, in order; each may use the ones before it.
+    fn resolve_vars(&self, raw: &RawPipeline) -> Result<IndexMap<String, String>> {
+        let mut vars: IndexMap<String, String> = IndexMap::new();
+        for (name, value) in &raw.vars {
+            let s = scalar(value).ok_or_else(|| {
+                self.invalid(format!(
+                    "vars.{name}: a variable must be a string, number or boolean"
+                ))
+            })?;
+            let ctx = Context {
+                vars: &vars,
+                outs: None,
+            };
+            let s = interpolate(&s, &ctx).map_err(|e| self.invalid(format!("vars.{name}: {e}")))?;
+            vars.insert(name.clone(), s);
+        }
+        Ok(vars)
+    }
+
+    /// Each stage's outs as written (`outs:` then the out flags of `args`), interpolated with vars only.
+    fn written_outs(
+        &self,
+        raw: &RawPipeline,
+        vars: &IndexMap<String, String>,
+    ) -> Result<HashMap<String, Vec<String>>> {
+        let vars_only = Context { vars, outs: None };
+        let mut outs_written = HashMap::new();
+        for (name, st) in &raw.stages {
+            outs_written.insert(name.clone(), self.stage_outs(name, st, &vars_only)?);
+        }
+        Ok(outs_written)
+    }
+
+    fn stage_outs(&self, name: &str, st: &RawStage, ctx: &Context) -> Result<Vec<String>> {
+        let mut outs = interpolate_all(&st.outs, ctx)
+            .map_err(|e| self.stage_invalid(name, format!("outs: {e}")))?;
+        for key in OUT_FLAGS {
+            if let Some(v) = st.args.get(*key) {
+                for s in flag_strings(v) {
+                    outs.push(
+                        interpolate(&s, ctx)
+                            .map_err(|e| self.stage_invalid(name, format!("args.{key}: {e}")))?,
+                    );
+                }
+            }
+        }
+        Ok(outs)
+    }
+
+    /// The stages in file order, with `ctx` holding every stage's outs.
+    fn resolve_stages(&self, raw: &RawPipeline, ctx: &Context, dir: &Path) -> Result<Vec<Stage>> {
+        let outs = ctx.outs.expect("the stages' outs are known");
+        raw.stages
+            .iter()
+            .map(|(name, st)| self.resolve_stage(name, st, outs[name].clone(), ctx, dir))
+            .collect()
+    }
+
+    fn resolve_stage(
+        &self,
+        name: &str,
+        st: &RawStage,
+        outs: Vec<String>,
+        ctx: &Context,
+        dir: &Path,
+    ) -> Result<Stage> {
+        let here = self.at(name);
+        let (program, mut argv) = command(&here, &st.cmd, ctx)?;
+        let mut deps = interpolate_all(&st.deps, ctx)
+            .map_err(|e| PipelineError::Invalid(format!("{here}: deps: {e}")))?;
+        push_args(&here, &st.args, ctx, &mut argv, &mut deps)?;
+        Ok(Stage {
+            name: name.to_string(),
+            line: self.line_of(name),
+            desc: st.desc.clone(),
+            program,
+            argv,
+            deps: resolve_paths(dir, deps),
+            outs: resolve_paths(dir, outs),
+        })
+    }
+
+    /// `run_dir:` resolved, or `.zerolm/<name>` beside the file.
+    fn run_dir(
+        &self,
+        written: Option<&str>,
+        ctx: &Context,
+        dir: &Path,
+        name: &str,
+    ) -> Result<PathBuf> {
+        Ok(match written {
+            Some(r) => normalize(
+                &dir.join(interpolate(r, ctx).map_err(|e| self.invalid(format!("run_dir: {e}")))?),
+            ),
+            None => dir.join(".zerolm").join(name),
+        })
+    }
+
+    /// `results:`, each path resolved.
+    fn results(
+        &self,
+        written: &IndexMap<String, String>,
+        ctx: &Context,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        let mut results = Vec::new();
+        for (label, path) in written {
+            let p = interpolate(path, ctx)
+                .map_err(|e| self.invalid(format!("results.{label}: {e}")))?;
+            results.push((label.clone(), normalize(&dir.join(p))));
+        }
+        Ok(results)
+    }
+}
+
+/// The pipeline's name: the file's stem (`full` for `full.yaml`).
+fn pipeline_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into())
+}
+
+/// The stage's binary and its sub-command words from `cmd`; `here` names the stage in messages.
+fn command(here: &str, cmd: &Value, ctx: &Context) -> Result<(String, Vec<String>)> {
+    let words = cmd_words(cmd).ok_or_else(|| {
+        PipelineError::Invalid(format!(
+            "{here}: `cmd` must be a string (`tokenize pretrain`) or a list of words"
+        ))
+    })?;
+    let mut argv = interpolate_all(&words, ctx)
+        .map_err(|e| PipelineError::Invalid(format!("{here}: cmd: {e}")))?;
+    if argv.is_empty() {
+        return Err(PipelineError::Invalid(format!(
+            "{here}: `cmd` is empty; name the stage's binary"
+        )));
+    }
+    let program = argv.remove(0);
+    Ok((program, argv))
+}
+
+/// Appends the flags of `args` to `argv`, and the values of dep flags (`DEP_FLAGS`) to `deps`.
+fn push_args(
+    here: &str,
+    args: &IndexMap<String, Value>,
+    ctx: &Context,
+    argv: &mut Vec<String>,
+    deps: &mut Vec<String>,
+) -> Result<()> {
+    for (key, value) in args {
+        if key.is_empty() || key.starts_with('-') || key.contains(char::is_whitespace) {
+            return Err(PipelineError::Invalid(format!(
+                "{here}: args: `{key}` is not a flag name (write `lr: 3e-3` for --lr 3e-3)"
+            )));
+        }
+        let invalid = |e: String| PipelineError::Invalid(format!("{here}: args.{key}: {e}"));
+        for v in flag_values(value).map_err(invalid)? {
+            argv.push(format!("--{key}"));
+            if let Some(v) = v {
+                let v = interpolate(&v, ctx).map_err(invalid)?;
+                if DEP_FLAGS.contains(&key.as_str()) {
+                    deps.push(v.clone());
+                }
+                argv.push(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Paths as written, resolved against `dir`, without duplicates (first kept).
+fn resolve_paths(dir: &Path, written: Vec<String>) -> Vec<PathRef> {
+    let mut v: Vec<PathRef> = Vec::new();
+    for w in written {
+        let abs = normalize(&dir.join(&w));
+        if !v.iter().any(|p| p.abs == abs) {
+            v.push(PathRef { written: w, abs });
+        }
+    }
+    v
 }
 
 /// Applies `--set` overrides to the raw file.
@@ -455,6 +548,11 @@ fn interpolate(s: &str, ctx: &Context) -> std::result::Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// [`interpolate`] for each item, stopping at the first error.
+fn interpolate_all(items: &[String], ctx: &Context) -> std::result::Result<Vec<String>, String> {
+    items.iter().map(|s| interpolate(s, ctx)).collect()
 }
 
 fn lookup(expr: &str, ctx: &Context) -> std::result::Result<String, String> {

@@ -107,3 +107,10 @@ pub fn has_checkpoint(checkpoints: &Path) -> bool {
     };
     std::fs::read_dir(checkpoints).is_ok_and(|d| d.flatten().any(complete))
 }
+
+/// The steps of a run's training rows in its `metrics.jsonl` (the rows with a `loss`), in order.
+pub fn train_steps(metrics: &Path) -> Vec<u64> {
+    let rows = zerolm_io::read_rows(metrics);
+    let train = rows.iter().filter(|row| row.contains_key("loss"));
+    train.filter_map(|row| row["step"].as_u64()).collect()
+}

@@ -2,7 +2,7 @@
 //! matrix, in row blocks that see only the keys they may.
 
 use super::simd::{dot, exp, fold3, max_of, multiversion};
-use super::{gemm_raw, slice, values};
+use super::storage::{gemm_raw, slice, values};
 use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

@@ -1,6 +1,6 @@
 //! Linear layers: one gemm node per projection, forward and backward on all of rayon's threads.
 
-use super::{gemm_raw, grads2, slice, values};
+use super::storage::{gemm_raw, grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 
 /// `x · wᵀ` for x [.., in] and a Linear weight w [out, in]: one graph node instead of candle's

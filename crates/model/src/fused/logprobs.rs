@@ -2,7 +2,7 @@
 //! backward.
 
 use super::simd::{exp, fold3, max_of, multiversion};
-use super::{slice, values};
+use super::storage::{slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

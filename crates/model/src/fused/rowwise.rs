@@ -2,7 +2,7 @@
 //! of independent rows.
 
 use super::simd::{dot, exp, fold3, multiversion};
-use super::{grads2, slice, values};
+use super::storage::{grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

@@ -205,38 +205,43 @@ pub fn sigmoid(x: &Tensor) -> CResult<Tensor> {
 
 /// The per-pair loss [N] of a pairwise kind (not `sft`, which is a batch token mean).
 pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, TrainError> {
+    match kind {
+        LossKind::Sft => Err(TrainError::Internal("sft is not a pairwise loss".into())),
+        LossKind::Simpo | LossKind::Orpo => Ok(reference_free(kind, p, k)?),
+        _ => {
+            let (Some(rc), Some(rr)) = (&p.rc, &p.rr) else {
+                return Err(TrainError::Config(format!(
+                    "loss {kind:?} needs reference log-probs"
+                )));
+            };
+            Ok(against_reference(kind, (&p.lc - rc)?, (&p.lr - rr)?, p, k)?)
+        }
+    }
+}
+
+/// A loss on the log-ratios `cl` = lc − rc and `rl` = lr − rr.
+fn against_reference(
+    kind: LossKind,
+    cl: Tensor,
+    rl: Tensor,
+    p: &Pairs,
+    k: &LossParams,
+) -> CResult<Tensor> {
     let beta = k.beta;
-    let refs = || -> Result<(Tensor, Tensor), TrainError> {
-        match (&p.rc, &p.rr) {
-            (Some(rc), Some(rr)) => Ok(((&p.lc - rc)?, (&p.lr - rr)?)),
-            _ => Err(TrainError::Config(format!(
-                "loss {kind:?} needs reference log-probs"
-            ))),
-        }
-    };
-    let out = match kind {
-        LossKind::Sigmoid => {
-            let (cl, rl) = refs()?;
-            log_sigmoid(&((cl - rl)? * beta)?)?.neg()?
-        }
-        LossKind::Hinge => {
-            let (cl, rl) = refs()?;
-            ((cl - rl)? * -beta)?.affine(1.0, 1.0)?.relu()?
-        }
+    Ok(match kind {
+        LossKind::Sigmoid => log_sigmoid(&((cl - rl)? * beta)?)?.neg()?,
+        LossKind::Hinge => ((cl - rl)? * -beta)?.affine(1.0, 1.0)?.relu()?,
         LossKind::Ipo => {
-            let (cl, rl) = refs()?;
             let d = ((cl / &p.len_c)? - (rl / &p.len_r)?)?;
             d.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?
         }
         LossKind::Robust => {
-            let (cl, rl) = refs()?;
             let z = ((cl - rl)? * beta)?;
             let e = k.label_smoothing;
             ((log_sigmoid(&z)? * -(1.0 - e))? + (log_sigmoid(&z.neg()?)? * e)?)?
                 .affine(1.0 / (1.0 - 2.0 * e), 0.0)?
         }
         LossKind::ExoPair => {
-            let (cl, rl) = refs()?;
             let e = k.label_smoothing;
             let z = ((cl - rl)? * beta)?;
             let q = sigmoid(&z)?;
@@ -247,32 +252,24 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             (a + b)?
         }
         LossKind::NcaPair => {
-            let (cl, rl) = refs()?;
             let c = (cl * beta)?;
             let r = (rl * beta)?;
             ((log_sigmoid(&c)?.neg()? - (log_sigmoid(&c.neg()?)? * 0.5)?)?
                 - (log_sigmoid(&r.neg()?)? * 0.5)?)?
         }
-        LossKind::BcoPair => {
-            let (cl, rl) = refs()?;
-            (log_sigmoid(&(cl * beta)?)?.neg()? - log_sigmoid(&(rl * -beta)?)?)?
-        }
+        LossKind::BcoPair => (log_sigmoid(&(cl * beta)?)?.neg()? - log_sigmoid(&(rl * -beta)?)?)?,
         LossKind::SppoHard => {
-            let (cl, rl) = refs()?;
             let h = 1.0 / (2.0 * beta);
             (cl.affine(1.0, -h)?.sqr()? + rl.affine(1.0, h)?.sqr()?)?
         }
         LossKind::ApoZero => {
-            let (cl, rl) = refs()?;
             (sigmoid(&(cl * beta)?)?.affine(-1.0, 1.0)? + sigmoid(&(rl * beta)?)?)?
         }
         LossKind::ApoDown => {
-            let (cl, rl) = refs()?;
             let d = ((&cl - &rl)? * beta)?;
             (sigmoid(&(cl * beta)?)? + sigmoid(&d)?.affine(-1.0, 1.0)?)?
         }
         LossKind::Discopop => {
-            let (cl, rl) = refs()?;
             let z = ((cl - rl)? * beta)?;
             let m = sigmoid(&(&z / k.discopop_tau)?)?;
             let logistic = log_sigmoid(&z)?.neg()?;
@@ -281,9 +278,16 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             ((m.affine(-1.0, 1.0)? * logistic)? + m_exp)?
         }
         LossKind::SigmoidNorm => {
-            let (cl, rl) = refs()?;
             log_sigmoid(&(((cl / &p.len_c)? - (rl / &p.len_r)?)? * beta)?)?.neg()?
         }
+        _ => unreachable!("{kind:?} is not a loss against the reference"),
+    })
+}
+
+/// `simpo` and `orpo`, on the policy's log-probs alone.
+fn reference_free(kind: LossKind, p: &Pairs, k: &LossParams) -> CResult<Tensor> {
+    let beta = k.beta;
+    Ok(match kind {
         LossKind::Simpo => {
             let m = ((&p.lc / &p.len_c)? - (&p.lr / &p.len_r)?)?;
             log_sigmoid(&m.affine(beta, -k.simpo_gamma)?)?.neg()?
@@ -298,9 +302,8 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
             let ratio = (log_odds(&mc)? - log_odds(&mr)?)?;
             (log_sigmoid(&ratio)? * -k.orpo_lambda)?
         }
-        LossKind::Sft => return Err(TrainError::Internal("sft is not a pairwise loss".into())),
-    };
-    Ok(out)
+        _ => unreachable!("{kind:?} needs a reference"),
+    })
 }
 
 /// The batch loss: Σ weight · (mean over pairs of the per-pair loss), where `sft` (and orpo's NLL
