@@ -131,7 +131,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         outcome,
         model_dir,
         pairs,
-        reference: reference,
+        reference,
         answers,
     })
 }

@@ -103,8 +103,8 @@ impl<'a> References<'a> {
             _ => self.sources.ref_cache.clone(),
         };
         let (ref_chosen, ref_rejected) = match (cache, self.sources.ref_model.clone()) {
-            (Some(path), _) => self.from_cache(&path, &pairs, role)?,
-            (None, Some(dir)) => self.from_model(&dir, &pairs, role)?,
+            (Some(path), _) => self.cached(&path, &pairs, role)?,
+            (None, Some(dir)) => self.computed(&dir, &pairs, role)?,
             (None, None) => {
                 return Err(TrainError::Config(format!(
                     "the loss needs reference log-probs for the {role} split: give --{}ref-cache (from \
@@ -120,7 +120,7 @@ impl<'a> References<'a> {
         })
     }
 
-    fn from_cache(
+    fn cached(
         &mut self,
         path: &Path,
         pairs: &PairSet,
@@ -149,7 +149,7 @@ impl<'a> References<'a> {
         Ok((chosen, rejected))
     }
 
-    fn from_model(
+    fn computed(
         &mut self,
         dir: &Path,
         pairs: &PairSet,
