@@ -57,7 +57,8 @@ fn swap_in_dir(dir: &Path, tmp: &Path, files: &[(&str, &[u8])]) -> Result<()> {
         move |cause| IoError::write(p, cause)
     };
     let _ = std::fs::remove_dir_all(tmp);
-    std::fs::create_dir_all(tmp).map_err(werr(tmp))?;
+    // Named as the directory the caller asked for: the temporary name means nothing to a user.
+    std::fs::create_dir_all(tmp).map_err(werr(dir))?;
     if dir.is_dir() {
         for entry in std::fs::read_dir(dir).map_err(werr(dir))? {
             let entry = entry.map_err(werr(dir))?;

@@ -15,7 +15,6 @@ mod step;
 mod task;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use candle_core::Tensor;
 
@@ -37,8 +36,7 @@ pub fn train(
     if run.resumed_from.is_none() {
         measure_start(&mut run, task)?;
     }
-    run.started = Instant::now();
-    run.window = (Instant::now(), 0);
+    run.start_clock();
     while run.state.step < run.total {
         let report = run.step(task)?;
         run.log_step(&report)?;

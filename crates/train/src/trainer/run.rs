@@ -109,6 +109,12 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// Starts timing the steps (the start's eval and probe are not part of the run's time).
+    pub fn start_clock(&mut self) {
+        self.started = Instant::now();
+        self.window = (Instant::now(), 0);
+    }
+
     /// Seconds spent on this run, in this process and the ones it resumed.
     pub fn elapsed(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
