@@ -76,11 +76,6 @@ pub fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// A path as an argument.
-pub fn arg(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// Starts `cmd` (stderr discarded), waits until `ready()` holds — at most two minutes — and kills it with
 /// SIGKILL, as a crash or an impatient user would.
 pub fn kill_when(cmd: &mut Command, ready: impl Fn() -> bool) {
