@@ -14,29 +14,10 @@ use zerolm_testkit::{has_checkpoint, kill_when, repo, workdir, Run};
 
 /// The stage binaries sit next to `pipeline`; build any that are missing (e.g. under `cargo test -p`).
 fn binaries() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
-    let dir = exe.parent().unwrap().to_path_buf();
-    let needed = ["tokenize", "pretrain", "sft", "ref-logprobs", "dpo"];
-    let missing: Vec<&str> = needed
-        .iter()
-        .copied()
-        .filter(|b| !dir.join(b).is_file())
-        .collect();
-    if !missing.is_empty() {
-        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo()).args([
-            "build",
-            "--profile",
-            if profile == "debug" { "dev" } else { &profile },
-        ]);
-        for b in &missing {
-            cmd.args(["--bin", b]);
-        }
-        assert!(cmd.status().unwrap().success(), "building {missing:?}");
-    }
-    dir
+    zerolm_testkit::binaries(
+        env!("CARGO_BIN_EXE_pipeline"),
+        &["tokenize", "pretrain", "sft", "ref-logprobs", "dpo"],
+    )
 }
 
 const PIPELINE: &str = r#"vars:

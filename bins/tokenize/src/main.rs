@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zerolm_cli::alloc::peak_rss_mb;
+use zerolm_data::chat::CompletionEnd;
 use zerolm_data::encode::{self, EncodeConfig, Overlong, Report};
 use zerolm_data::formats::{Format, Kind, Template, ALL_FORMATS};
 use zerolm_data::progress::Progress;
@@ -78,6 +79,14 @@ struct EncodeArgs {
         value_parser = PossibleValuesParser::new(Template::NAMES).try_map(|s| s.parse::<Template>())
     )]
     template: Template,
+    /// SFT and DPO chat data: where an assistant turn / completion ends — through all the template renders
+    /// for it (`template`: `<|im_end|>\n`, as TRL and MiniMind train) or at the end-of-turn token (`eos`).
+    #[arg(
+        long,
+        default_value = "template",
+        value_parser = PossibleValuesParser::new(CompletionEnd::NAMES).try_map(|s| s.parse::<CompletionEnd>())
+    )]
+    completion_end: CompletionEnd,
     /// Longest row in tokens (DPO: prompt + the longer completion). No limit by default.
     #[arg(long)]
     max_len: Option<usize>,
@@ -103,6 +112,7 @@ fn encode(kind: Kind, a: EncodeArgs) -> Result<()> {
     cfg.format = a.format.as_deref().and_then(Format::parse);
     cfg.text_field = a.text_field;
     cfg.template = a.template;
+    cfg.completion_end = a.completion_end;
     cfg.max_len = a.max_len;
     cfg.overlong = a.overlong;
     cfg.skip_bad = a.skip_bad;

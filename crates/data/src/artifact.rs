@@ -32,6 +32,8 @@ pub mod keys {
     pub const COUNTS: &str = "zerolm.counts";
     pub const CONFIG: &str = "zerolm.config";
     pub const COMMAND: &str = "zerolm.command";
+    /// SFT and DPO: where a chat completion ends (`template` or `eos`, see `chat::CompletionEnd`).
+    pub const COMPLETION_END: &str = "zerolm.completion_end";
 }
 
 /// One row of a token file.
@@ -306,6 +308,19 @@ impl TokenFile {
             .get(keys::TOKENIZER_FINGERPRINT)
             .map(String::as_str)
             .unwrap_or("")
+    }
+
+    /// Where the file's chat completions end (`template` or `eos`); SFT and DPO files written before the
+    /// setting existed ended them at eos. `None` for pretraining files.
+    pub fn completion_end(&self) -> Option<&str> {
+        match self.kind {
+            Kind::Pretrain => None,
+            _ => Some(
+                self.metadata
+                    .get(keys::COMPLETION_END)
+                    .map_or("eos", String::as_str),
+            ),
+        }
     }
 
     /// Refuse a file made with another tokenizer.

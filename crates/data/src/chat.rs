@@ -1,7 +1,7 @@
 //! Chat messages and the Jinja chat template (rendered with minijinja exactly as Hugging Face's
 //! `apply_chat_template` renders it with jinja2: `trim_blocks` and `lstrip_blocks` on).
 
-use crate::error::{DataError, Result};
+use crate::error::{unknown_choice, DataError, Result};
 use serde::{Deserialize, Serialize};
 
 /// ChatML, the template zerolm's tokenizers ship (the one MiniMind and Qwen use).
@@ -99,12 +99,18 @@ impl ChatTemplate {
     }
 
     /// Byte spans of the rendered conversation that the model is trained on: each assistant message's
-    /// content through its end-of-turn token (`eos_token`), not the separator after it.
+    /// content through the end of its turn as `end` says — all the template renders for the turn
+    /// ([`CompletionEnd::Template`]) or through its end-of-turn token `eos_token` ([`CompletionEnd::Eos`]).
     ///
     /// Found by rendering prefixes: the span of assistant message `i` starts where the rendering of
-    /// `messages[..i]` with the generation prompt ends, and ends after the last `eos_token` inside the
-    /// rendering of `messages[..=i]`. The template must render prefixes as prefixes (ChatML does).
-    pub fn assistant_spans(&self, messages: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
+    /// `messages[..i]` with the generation prompt ends, and ends where the rendering of `messages[..=i]`
+    /// ends (or after the last `eos_token` inside it). The template must render prefixes as prefixes
+    /// (ChatML does).
+    pub fn assistant_spans(
+        &self,
+        messages: &[Message],
+        end: CompletionEnd,
+    ) -> Result<(String, Vec<(usize, usize)>)> {
         let full = self.render(messages, false)?;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -124,13 +130,48 @@ impl ChatTemplate {
                 ));
             }
             let turn = &through[before.len()..];
-            let end = match turn.rfind(&self.eos_token) {
-                Some(p) => before.len() + p + self.eos_token.len(),
-                None => through.len(),
+            let stop = match (end, turn.rfind(&self.eos_token)) {
+                (CompletionEnd::Eos, Some(p)) => before.len() + p + self.eos_token.len(),
+                _ => through.len(),
             };
-            spans.push((before.len(), end));
+            spans.push((before.len(), stop));
         }
         Ok((full, spans))
+    }
+}
+
+/// Where a chat completion (DPO) or a supervised assistant turn (SFT) ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompletionEnd {
+    /// Through everything the chat template renders for the turn: `<|im_end|>\n` with ChatML. What TRL
+    /// (`DPOTrainer`, `SFTTrainer` completion/assistant-only loss) and MiniMind train on.
+    Template,
+    /// At the end-of-turn token (`<|im_end|>`): the separator after it is neither trained nor scored.
+    Eos,
+}
+
+impl CompletionEnd {
+    /// The names `--completion-end` accepts (also how token files record it).
+    pub const NAMES: &'static [&'static str] = &["template", "eos"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CompletionEnd::Template => "template",
+            CompletionEnd::Eos => "eos",
+        }
+    }
+}
+
+impl std::str::FromStr for CompletionEnd {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<CompletionEnd, DataError> {
+        match s {
+            "template" => Ok(CompletionEnd::Template),
+            "eos" => Ok(CompletionEnd::Eos),
+            _ => Err(unknown_choice("--completion-end", s, CompletionEnd::NAMES)),
+        }
     }
 }
 
@@ -166,8 +207,17 @@ mod tests {
             Message::new(Role::User, "2+2?"),
             Message::new(Role::Assistant, "4"),
         ];
-        let (full, spans) = chatml().assistant_spans(&msgs).unwrap();
+        let (full, spans) = chatml().assistant_spans(&msgs, CompletionEnd::Eos).unwrap();
         let texts: Vec<&str> = spans.iter().map(|&(a, b)| &full[a..b]).collect();
         assert_eq!(texts, vec!["Hello!<|im_end|>", "4<|im_end|>"]);
+        let (full, spans) = chatml()
+            .assistant_spans(&msgs, CompletionEnd::Template)
+            .unwrap();
+        let texts: Vec<&str> = spans.iter().map(|&(a, b)| &full[a..b]).collect();
+        assert_eq!(texts, vec!["Hello!<|im_end|>\n", "4<|im_end|>\n"]);
+        for name in CompletionEnd::NAMES {
+            assert_eq!(name.parse::<CompletionEnd>().unwrap().name(), *name);
+        }
+        assert!("turn".parse::<CompletionEnd>().is_err());
     }
 }

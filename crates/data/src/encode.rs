@@ -2,7 +2,7 @@
 //! write a token file with its provenance. Memory stays bounded by the chunk size.
 
 use crate::artifact::{keys, TokenRow, TokenWriter};
-use crate::chat::Message;
+use crate::chat::{CompletionEnd, Message};
 use crate::error::{unknown_choice, DataError, Location, Result};
 use crate::formats::{normalize, Format, Kind, Pair, Problem, Record, Template};
 use crate::input::{RawRow, RowReader};
@@ -49,6 +49,8 @@ pub struct EncodeConfig {
     pub format: Option<Format>,
     pub text_field: String,
     pub template: Template,
+    /// Where a chat completion or assistant turn ends (SFT and DPO).
+    pub completion_end: CompletionEnd,
     pub max_len: Option<usize>,
     pub overlong: Overlong,
     pub skip_bad: bool,
@@ -63,6 +65,7 @@ impl EncodeConfig {
             format: None,
             text_field: "text".into(),
             template: Template::Chat,
+            completion_end: CompletionEnd::Template,
             max_len: None,
             overlong: Overlong::Truncate,
             skip_bad: false,
@@ -108,8 +111,9 @@ pub struct Counts {
     pub dropped_overlong: u64,
     /// Pretraining documents cut into several rows by `--overlong split` (rows, not pieces).
     pub split: u64,
-    /// DPO rows whose prompt tokens were not a prefix of prompt+completion tokens; their completion was
-    /// encoded on its own and appended to the prompt's tokens.
+    /// DPO rows whose prompt tokens were not a prefix of prompt+completion tokens (the template renders
+    /// the prompt alone differently, or tokens merge across the boundary): as TRL does, the prompt keeps
+    /// the tokens it shares with both, and each completion is the rest of its prompt+completion tokens.
     pub prefix_mismatch: u64,
     pub tokens: u64,
     /// SFT: tokens with loss_mask = 1.
@@ -172,10 +176,14 @@ fn encode_doc(tok: &TokenizerDir, text: &str, cfg: &EncodeConfig) -> Result<Enco
     Ok(out)
 }
 
-/// Token ids of a rendered conversation and a mask that is 1 on assistant content through its
-/// end-of-turn token: a token is supervised when it starts inside an assistant span.
-pub fn sft_tokens(tok: &TokenizerDir, messages: &[Message]) -> Result<(Vec<u32>, Vec<u8>)> {
-    let (text, spans) = tok.template.assistant_spans(messages)?;
+/// Token ids of a rendered conversation and a mask that is 1 on each assistant turn (content through the
+/// turn's end as `end` says): a token is supervised when it starts inside an assistant span.
+pub fn sft_tokens(
+    tok: &TokenizerDir,
+    messages: &[Message],
+    end: CompletionEnd,
+) -> Result<(Vec<u32>, Vec<u8>)> {
+    let (text, spans) = tok.template.assistant_spans(messages, end)?;
     let (ids, offsets) = tok.encode_with_offsets(&text)?;
     let mask = offsets
         .iter()
@@ -185,7 +193,7 @@ pub fn sft_tokens(tok: &TokenizerDir, messages: &[Message]) -> Result<(Vec<u32>,
 }
 
 fn encode_sft(tok: &TokenizerDir, messages: &[Message], cfg: &EncodeConfig) -> Result<Encoded> {
-    let (mut ids, mut mask) = sft_tokens(tok, messages)?;
+    let (mut ids, mut mask) = sft_tokens(tok, messages, cfg.completion_end)?;
     let mut out = Encoded::default();
     if let Some(max) = cfg.max_len.filter(|&m| ids.len() > m) {
         if cfg.overlong == Overlong::Drop {
@@ -208,43 +216,74 @@ fn encode_sft(tok: &TokenizerDir, messages: &[Message], cfg: &EncodeConfig) -> R
     Ok(out)
 }
 
-/// Prompt ids and the completion's ids, split at the token level. Returns whether the tokens of
-/// prompt+completion did not start with the prompt's tokens (then the completion is encoded alone).
-fn split_completion(
-    tok: &TokenizerDir,
-    prompt_text: &str,
-    prompt_ids: &[u32],
-    completion_text: &str,
-) -> Result<(Vec<u32>, bool)> {
-    let full = tok.encode(&format!("{prompt_text}{completion_text}"))?;
-    if full.starts_with(prompt_ids) {
-        Ok((full[prompt_ids.len()..].to_vec(), false))
-    } else {
-        Ok((tok.encode(completion_text)?, true))
+/// The length of the longest common prefix of `a` and `b`.
+fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A pair's token ids as TRL's `DPOTrainer` makes them: the prompt and each prompt+completion are
+/// tokenized whole, the prompt keeps the tokens it shares with both (all of them unless the template
+/// renders the prompt alone differently or tokens merge across the boundary: `mismatch`), and each
+/// completion is the rest of its sequence.
+struct SplitPair {
+    prompt: Vec<u32>,
+    chosen: Vec<u32>,
+    rejected: Vec<u32>,
+    mismatch: bool,
+}
+
+fn split_pair(prompt: Vec<u32>, full_chosen: &[u32], full_rejected: &[u32]) -> SplitPair {
+    let shared = common_prefix_length(&prompt, full_chosen)
+        .min(common_prefix_length(&prompt, full_rejected));
+    let mismatch = shared < prompt.len();
+    let mut prompt = prompt;
+    prompt.truncate(shared);
+    SplitPair {
+        prompt,
+        chosen: full_chosen[shared..].to_vec(),
+        rejected: full_rejected[shared..].to_vec(),
+        mismatch,
     }
 }
 
-/// The text a chat completion adds after the prompt's generation prompt, through its last end-of-turn
-/// token (the separator after it is not part of the completion).
-fn chat_completion_text(
+/// The rendered prompt (with its generation prompt) and each rendered prompt+completion of a chat pair.
+fn render_chat_pair(
     tok: &TokenizerDir,
     prompt: &[Message],
-    completion: &[Message],
-    prompt_text: &str,
-) -> Result<String> {
-    let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
-    let full = tok.template.render(&all, false)?;
-    let rest = full.strip_prefix(prompt_text).ok_or_else(|| {
-        DataError::Template(
-            "the rendered prompt with its generation prompt is not a prefix of prompt+completion"
-                .into(),
-        )
-    })?;
+    chosen: &[Message],
+    rejected: &[Message],
+) -> Result<(String, String, String)> {
+    let whole = |completion: &[Message]| -> Result<String> {
+        let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+        tok.template.render(&all, false)
+    };
+    Ok((
+        tok.template.render(prompt, true)?,
+        whole(chosen)?,
+        whole(rejected)?,
+    ))
+}
+
+/// A raw pair as TRL's standard format makes it: the completions end with eos (appended unless
+/// already there), and the prompt and each prompt+completion are tokenized as they are.
+fn raw_pair_texts(tok: &TokenizerDir, prompt: &str, chosen: &str, rejected: &str) -> [String; 3] {
     let eos = &tok.template.eos_token;
-    Ok(match rest.rfind(eos.as_str()) {
-        Some(p) => rest[..p + eos.len()].to_string(),
-        None => rest.to_string(),
-    })
+    let with_eos = |c: &str| {
+        if c.ends_with(eos.as_str()) {
+            format!("{prompt}{c}")
+        } else {
+            format!("{prompt}{c}{eos}")
+        }
+    };
+    [prompt.to_string(), with_eos(chosen), with_eos(rejected)]
+}
+
+/// A chat completion cut after its last end-of-turn token (`--completion-end eos`): the template's
+/// separator after it is dropped.
+fn cut_after_eos(ids: &mut Vec<u32>, eos_id: u32) {
+    if let Some(p) = ids.iter().rposition(|&t| t == eos_id) {
+        ids.truncate(p + 1);
+    }
 }
 
 /// DPO truncation to `max` tokens for prompt + the longer completion: the prompt keeps its end (at least
@@ -272,34 +311,38 @@ pub fn truncate_pair(
 
 fn encode_pair(tok: &TokenizerDir, id: String, pair: &Pair, cfg: &EncodeConfig) -> Result<Encoded> {
     let mut out = Encoded::default();
-    let (prompt_text, chosen_text, rejected_text) = match pair {
+    let (texts, chat) = match pair {
         Pair::Chat {
             prompt,
             chosen,
             rejected,
         } => {
-            let p = tok.template.render(prompt, true)?;
-            let c = chat_completion_text(tok, prompt, chosen, &p)?;
-            let r = chat_completion_text(tok, prompt, rejected, &p)?;
-            (p, c, r)
+            let (p, c, r) = render_chat_pair(tok, prompt, chosen, rejected)?;
+            ([p, c, r], true)
         }
         Pair::Raw {
             prompt,
             chosen,
             rejected,
-        } => {
-            let eos = &tok.template.eos_token;
-            (
-                prompt.clone(),
-                format!("{chosen}{eos}"),
-                format!("{rejected}{eos}"),
-            )
-        }
+        } => (raw_pair_texts(tok, prompt, chosen, rejected), false),
     };
-    let mut prompt_ids = tok.encode(&prompt_text)?;
-    let (mut chosen, m1) = split_completion(tok, &prompt_text, &prompt_ids, &chosen_text)?;
-    let (mut rejected, m2) = split_completion(tok, &prompt_text, &prompt_ids, &rejected_text)?;
-    out.prefix_mismatch = m1 || m2;
+    let [prompt, full_chosen, full_rejected] = texts;
+    let split = split_pair(
+        tok.encode(&prompt)?,
+        &tok.encode(&full_chosen)?,
+        &tok.encode(&full_rejected)?,
+    );
+    out.prefix_mismatch = split.mismatch;
+    let SplitPair {
+        prompt: mut prompt_ids,
+        mut chosen,
+        mut rejected,
+        ..
+    } = split;
+    if chat && cfg.completion_end == CompletionEnd::Eos {
+        cut_after_eos(&mut chosen, tok.eos_id);
+        cut_after_eos(&mut rejected, tok.eos_id);
+    }
     if let Some(max) = cfg.max_len {
         if prompt_ids.len() + chosen.len().max(rejected.len()) > max {
             if cfg.overlong == Overlong::Drop {
@@ -626,6 +669,12 @@ fn metadata(
     meta.insert(keys::INPUTS.to_string(), json(&infos));
     meta.insert(keys::COUNTS.to_string(), json(counts));
     meta.insert(keys::CONFIG.to_string(), json(cfg));
+    if cfg.stage != Kind::Pretrain {
+        meta.insert(
+            keys::COMPLETION_END.to_string(),
+            cfg.completion_end.name().to_string(),
+        );
+    }
     meta.insert(keys::COMMAND.to_string(), json(&command.to_vec()));
     meta
 }

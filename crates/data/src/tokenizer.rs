@@ -282,6 +282,9 @@ pub struct TokenizerDir {
     pub pad_id: u32,
 }
 
+/// Byte ranges (start, end) in a text.
+pub type Spans = Vec<(usize, usize)>;
+
 impl TokenizerDir {
     pub fn load(dir: &Path) -> Result<TokenizerDir> {
         let tok_path = dir.join("tokenizer.json");
@@ -361,8 +364,8 @@ impl TokenizerDir {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Ids and byte offsets of each token in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    /// Ids and byte offsets (start, end) of each token in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Spans)> {
         let enc = self
             .tokenizer
             .encode(text, false)

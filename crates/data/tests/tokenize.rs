@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use zerolm_data::artifact::{self, keys, TokenRow};
-use zerolm_data::chat::{Message, Role};
+use zerolm_data::chat::{CompletionEnd, Message, Role};
 use zerolm_data::encode::{self, sft_tokens, truncate_pair, Counts, EncodeConfig, Overlong};
 use zerolm_data::formats::{Kind, Template};
 use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
@@ -133,6 +133,7 @@ fn chat_template_renders_and_encodes_exactly_like_hugging_face() {
 
 #[test]
 fn loss_mask_covers_assistant_content_through_im_end_and_nothing_else() {
+    // --completion-end eos
     let t = tok();
     let msgs = vec![
         Message::new(Role::System, "You are a helpful assistant."),
@@ -141,7 +142,7 @@ fn loss_mask_covers_assistant_content_through_im_end_and_nothing_else() {
         Message::new(Role::User, "王伟住在哪里？"),
         Message::new(Role::Assistant, "王伟住在北京。"),
     ];
-    let (ids, mask) = sft_tokens(&t, &msgs).unwrap();
+    let (ids, mask) = sft_tokens(&t, &msgs, CompletionEnd::Eos).unwrap();
     assert_eq!(ids.len(), mask.len());
     // The supervised runs, as ids: exactly the answers' tokens followed by <|im_end|> (id 2).
     let mut runs: Vec<Vec<u32>> = Vec::new();
@@ -182,6 +183,30 @@ fn loss_mask_covers_assistant_content_through_im_end_and_nothing_else() {
 }
 
 #[test]
+fn template_completion_end_also_supervises_the_turn_separator_as_trl_does() {
+    let t = tok();
+    let msgs = vec![
+        Message::new(Role::User, "Hi"),
+        Message::new(Role::Assistant, "Hello!"),
+        Message::new(Role::User, "王伟住在哪里？"),
+        Message::new(Role::Assistant, "王伟住在北京。"),
+    ];
+    let (eos_ids, eos_mask) = sft_tokens(&t, &msgs, CompletionEnd::Eos).unwrap();
+    let (ids, mask) = sft_tokens(&t, &msgs, CompletionEnd::Template).unwrap();
+    assert_eq!(ids, eos_ids, "the ids do not depend on where the mask ends");
+    let nl = t.encode("\n").unwrap()[0];
+    // every supervised run now ends with <|im_end|> "\n", one token more than with eos
+    let extra: Vec<usize> = (0..ids.len())
+        .filter(|&i| mask[i] == 1 && eos_mask[i] == 0)
+        .collect();
+    assert_eq!(extra.len(), 2);
+    for i in extra {
+        assert_eq!((ids[i - 1], ids[i]), (2, nl));
+    }
+    assert_eq!(*mask.last().unwrap(), 1, "the final newline is supervised");
+}
+
+#[test]
 fn sft_formats_conversations_messages_and_parquet_agree() {
     let (jsonl, counts) = run(
         Kind::Sft,
@@ -213,7 +238,7 @@ fn sft_formats_conversations_messages_and_parquet_agree() {
         .collect();
     assert_eq!(
         tok().decode(&supervised).unwrap(),
-        "Bruno Baker is a pilot.<|im_end|>"
+        "Bruno Baker is a pilot.<|im_end|>\n"
     );
 }
 
@@ -243,8 +268,8 @@ fn dpo_formats_split_prompt_and_completions_at_the_generation_prompt() {
         pair(&rows, 0),
         (
             user("Where does Alice Adams live?"),
-            "Alice Adams lives in Paris.<|im_end|>".into(),
-            "Alice Adams lives in Rome.<|im_end|>".into()
+            "Alice Adams lives in Paris.<|im_end|>\n".into(),
+            "Alice Adams lives in Rome.<|im_end|>\n".into()
         )
     );
     let TokenRow::Dpo { id, .. } = &rows[1] else {
@@ -265,7 +290,17 @@ fn dpo_formats_split_prompt_and_completions_at_the_generation_prompt() {
     )
     .0;
     assert_eq!(pair(&standard, 0), pair(&conversational, 0));
-    assert_eq!(pair(&standard, 0).1, "2 plus 2 equals 4.<|im_end|>");
+    assert_eq!(pair(&standard, 0).1, "2 plus 2 equals 4.<|im_end|>\n");
+    // --completion-end eos stops the completions at <|im_end|>
+    let eos = run(
+        Kind::Dpo,
+        &["dpo/trl_conversational.jsonl"],
+        |c| c.completion_end = CompletionEnd::Eos,
+        "d4e.parquet",
+    )
+    .0;
+    assert_eq!(pair(&eos, 0).1, "2 plus 2 equals 4.<|im_end|>");
+    assert_eq!(pair(&eos, 0).0, pair(&conversational, 0).0);
 
     // Implicit prompt (MiniMind dpo.jsonl) and hh-rlhf text give the same multi-turn split.
     let implicit = run(Kind::Dpo, &["dpo/implicit.jsonl"], |_| {}, "d5.parquet").0;
@@ -282,7 +317,10 @@ fn dpo_formats_split_prompt_and_completions_at_the_generation_prompt() {
     );
     assert_eq!(
         (chosen.as_str(), rejected.as_str()),
-        ("2 plus 2 equals 4.<|im_end|>", "Why do you ask?<|im_end|>")
+        (
+            "2 plus 2 equals 4.<|im_end|>\n",
+            "Why do you ask?<|im_end|>\n"
+        )
     );
 
     // Raw template: the strings as they are, eos after each completion.
@@ -547,7 +585,8 @@ fn token_files_record_provenance_and_readers_check_it() {
 #[test]
 fn a_prompt_whose_tokens_merge_into_the_completion_is_handled_and_counted() {
     // Raw template, prompt ending in a space: " Paris" is one pre-token in prompt+completion, so the
-    // prompt's own tokens (ending in " ") are not a prefix of the whole.
+    // prompt's own tokens (ending in " ") are not a prefix of the whole. As TRL does, the prompt keeps
+    // the tokens it shares with both sequences and the completions take the rest.
     let input = tmp("mismatch.jsonl");
     std::fs::write(&input, "{\"prompt\": \"Alice Adams lives in \", \"chosen\": \"Paris.\", \"rejected\": \"Rome.\"}\n").unwrap();
     let out = tmp("mismatch.parquet");
@@ -559,8 +598,10 @@ fn a_prompt_whose_tokens_merge_into_the_completion_is_handled_and_counted() {
     let (prompt, chosen, _) = pair(&rows, 0);
     assert_eq!(
         (prompt.as_str(), chosen.as_str()),
-        ("Alice Adams lives in ", "Paris.<|im_end|>")
+        ("Alice Adams lives in", " Paris.<|im_end|>")
     );
+    let file = artifact::read(&out, Kind::Dpo).unwrap();
+    assert_eq!(file.completion_end(), Some("template"));
 }
 
 /// Write `content` to a temp input and tokenize it; returns the counts or the error message.

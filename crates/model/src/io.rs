@@ -48,11 +48,11 @@ pub fn safetensors_bytes(
     Ok(out)
 }
 
+/// Tensors by name, and a file's string metadata.
+pub type Loaded = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
+
 /// Reads a safetensors file into f32 tensors on `device` (f16/bf16/f64 are converted), with its metadata.
-pub fn load_safetensors(
-    path: &Path,
-    device: &Device,
-) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>), ModelError> {
+pub fn load_safetensors(path: &Path, device: &Device) -> Result<Loaded, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let bad = |e: String| ModelError::Weights(format!("{}: {e}", path.display()));
     let (_, header) =

@@ -217,6 +217,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         total_steps: total,
         resolved: Map::new(),
         stage_settings: None,
+        completion_end: None,
     };
     let (outcome, model_dir) = run.train_and_export(&task, init)?;
     Ok(PretrainReport {

@@ -17,9 +17,10 @@ use zerolm_data::formats::Kind;
 use zerolm_model::Model;
 use zerolm_train::TrainError;
 
+use crate::common::setup::{check_model_completion_end, common_completion_end};
 use crate::common::read_token_files;
 use crate::common::start::start_tokenizer;
-use crate::preference::cache::{self, compute, keys, write_cache, CHOSEN, REJECTED};
+use crate::preference::cache::{self, compute, concat, keys, write_cache, RefLogps, FORMAT_VERSION};
 use crate::preference::pairs::PairSet;
 
 const PART_ROWS: usize = 256;
@@ -83,7 +84,7 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         parts.count, args.batch_size
     );
     let reused = parts.compute(&model, &pairs, &meta, &args)?;
-    let (chosen, rejected) = parts.merge()?;
+    let logps = parts.merge()?;
     let counts = json!({
         "pairs": pairs.pairs.len(), "skipped_empty": pairs.skipped_empty,
         "skipped_long_prompt": pairs.skipped_long_prompt, "truncated": pairs.truncated, "threads": args.threads,
@@ -93,8 +94,7 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         &args.out,
         &pairs,
         0..pairs.pairs.len(),
-        &chosen,
-        &rejected,
+        &logps,
         meta,
     )?;
     parts.remove()?;
@@ -117,6 +117,8 @@ fn read_pairs(args: &RefArgs) -> Result<(PairSet, BTreeMap<String, String>), Tra
         ));
     }
     let (files, inputs) = read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "dpo")?;
+    let completion_end = common_completion_end(&files)?;
+    check_model_completion_end(&args.model, completion_end.as_deref())?;
     let pairs = PairSet::new(&files, args.max_len, tokenizer.pad_id);
     if pairs.pairs.is_empty() {
         return Err(TrainError::Config(format!(
@@ -140,6 +142,9 @@ fn read_pairs(args: &RefArgs) -> Result<(PairSet, BTreeMap<String, String>), Tra
         serde_json::to_string(&inputs).expect("json"),
     );
     meta.insert(artifact::keys::COMMAND.to_string(), args.command.clone());
+    if let Some(end) = completion_end {
+        meta.insert(artifact::keys::COMPLETION_END.to_string(), end);
+    }
     Ok((pairs, meta))
 }
 
@@ -195,6 +200,7 @@ impl Parts {
         for k in 0..self.count {
             let range = self.range(k);
             let mut part_meta = meta.clone();
+            part_meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
             let span = format!("{}..{}", range.start, range.end);
             part_meta.insert(keys::PART.to_string(), span);
             if self.is_done(k, &part_meta) {
@@ -204,8 +210,8 @@ impl Parts {
                 }
                 continue;
             }
-            let (c, r) = compute(model, pairs, range.clone(), args.batch_size, bar.as_ref())?;
-            write_cache(&self.path(k), pairs, range, &c, &r, part_meta)?;
+            let logps = compute(model, pairs, range.clone(), args.batch_size, bar.as_ref())?;
+            write_cache(&self.path(k), pairs, range, &logps, part_meta)?;
             if bar.is_none() {
                 eprintln!("ref-logprobs: part {}/{} done", k + 1, self.count);
             }
@@ -227,17 +233,16 @@ impl Parts {
     }
 
     /// The parts' log-probs, in pair order.
-    fn merge(&self) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
-        let (mut c, mut r) = (
-            Vec::with_capacity(self.pairs),
-            Vec::with_capacity(self.pairs),
-        );
+    fn merge(&self) -> Result<RefLogps, TrainError> {
+        let mut parts = Vec::with_capacity(self.count);
         for k in 0..self.count {
-            let part = artifact::read(&self.path(k), Kind::Dpo)?;
-            c.extend_from_slice(&part.extra[CHOSEN]);
-            r.extend_from_slice(&part.extra[REJECTED]);
+            let path = self.path(k);
+            let part = artifact::read(&path, Kind::Dpo)?;
+            parts.push(RefLogps::of_file(&part).ok_or_else(|| {
+                TrainError::Internal(format!("{} has no log-prob columns", path.display()))
+            })?);
         }
-        Ok((c, r))
+        Ok(concat(&parts))
     }
 
     fn remove(self) -> Result<(), TrainError> {

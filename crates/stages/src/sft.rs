@@ -192,6 +192,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let (start, files) = StartModel::with_inputs(&args.model, &args.stage, Kind::Sft)?;
     let tokenizer = &start.tokenizer;
     let examples = |files: Vec<_>| Examples::new(flat_rows(files), cfg.seq_len, tokenizer.pad_id);
+    let completion_end = files.completion_end.clone();
     let train = examples(files.train);
     let eval = (!files.eval.is_empty()).then(|| examples(files.eval));
     let answer_set = args
@@ -238,6 +239,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
         total_steps: total,
         resolved,
         stage_settings: None,
+        completion_end,
     };
     let (outcome, model_dir) = run.train_and_export(&task, init)?;
     let answers = match answer_set {

@@ -33,6 +33,7 @@ pub fn micro_model(dir: &Path, seed: u64) -> PathBuf {
         tokenizer_fingerprint: &tok.fingerprint,
         inputs: &[],
         config: &serde_json::json!({}),
+        completion_end: None,
     };
     let params = init_parameters(&cfg, seed, &Device::Cpu).unwrap();
     export_model_dir(dir, &cfg, &params, &tok, &prov).unwrap();

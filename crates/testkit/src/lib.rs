@@ -3,6 +3,7 @@
 //! tests start from — token files made with the fixture tokenizer and untrained model directories.
 
 mod inputs;
+pub mod trl;
 
 pub use inputs::{fixture_tokenizer, micro_model, token_file};
 
@@ -108,4 +109,31 @@ pub fn train_steps(metrics: &Path) -> Vec<u64> {
     let rows = zerolm_io::read_rows(metrics);
     let train = rows.iter().filter(|row| row.contains_key("loss"));
     train.filter_map(|row| row["step"].as_u64()).collect()
+}
+
+/// The directory of the binary `exe` (a test's `env!("CARGO_BIN_EXE_<name>")`), after building any of
+/// the workspace binaries `needed` that are not there yet (under `cargo test -p` only the package's own
+/// binary is built).
+pub fn binaries(exe: &str, needed: &[&str]) -> PathBuf {
+    let dir = Path::new(exe).parent().unwrap().to_path_buf();
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
+    if !missing.is_empty() {
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo()).args([
+            "build",
+            "--profile",
+            if profile == "debug" { "dev" } else { &profile },
+        ]);
+        for b in &missing {
+            cmd.args(["--bin", b]);
+        }
+        assert!(cmd.status().unwrap().success(), "building {missing:?}");
+    }
+    dir
 }

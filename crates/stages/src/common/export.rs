@@ -19,6 +19,8 @@ pub struct Provenance<'a> {
     pub tokenizer_fingerprint: &'a str,
     pub inputs: &'a [InputFingerprint],
     pub config: &'a serde_json::Value,
+    /// Where the training data's chat completions ended (`template`/`eos`), for SFT and DPO.
+    pub completion_end: Option<&'a str>,
 }
 
 /// Exports an HF model directory at `dir` atomically.
@@ -36,6 +38,9 @@ pub fn export_model_dir(
         "zerolm.tokenizer_fingerprint".to_string(),
         prov.tokenizer_fingerprint.to_string(),
     );
+    if let Some(end) = prov.completion_end {
+        meta.insert("zerolm.completion_end".to_string(), end.to_string());
+    }
     let mut files = zerolm_model::io::model_dir_files(cfg, params, &meta)?;
     let weights = files
         .iter()
@@ -48,6 +53,7 @@ pub fn export_model_dir(
         "tokenizer_fingerprint": prov.tokenizer_fingerprint,
         "inputs": prov.inputs,
         "config": prov.config,
+        "completion_end": prov.completion_end,
     });
     files.push((
         "zerolm.json",

@@ -49,6 +49,55 @@ pub struct TokenInputs {
     pub train: Vec<TokenFile>,
     pub eval: Vec<TokenFile>,
     pub prints: Vec<InputFingerprint>,
+    /// Where their chat completions end (`template`/`eos`; all agree), `None` for pretraining files.
+    pub completion_end: Option<String>,
+}
+
+/// The completion end every file in `files` was tokenized with, refusing a mix: a model trained on
+/// completions that end one way and scored on completions that end another learns a token it is then
+/// penalised for (or never sees it).
+pub fn common_completion_end<'a>(
+    files: impl IntoIterator<Item = &'a TokenFile>,
+) -> Result<Option<String>, TrainError> {
+    let mut seen: Option<(&str, &Path)> = None;
+    for file in files {
+        let Some(end) = file.completion_end() else {
+            continue;
+        };
+        match seen {
+            Some((first, path)) if first != end => {
+                return Err(TrainError::Config(format!(
+                    "{} was tokenized with --completion-end {end} but {} with --completion-end {first}; \
+                     re-run `tokenize` so that every input of the run uses the same one",
+                    file.path.display(),
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+            None => seen = Some((end, &file.path)),
+        }
+    }
+    Ok(seen.map(|(end, _)| end.to_string()))
+}
+
+/// Refuses to fine-tune or score with a model trained on completions that end another way than the
+/// data's (recorded as `completion_end` in its `zerolm.json` by `sft` and `dpo`).
+pub fn check_model_completion_end(model: &Path, data: Option<&str>) -> Result<(), TrainError> {
+    let Some(data) = data else { return Ok(()) };
+    let path = model.join("zerolm.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let recorded: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    match recorded.get("completion_end").and_then(Value::as_str) {
+        Some(end) if end != data => Err(TrainError::Config(format!(
+            "{} was trained on completions tokenized with --completion-end {end}, but this run's data uses \
+             --completion-end {data}; re-run `tokenize` with --completion-end {end} (or retrain the model on \
+             data tokenized like this run's)",
+            model.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Reads `--input` (at least one) and `--eval-input` files of `kind`.
@@ -66,10 +115,12 @@ pub fn read_inputs(
     let (train, mut prints) = read_token_files(&args.inputs, kind, tokenizer, "train")?;
     let (eval, eval_prints) = read_token_files(&args.eval_inputs, kind, tokenizer, "eval")?;
     prints.extend(eval_prints);
+    let completion_end = common_completion_end(train.iter().chain(&eval))?;
     Ok(TokenInputs {
         train,
         eval,
         prints,
+        completion_end,
     })
 }
 
@@ -84,6 +135,8 @@ pub struct StageRun<'a> {
     pub resolved: Map<String, Value>,
     /// Stage settings outside the training config that change the result (checked on resume).
     pub stage_settings: Option<Value>,
+    /// Where the data's chat completions end (recorded in the exported model).
+    pub completion_end: Option<String>,
 }
 
 impl StageRun<'_> {
@@ -115,6 +168,7 @@ impl StageRun<'_> {
             tokenizer_fingerprint: &spec.tokenizer_fingerprint,
             inputs: &spec.inputs,
             config: &config,
+            completion_end: self.completion_end.as_deref(),
         };
         export_model_dir(
             &dir,

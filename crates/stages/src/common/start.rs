@@ -13,7 +13,7 @@ use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_train::{TrainConfig, TrainError};
 
 use super::args::StageArgs;
-use super::setup::{read_inputs, TokenInputs};
+use super::setup::{check_model_completion_end, read_inputs, TokenInputs};
 
 /// The model config with `vocab_size` taken from the tokenizer, unless the user set a larger
 /// vocabulary explicitly (rows past the tokenizer's are then never used).
@@ -85,6 +85,7 @@ impl StartModel {
     ) -> Result<(StartModel, TokenInputs), TrainError> {
         let start = StartModel::open(dir, args.tokenizer.as_deref(), &args.cfg)?;
         let mut files = read_inputs(args, kind, &start.tokenizer)?;
+        check_model_completion_end(dir, files.completion_end.as_deref())?;
         files.prints.push(start.weights.clone());
         Ok((start, files))
     }

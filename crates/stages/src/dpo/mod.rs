@@ -62,11 +62,24 @@ impl DpoReport {
     }
 }
 
+/// LD-DPO needs each reference sum's tail part, which caches made before they were recorded lack.
+fn check_tails(split: &task::Split) -> Result<(), TrainError> {
+    match &split.reference {
+        Some(r) if r.chosen_tail.len() != r.chosen.len() => Err(TrainError::Config(
+            "--ld-alpha needs a reference cache with the tail columns (ref_chosen_tail_logps); this one was \
+             made by an older `ref-logprobs`: rerun it"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let cfg = &args.stage.cfg;
     let (start, files) = StartModel::with_inputs(&args.model, &args.stage, Kind::Dpo)?;
     let tokenizer = &start.tokenizer;
     let mut inputs = files.prints;
+    let completion_end = files.completion_end;
     let pair_set = |files| PairSet::new(files, cfg.seq_len, tokenizer.pad_id);
     let train_pairs = pair_set(&files.train);
     let eval_pairs = (!files.eval.is_empty()).then(|| pair_set(&files.eval));
@@ -79,6 +92,10 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         resolved_refs.described,
     );
     inputs.extend(resolved_refs.inputs);
+    if args.loss_params.ld_alpha.is_some() {
+        check_tails(&train)?;
+        eval.as_ref().map(check_tails).transpose()?;
+    }
     let answer_set = args
         .answers
         .as_ref()
@@ -121,6 +138,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         total_steps: total,
         resolved,
         stage_settings: Some(json!({"loss": loss, "loss_params": args.loss_params})),
+        completion_end,
     };
     let (outcome, model_dir) = run.train_and_export(&task, init)?;
     let answers = match answer_set {

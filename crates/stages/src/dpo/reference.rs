@@ -12,7 +12,7 @@ use zerolm_train::TrainError;
 use super::task::Split;
 use crate::common::setup::fingerprint;
 use crate::common::start::start_tokenizer;
-use crate::preference::cache::{self, RefCache};
+use crate::preference::cache::{self, RefCache, RefLogps};
 use crate::preference::pairs::PairSet;
 
 /// `--ref-cache`, `--eval-ref-cache`, `--ref-model`.
@@ -76,8 +76,7 @@ impl<'a> References<'a> {
         if !needs_reference {
             let bare = |pairs| Split {
                 pairs,
-                ref_chosen: vec![],
-                ref_rejected: vec![],
+                reference: None,
             };
             return Ok(Resolved {
                 train: bare(train),
@@ -102,7 +101,7 @@ impl<'a> References<'a> {
             "eval" => self.sources.eval_ref_cache.clone(),
             _ => self.sources.ref_cache.clone(),
         };
-        let (ref_chosen, ref_rejected) = match (cache, self.sources.ref_model.clone()) {
+        let reference = match (cache, self.sources.ref_model.clone()) {
             (Some(path), _) => self.cached(&path, &pairs, role)?,
             (None, Some(dir)) => self.computed(&dir, &pairs, role)?,
             (None, None) => {
@@ -115,8 +114,7 @@ impl<'a> References<'a> {
         };
         Ok(Split {
             pairs,
-            ref_chosen,
-            ref_rejected,
+            reference: Some(reference),
         })
     }
 
@@ -125,11 +123,10 @@ impl<'a> References<'a> {
         path: &Path,
         pairs: &PairSet,
         role: &str,
-    ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+    ) -> Result<RefLogps, TrainError> {
         let named = self.sources.ref_model.as_deref();
         let RefCache {
-            chosen,
-            rejected,
+            logps,
             model_fingerprint,
         } = cache::load_checked(path, pairs, self.tokenizer, named, role)?;
         if named.is_none() && model_fingerprint != self.policy {
@@ -146,7 +143,7 @@ impl<'a> References<'a> {
             path.display(),
             &model_fingerprint[..12.min(model_fingerprint.len())]
         ));
-        Ok((chosen, rejected))
+        Ok(logps)
     }
 
     fn computed(
@@ -154,7 +151,7 @@ impl<'a> References<'a> {
         dir: &Path,
         pairs: &PairSet,
         role: &str,
-    ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+    ) -> Result<RefLogps, TrainError> {
         start_tokenizer(dir, Some(&self.tokenizer.dir))?;
         if self.model.is_none() {
             let model = zerolm_model::io::load_model_dir(dir, &zerolm_model::device::current())?;

@@ -3,21 +3,21 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value};
 use zerolm_model::Model;
 use zerolm_train::trainer::{BatchLoss, EvalBatch, Task};
 use zerolm_train::TrainError;
 
 use crate::answers;
+use crate::preference::cache::RefLogps;
 use crate::preference::losses::{self, LossParams, LossSpec, Pairs};
-use crate::preference::pairs::{sequence_logps, PairSet};
+use crate::preference::pairs::{sequence_logps, PairSet, Stats, TokenStats};
 
-/// One split: the pairs and their reference log-probs (empty for reference-free losses).
+/// One split: the pairs and their reference log-probs (none for reference-free losses).
 pub struct Split {
     pub pairs: PairSet,
-    pub ref_chosen: Vec<f32>,
-    pub ref_rejected: Vec<f32>,
+    pub reference: Option<RefLogps>,
 }
 
 pub struct DpoTask<'a> {
@@ -29,7 +29,7 @@ pub struct DpoTask<'a> {
     pub device: Device,
 }
 
-/// A batch's loss, completion tokens and TRL metrics.
+/// A batch's loss, tokens (prompt + completion, both sequences of every pair) and TRL metrics.
 struct Scored {
     loss: Tensor,
     tokens: usize,
@@ -39,39 +39,94 @@ struct Scored {
 impl DpoTask<'_> {
     /// The loss and metrics of pairs `idx` of `split`.
     fn score(&self, model: &Model, split: &Split, idx: &[usize]) -> Result<Scored, TrainError> {
-        let (x, y, w) = split.pairs.batch(idx, &self.device)?;
-        let s = sequence_logps(model, &x, &y, &w, true)?;
+        let batch = split.pairs.batch(idx, &self.device)?;
+        let wpo = self.params.use_weighting;
+        let stats = if wpo { Stats::MetricsAndWpo } else { Stats::Metrics };
+        let s = sequence_logps(model, &batch, stats)?;
         let b = idx.len();
-        let reference = |v: &[f32]| -> Result<Option<Tensor>, TrainError> {
-            if v.is_empty() {
-                return Ok(None);
-            }
-            let picked: Vec<f32> = idx.iter().map(|&i| v[i]).collect();
-            Ok(Some(Tensor::from_vec(picked, b, &self.device)?))
+        let ld = |sums: &Tensor, tails: &Tensor| -> Result<Tensor, TrainError> {
+            Ok(match self.params.ld_alpha {
+                Some(a) => (sums - (tails * (1.0 - a))?)?,
+                None => sums.clone(),
+            })
         };
+        let policy = ld(&s.sums, &s.tail_sums)?;
+        let reference = split
+            .reference
+            .as_ref()
+            .map(|r| self.reference(r, idx))
+            .transpose()?;
+        let token_stats = s.stats.as_ref().expect("asked for");
+        let lens: Vec<f64> = s.lens.to_dtype(DType::F64)?.to_vec1()?;
         let p = Pairs {
-            lc: s.sums.narrow(0, 0, b)?,
-            lr: s.sums.narrow(0, b, b)?,
-            rc: reference(&split.ref_chosen)?,
-            rr: reference(&split.ref_rejected)?,
+            lc: policy.narrow(0, 0, b)?,
+            lr: policy.narrow(0, b, b)?,
+            rc: reference.as_ref().map(|r| r.0.clone()),
+            rr: reference.as_ref().map(|r| r.1.clone()),
             len_c: s.lens.narrow(0, 0, b)?,
             len_r: s.lens.narrow(0, b, b)?,
+            lc_plain: s.sums.narrow(0, 0, b)?,
+            weights: match &token_stats.wpo {
+                Some(aligned) => Some(wpo_weights(aligned, &lens, b, &self.device)?),
+                None => None,
+            },
         };
         let loss = losses::batch_loss(&self.spec, &p, &self.params)?;
         let mut metrics = losses::reward_metrics(&p, self.params.beta)?;
-        let lens: Vec<f64> = s.lens.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        let group = |r: std::ops::Range<usize>| {
-            s.logit_sums[r.clone()].iter().sum::<f64>() / lens[r].iter().sum::<f64>().max(1.0)
-        };
-        metrics.insert("logits/chosen".into(), group(0..b));
-        metrics.insert("logits/rejected".into(), group(b..2 * b));
-        let tokens = lens.iter().sum::<f64>() as usize;
+        metrics.extend(token_metrics(token_stats, &lens, b));
         Ok(Scored {
             loss,
-            tokens,
+            tokens: batch.tokens,
             metrics,
         })
     }
+
+    /// The reference log-probs (chosen, rejected) [B] of pairs `idx`, LD-weighted with `--ld-alpha`.
+    fn reference(&self, r: &RefLogps, idx: &[usize]) -> Result<(Tensor, Tensor), TrainError> {
+        let alpha = self.params.ld_alpha;
+        let pick = |sums: &[f32], tails: &[f32]| -> Result<Tensor, TrainError> {
+            let v: Vec<f32> = idx
+                .iter()
+                .map(|&i| match alpha {
+                    Some(a) => sums[i] - (1.0 - a as f32) * tails[i],
+                    None => sums[i],
+                })
+                .collect();
+            Ok(Tensor::from_vec(v, idx.len(), &self.device)?)
+        };
+        Ok((
+            pick(&r.chosen, &r.chosen_tail)?,
+            pick(&r.rejected, &r.rejected_tail)?,
+        ))
+    }
+}
+
+/// WPO's per-pair weight [B]: for each sequence exp(mean over its completion of log p − log Σ p²),
+/// the chosen one's times the rejected one's.
+fn wpo_weights(
+    aligned: &[f64],
+    lens: &[f64],
+    b: usize,
+    device: &Device,
+) -> Result<Tensor, TrainError> {
+    let w = |i: usize| (aligned[i] / lens[i].max(1.0)).exp();
+    let v: Vec<f32> = (0..b).map(|i| (w(i) * w(b + i)) as f32).collect();
+    Ok(Tensor::from_vec(v, b, device)?)
+}
+
+/// TRL's token diagnostics: `logits/chosen`, `logits/rejected` (mean raw logit), `entropy` (over every
+/// completion token) and `mean_token_accuracy` (chosen completions).
+fn token_metrics(t: &TokenStats, lens: &[f64], b: usize) -> BTreeMap<String, f64> {
+    let total = |v: &[f64], r: std::ops::Range<usize>| v[r].iter().sum::<f64>();
+    let per_token = |v: &[f64], r: std::ops::Range<usize>| {
+        total(v, r.clone()) / total(lens, r).max(1.0)
+    };
+    BTreeMap::from([
+        ("logits/chosen".to_string(), per_token(&t.logits, 0..b)),
+        ("logits/rejected".to_string(), per_token(&t.logits, b..2 * b)),
+        ("entropy".to_string(), per_token(&t.entropy, 0..2 * b)),
+        ("mean_token_accuracy".to_string(), per_token(&t.top1, 0..b)),
+    ])
 }
 
 impl Task for DpoTask<'_> {

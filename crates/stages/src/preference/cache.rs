@@ -1,6 +1,8 @@
-//! The reference cache: a DPO token file with two more columns, the reference model's summed
-//! completion log-probs of every pair (`ref_chosen_logps`, `ref_rejected_logps`), and metadata that
-//! says which model, which rows and which length rule made them. `ref-logprobs` writes it; `dpo`
+//! The reference cache: a DPO token file with four more columns, the reference model's summed
+//! completion log-probs of every pair (`ref_chosen_logps`, `ref_rejected_logps`) and the part of each
+//! sum over the tokens past the pair's shorter completion (`ref_chosen_tail_logps`,
+//! `ref_rejected_tail_logps`: LD-DPO's down-weighted tokens, so one cache serves any `--ld-alpha`), and
+//! metadata that says which model, which rows and which length rule made them. `ref-logprobs` writes it; `dpo`
 //! reads it back and refuses a cache made for other rows, another tokenizer or (when named) another
 //! reference model.
 
@@ -13,7 +15,7 @@ use zerolm_data::formats::Kind;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_train::TrainError;
 
-use super::pairs::{sequence_logps, PairSet};
+use super::pairs::{sequence_logps, PairSet, Stats};
 
 /// Metadata keys of a reference cache (besides the token-file keys).
 pub mod keys {
@@ -22,45 +24,97 @@ pub mod keys {
     pub const ROWS_FINGERPRINT: &str = "zerolm.dpo_rows_fingerprint";
     pub const MAX_LEN: &str = "zerolm.max_len";
     pub const PART: &str = "zerolm.part";
+    /// The cache layout's version: 2 added the tail columns.
+    pub const FORMAT: &str = "zerolm.ref_cache_format";
 }
+
+/// The layout [`write_cache`] writes.
+pub const FORMAT_VERSION: &str = "2";
 
 pub const CHOSEN: &str = "ref_chosen_logps";
 pub const REJECTED: &str = "ref_rejected_logps";
+pub const CHOSEN_TAIL: &str = "ref_chosen_tail_logps";
+pub const REJECTED_TAIL: &str = "ref_rejected_tail_logps";
+
+/// Reference log-probs of pairs, in pair order: summed over each completion, and over its tail (the
+/// tokens past the pair's shorter completion). The tails are empty for a cache made before they were
+/// recorded.
+#[derive(Clone, Debug, Default)]
+pub struct RefLogps {
+    pub chosen: Vec<f32>,
+    pub rejected: Vec<f32>,
+    pub chosen_tail: Vec<f32>,
+    pub rejected_tail: Vec<f32>,
+}
+
+impl RefLogps {
+    fn extend(&mut self, other: &RefLogps) {
+        self.chosen.extend_from_slice(&other.chosen);
+        self.rejected.extend_from_slice(&other.rejected);
+        self.chosen_tail.extend_from_slice(&other.chosen_tail);
+        self.rejected_tail.extend_from_slice(&other.rejected_tail);
+    }
+
+    /// The columns of a cache file read back.
+    pub fn of_file(file: &artifact::TokenFile) -> Option<RefLogps> {
+        let col = |name: &str| file.extra.get(name).cloned();
+        Some(RefLogps {
+            chosen: col(CHOSEN)?,
+            rejected: col(REJECTED)?,
+            chosen_tail: col(CHOSEN_TAIL).unwrap_or_default(),
+            rejected_tail: col(REJECTED_TAIL).unwrap_or_default(),
+        })
+    }
+}
 
 /// blake3 of a model directory's weights file: the identity a cache records for its reference model.
 pub fn model_fingerprint(model_dir: &Path) -> Result<String, TrainError> {
     Ok(zerolm_io::hash_file(&model_dir.join("model.safetensors"))?.0)
 }
 
-/// Reference log-probs of `pairs` (chosen, rejected) under the model in `model_dir`, in pair order.
+/// Reference log-probs of `pairs[range]` under `model`, in pair order.
 pub fn compute(
     model: &zerolm_model::Model,
     pairs: &PairSet,
     range: std::ops::Range<usize>,
     batch_size: usize,
     bar: Option<&ProgressBar>,
-) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
-    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+) -> Result<RefLogps, TrainError> {
+    let mut out = RefLogps::default();
     let idx: Vec<usize> = range.collect();
     for chunk in idx.chunks(batch_size.max(1)) {
-        let (x, y, w) = pairs.batch(chunk, model.device())?;
-        let sums: Vec<f32> = sequence_logps(model, &x, &y, &w, false)?.sums.to_vec1()?;
-        chosen.extend_from_slice(&sums[..chunk.len()]);
-        rejected.extend_from_slice(&sums[chunk.len()..]);
+        let b = pairs.batch(chunk, model.device())?;
+        let s = sequence_logps(model, &b, Stats::None)?;
+        let (sums, tails): (Vec<f32>, Vec<f32>) = (s.sums.to_vec1()?, s.tail_sums.to_vec1()?);
+        let n = chunk.len();
+        out.extend(&RefLogps {
+            chosen: sums[..n].to_vec(),
+            rejected: sums[n..].to_vec(),
+            chosen_tail: tails[..n].to_vec(),
+            rejected_tail: tails[n..].to_vec(),
+        });
         if let Some(b) = bar {
-            b.inc(chunk.len() as u64);
+            b.inc(n as u64);
         }
     }
-    Ok((chosen, rejected))
+    Ok(out)
+}
+
+/// Merges the log-probs of consecutive ranges.
+pub fn concat(parts: &[RefLogps]) -> RefLogps {
+    let mut out = RefLogps::default();
+    for p in parts {
+        out.extend(p);
+    }
+    out
 }
 
 pub fn write_cache(
     path: &Path,
     pairs: &PairSet,
     range: std::ops::Range<usize>,
-    chosen: &[f32],
-    rejected: &[f32],
-    meta: BTreeMap<String, String>,
+    logps: &RefLogps,
+    mut meta: BTreeMap<String, String>,
 ) -> Result<(), TrainError> {
     let rows: Vec<TokenRow> = pairs.pairs[range]
         .iter()
@@ -71,16 +125,25 @@ pub fn write_cache(
             rejected_ids: p.rejected.clone(),
         })
         .collect();
-    let mut w = TokenWriter::create_with_extra(path, Kind::Dpo, &[CHOSEN, REJECTED])?;
-    w.write_with_extra(&rows, &[chosen, rejected])?;
+    meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
+    let columns = [CHOSEN, REJECTED, CHOSEN_TAIL, REJECTED_TAIL];
+    let mut w = TokenWriter::create_with_extra(path, Kind::Dpo, &columns)?;
+    w.write_with_extra(
+        &rows,
+        &[
+            &logps.chosen,
+            &logps.rejected,
+            &logps.chosen_tail,
+            &logps.rejected_tail,
+        ],
+    )?;
     w.finish(meta)?;
     Ok(())
 }
 
 /// A reference cache read back and checked against the pairs a `dpo` run trains on.
 pub struct RefCache {
-    pub chosen: Vec<f32>,
-    pub rejected: Vec<f32>,
+    pub logps: RefLogps,
     pub model_fingerprint: String,
 }
 
@@ -101,7 +164,7 @@ pub fn load_checked(
     let file = artifact::read(path, Kind::Dpo)?;
     let refuse =
         |m: String| TrainError::Config(format!("{role} reference cache {}: {m}", path.display()));
-    let (Some(c), Some(r)) = (file.extra.get(CHOSEN), file.extra.get(REJECTED)) else {
+    let Some(logps) = RefLogps::of_file(&file) else {
         return Err(refuse(format!(
             "no `{CHOSEN}`/`{REJECTED}` columns: make it with `ref-logprobs`"
         )));
@@ -115,10 +178,10 @@ pub fn load_checked(
             pairs.max_len
         )));
     }
-    if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || c.len() != pairs.pairs.len() {
+    if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || logps.chosen.len() != pairs.pairs.len() {
         return Err(refuse(format!(
             "it was computed for other DPO rows ({} pairs) than {data_flag} gives ({} pairs); rerun `ref-logprobs` on that data",
-            c.len(),
+            logps.chosen.len(),
             pairs.pairs.len()
         )));
     }
@@ -135,8 +198,7 @@ pub fn load_checked(
         }
     }
     Ok(RefCache {
-        chosen: c.clone(),
-        rejected: r.clone(),
+        logps,
         model_fingerprint: recorded,
     })
 }

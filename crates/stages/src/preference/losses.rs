@@ -23,6 +23,8 @@ pub enum LossKind {
     ApoDown,
     Discopop,
     SigmoidNorm,
+    Aot,
+    AotUnpaired,
     Sft,
     Simpo,
     Orpo,
@@ -41,6 +43,8 @@ pub const LOSS_NAMES: &[(&str, LossKind)] = &[
     ("apo_down", LossKind::ApoDown),
     ("discopop", LossKind::Discopop),
     ("sigmoid_norm", LossKind::SigmoidNorm),
+    ("aot", LossKind::Aot),
+    ("aot_unpaired", LossKind::AotUnpaired),
     ("sft", LossKind::Sft),
     ("simpo", LossKind::Simpo),
     ("orpo", LossKind::Orpo),
@@ -50,6 +54,74 @@ impl LossKind {
     /// Whether the loss uses reference log-probs.
     pub fn needs_reference(self) -> bool {
         !matches!(self, LossKind::Sft | LossKind::Simpo | LossKind::Orpo)
+    }
+
+    /// Whether `--label-smoothing` enters the loss (TRL 1.16: robust, exo_pair, aot, aot_unpaired).
+    fn uses_label_smoothing(self) -> bool {
+        matches!(
+            self,
+            LossKind::Robust | LossKind::ExoPair | LossKind::Aot | LossKind::AotUnpaired
+        )
+    }
+
+    /// Whether the loss is built on the reward difference, so that a non-default f-divergence is
+    /// defined for it (TRL's list; the others would keep a β·log Z(x) term that no longer cancels).
+    fn allows_f_divergence(self) -> bool {
+        matches!(
+            self,
+            LossKind::Sigmoid
+                | LossKind::SigmoidNorm
+                | LossKind::Hinge
+                | LossKind::Ipo
+                | LossKind::ExoPair
+                | LossKind::Robust
+                | LossKind::Discopop
+                | LossKind::Sft
+        )
+    }
+
+    /// aot and aot_unpaired sort the batch, so a pair's loss is not that pair's.
+    fn sorts_the_batch(self) -> bool {
+        matches!(self, LossKind::Aot | LossKind::AotUnpaired)
+    }
+}
+
+/// `--f-divergence-type`: the divergence the policy is regularised with; it turns each log-ratio into the
+/// score the reward-difference losses compare (f-DPO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergence {
+    /// The standard DPO: the score is the log-ratio itself.
+    ReverseKl,
+    /// 1 − e^(−r).
+    ForwardKl,
+    /// ln 2 + log σ(r).
+    JsDivergence,
+    /// (e^((α−1)·r) − 1)/(α−1), with α = `--f-alpha-divergence-coef`.
+    AlphaDivergence,
+}
+
+impl FDivergence {
+    pub const NAMES: &'static [&'static str] = &[
+        "reverse_kl",
+        "forward_kl",
+        "js_divergence",
+        "alpha_divergence",
+    ];
+
+    pub fn parse(s: &str) -> Result<FDivergence, TrainError> {
+        Ok(match s {
+            "reverse_kl" => FDivergence::ReverseKl,
+            "forward_kl" => FDivergence::ForwardKl,
+            "js_divergence" => FDivergence::JsDivergence,
+            "alpha_divergence" => FDivergence::AlphaDivergence,
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "--f-divergence-type: unknown value `{s}` (expected one of: {})",
+                    FDivergence::NAMES.join(", ")
+                )))
+            }
+        })
     }
 }
 
@@ -99,13 +171,17 @@ impl LossSpec {
     pub fn needs_reference(&self) -> bool {
         self.0.iter().any(|(k, _)| k.needs_reference())
     }
+
+    pub fn has(&self, kind: LossKind) -> bool {
+        self.0.iter().any(|(k, _)| *k == kind)
+    }
 }
 
 /// Loss constants.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossParams {
     pub beta: f64,
-    /// ε of `robust` and `exo_pair`.
+    /// ε of `robust`, `exo_pair`, `aot` and `aot_unpaired`.
     pub label_smoothing: f64,
     /// τ of `discopop`.
     pub discopop_tau: f64,
@@ -113,6 +189,14 @@ pub struct LossParams {
     pub simpo_gamma: f64,
     /// λ of `orpo`.
     pub orpo_lambda: f64,
+    /// The f-divergence the reward-difference losses use.
+    pub f_divergence: FDivergence,
+    /// α of `alpha_divergence`.
+    pub f_alpha_divergence_coef: f64,
+    /// WPO: each pair's loss × the detached weights of its chosen and rejected completions.
+    pub use_weighting: bool,
+    /// LD-DPO: completion tokens past the shorter completion of a pair count with this weight.
+    pub ld_alpha: Option<f64>,
 }
 
 /// The loss settings as given on the command line; [`LossOptions::resolve`] checks them.
@@ -125,31 +209,131 @@ pub struct LossOptions {
     pub label_smoothing: f64,
     pub simpo_gamma: f64,
     pub orpo_lambda: f64,
+    /// `--f-divergence-type` (a name of [`FDivergence::NAMES`]).
+    pub f_divergence: String,
+    pub f_alpha_divergence_coef: f64,
+    pub use_weighting: bool,
+    pub ld_alpha: Option<f64>,
+    /// TR-DPO's `sync_ref_model`: refused (see [`LossOptions::resolve`]).
+    pub sync_ref_model: bool,
+}
+
+impl Default for LossOptions {
+    fn default() -> Self {
+        LossOptions {
+            loss: "sigmoid".into(),
+            beta: None,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            orpo_lambda: 0.1,
+            f_divergence: "reverse_kl".into(),
+            f_alpha_divergence_coef: 0.5,
+            use_weighting: false,
+            ld_alpha: None,
+            sync_ref_model: false,
+        }
+    }
 }
 
 impl LossOptions {
     /// The loss mix and its constants, or an error naming the flag that cannot work.
-    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
-    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn resolve(&self) -> Result<(LossSpec, LossParams), TrainError> {
         let spec = LossSpec::parse(&self.loss)?;
-        let has = |k: LossKind| spec.0.iter().any(|(kind, _)| *kind == k);
+        self.check_reference_sync()?;
+        self.check_label_smoothing(&spec)?;
+        let f_divergence = self.check_f_divergence(&spec)?;
+        self.check_weighting(&spec)?;
+        let params = LossParams {
+            beta: self.beta(&spec)?,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            orpo_lambda: self.orpo_lambda,
+            f_divergence,
+            f_alpha_divergence_coef: self.f_alpha_divergence_coef,
+            use_weighting: self.use_weighting,
+            ld_alpha: self.ld_alpha,
+            ..Default::default()
+        };
+        Ok((spec, params))
+    }
+
+    fn check_reference_sync(&self) -> Result<(), TrainError> {
+        if self.sync_ref_model {
+            return Err(TrainError::Config(
+                "--sync-ref-model (TR-DPO) is not supported: zerolm computes the reference log-probs once \
+                 (a `ref-logprobs` cache, or --ref-model at start) and reuses them every step and on resume, \
+                 while TR-DPO moves the reference toward the policy during training, so every cached value \
+                 would go stale. Train without it."
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_label_smoothing(&self, spec: &LossSpec) -> Result<(), TrainError> {
         let e = self.label_smoothing;
         if !(0.0..0.5).contains(&e) {
             return Err(TrainError::Config(format!(
                 "--label-smoothing must be in [0, 0.5), got {e}"
             )));
         }
-        if has(LossKind::ExoPair) && e <= 0.0 {
+        if spec.has(LossKind::ExoPair) && e <= 0.0 {
             return Err(TrainError::Config(
                 "exo_pair needs --label-smoothing > 0 (1e-3 is typical)".into(),
             ));
         }
-        if e > 0.0 && !has(LossKind::Robust) && !has(LossKind::ExoPair) {
+        if e > 0.0 && !spec.0.iter().any(|(k, _)| k.uses_label_smoothing()) {
             return Err(TrainError::Config(
-                "--label-smoothing applies to robust and exo_pair only; this --loss would ignore it".into(),
+                "--label-smoothing applies to robust, exo_pair, aot and aot_unpaired only; this --loss would \
+                 ignore it"
+                    .into(),
             ));
         }
+        Ok(())
+    }
+
+    fn check_f_divergence(&self, spec: &LossSpec) -> Result<FDivergence, TrainError> {
+        let f = FDivergence::parse(&self.f_divergence)?;
+        if f != FDivergence::ReverseKl {
+            if let Some((k, _)) = spec.0.iter().find(|(k, _)| !k.allows_f_divergence()) {
+                return Err(TrainError::Config(format!(
+                    "--f-divergence-type {} works only with the losses built on the chosen-minus-rejected reward \
+                     (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft): for {k:?} the \
+                     partition term of f-DPO does not cancel. Use --f-divergence-type reverse_kl with it",
+                    self.f_divergence
+                )));
+            }
+        }
+        let a = self.f_alpha_divergence_coef;
+        if !a.is_finite() {
+            return Err(TrainError::Config(format!(
+                "--f-alpha-divergence-coef must be a finite number, got {a}"
+            )));
+        }
+        Ok(f)
+    }
+
+    fn check_weighting(&self, spec: &LossSpec) -> Result<(), TrainError> {
+        if self.use_weighting && spec.0.iter().any(|(k, _)| k.sorts_the_batch()) {
+            return Err(TrainError::Config(
+                "--use-weighting (WPO) cannot be combined with aot or aot_unpaired: they sort the batch, so a \
+                 pair's weights would multiply another pair's loss"
+                    .into(),
+            ));
+        }
+        if let Some(a) = self.ld_alpha {
+            if !(0.0..=1.0).contains(&a) {
+                return Err(TrainError::Config(format!(
+                    "--ld-alpha must be in [0, 1], got {a}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    // `!(x > 0.0)` is meant: unlike `x <= 0.0` it also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
+    fn beta(&self, spec: &LossSpec) -> Result<f64, TrainError> {
         let simpo_only = spec.0.iter().all(|(k, _)| *k == LossKind::Simpo);
         let beta = self.beta.unwrap_or(if simpo_only { 2.0 } else { 0.1 });
         if !(beta > 0.0 && beta.is_finite()) {
@@ -157,14 +341,7 @@ impl LossOptions {
                 "--beta must be a positive number, got {beta}"
             )));
         }
-        let params = LossParams {
-            beta,
-            label_smoothing: e,
-            simpo_gamma: self.simpo_gamma,
-            orpo_lambda: self.orpo_lambda,
-            ..Default::default()
-        };
-        Ok((spec, params))
+        Ok(beta)
     }
 }
 
@@ -176,12 +353,16 @@ impl Default for LossParams {
             discopop_tau: 0.05,
             simpo_gamma: 0.5,
             orpo_lambda: 0.1,
+            f_divergence: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: 0.5,
+            use_weighting: false,
+            ld_alpha: None,
         }
     }
 }
 
 /// Per-pair inputs, each [N] f32: policy (tracked) and reference (constant) summed completion
-/// log-probs and completion lengths in tokens.
+/// log-probs (LD-weighted with `--ld-alpha`) and completion lengths in tokens.
 pub struct Pairs {
     pub lc: Tensor,
     pub lr: Tensor,
@@ -189,6 +370,33 @@ pub struct Pairs {
     pub rr: Option<Tensor>,
     pub len_c: Tensor,
     pub len_r: Tensor,
+    /// The chosen completions' plain summed log-probs (the `sft` term's; equal to `lc` without LD).
+    pub lc_plain: Tensor,
+    /// WPO: per pair, the product of its chosen and rejected weights (constant).
+    pub weights: Option<Tensor>,
+}
+
+impl Pairs {
+    /// Pairs without LD weighting or WPO weights.
+    pub fn new(
+        lc: Tensor,
+        lr: Tensor,
+        reference: Option<(Tensor, Tensor)>,
+        len_c: Tensor,
+        len_r: Tensor,
+    ) -> Pairs {
+        let (rc, rr) = reference.unzip();
+        Pairs {
+            lc_plain: lc.clone(),
+            lc,
+            lr,
+            rc,
+            rr,
+            len_c,
+            len_r,
+            weights: None,
+        }
+    }
 }
 
 /// log σ(x), stably: min(x, 0) − log(1 + e^(−|x|)), with min(x, 0) written as (x − |x|)/2 so the
@@ -214,7 +422,55 @@ pub fn per_pair(kind: LossKind, p: &Pairs, k: &LossParams) -> Result<Tensor, Tra
                     "loss {kind:?} needs reference log-probs"
                 )));
             };
-            Ok(against_reference(kind, (&p.lc - rc)?, (&p.lr - rr)?, p, k)?)
+            let (cl, rl) = ((&p.lc - rc)?, (&p.lr - rr)?);
+            Ok(match kind {
+                LossKind::Aot => {
+                    let policy = sorted(&(&p.lc - &p.lr)?)?;
+                    let reference = sorted(&(rc - rr)?)?;
+                    smoothed_logistic(&(policy - reference)?, k)?
+                }
+                LossKind::AotUnpaired => smoothed_logistic(&(sorted(&cl)? - sorted(&rl)?)?, k)?,
+                _ => {
+                    let score = |r: &Tensor| f_score(r, k);
+                    against_reference(kind, score(&cl)?, score(&rl)?, p, k)?
+                }
+            })
+        }
+    }
+}
+
+/// `x` [N] sorted ascending, differentiably (the order is taken from the values, the gradient flows
+/// through the gather).
+fn sorted(x: &Tensor) -> CResult<Tensor> {
+    let v: Vec<f32> = x.detach().to_vec1()?;
+    let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+    idx.sort_by(|&a, &b| v[a as usize].total_cmp(&v[b as usize]));
+    let idx = Tensor::from_vec(idx, v.len(), x.device())?;
+    x.index_select(&idx, 0)
+}
+
+/// −(1−ε)·log σ(β·δ) − ε·log σ(−β·δ): the aot losses on their sorted margins δ.
+fn smoothed_logistic(delta: &Tensor, k: &LossParams) -> CResult<Tensor> {
+    let z = (delta * k.beta)?;
+    let e = k.label_smoothing;
+    (log_sigmoid(&z)? * -(1.0 - e))? - (log_sigmoid(&z.neg()?)? * e)?
+}
+
+/// The f-divergence score of log-ratios `r` (the log-ratio itself for reverse KL).
+fn f_score(r: &Tensor, k: &LossParams) -> CResult<Tensor> {
+    match k.f_divergence {
+        FDivergence::ReverseKl => Ok(r.clone()),
+        FDivergence::ForwardKl => r.neg()?.exp()?.affine(-1.0, 1.0),
+        FDivergence::JsDivergence => log_sigmoid(r)?.affine(1.0, std::f64::consts::LN_2),
+        FDivergence::AlphaDivergence => {
+            let a = k.f_alpha_divergence_coef;
+            if (a - 1.0).abs() < 1e-6 {
+                // the limit α → 1 is the log-ratio
+                return Ok(r.clone());
+            }
+            // clamped so that e^t stays finite in f32
+            let t = (r * (a - 1.0))?.minimum(80.0)?;
+            t.exp()?.affine(1.0 / (a - 1.0), -1.0 / (a - 1.0))
         }
     }
 }
@@ -307,18 +563,33 @@ fn reference_free(kind: LossKind, p: &Pairs, k: &LossParams) -> CResult<Tensor> 
 }
 
 /// The batch loss: Σ weight · (mean over pairs of the per-pair loss), where `sft` (and orpo's NLL
-/// term) is the token-mean cross-entropy of the chosen completions.
+/// term) is the token-mean cross-entropy of the chosen completions; with WPO each pair's loss (the
+/// `sft` term too, as TRL does) is first multiplied by its pair weight.
 pub fn batch_loss(spec: &LossSpec, p: &Pairs, k: &LossParams) -> Result<Tensor, TrainError> {
     let chosen_nll = || -> Result<Tensor, TrainError> {
         let tokens = p.len_c.sum_all()?.to_scalar::<f32>()? as f64;
-        Ok(p.lc.sum_all()?.affine(-1.0 / tokens.max(1.0), 0.0)?)
+        Ok(p.lc_plain.sum_all()?.affine(-1.0 / tokens.max(1.0), 0.0)?)
+    };
+    let weighted_mean = |per_pair: Tensor| -> Result<Tensor, TrainError> {
+        Ok(match &p.weights {
+            Some(w) => (per_pair * w)?.mean_all()?,
+            None => per_pair.mean_all()?,
+        })
+    };
+    let mean_weight = || -> Result<f64, TrainError> {
+        Ok(match &p.weights {
+            Some(w) => w.mean_all()?.to_scalar::<f32>()? as f64,
+            None => 1.0,
+        })
     };
     let mut total: Option<Tensor> = None;
     for (kind, weight) in &spec.0 {
         let term = match kind {
-            LossKind::Sft => chosen_nll()?,
-            LossKind::Orpo => (per_pair(*kind, p, k)?.mean_all()? + chosen_nll()?)?,
-            _ => per_pair(*kind, p, k)?.mean_all()?,
+            LossKind::Sft => (chosen_nll()? * mean_weight()?)?,
+            LossKind::Orpo => {
+                (weighted_mean(per_pair(*kind, p, k)?)? + (chosen_nll()? * mean_weight()?)?)?
+            }
+            _ => weighted_mean(per_pair(*kind, p, k)?)?,
         };
         let term = (term * *weight)?;
         total = Some(match total {
@@ -371,14 +642,13 @@ mod tests {
 
     fn pairs(lc: &[f32], lr: &[f32], rc: &[f32], rr: &[f32]) -> Pairs {
         let n = lc.len();
-        Pairs {
-            lc: t(lc),
-            lr: t(lr),
-            rc: Some(t(rc)),
-            rr: Some(t(rr)),
-            len_c: t(&vec![5.0; n]),
-            len_r: t(&vec![5.0; n]),
-        }
+        Pairs::new(
+            t(lc),
+            t(lr),
+            Some((t(rc), t(rr))),
+            t(&vec![5.0; n]),
+            t(&vec![5.0; n]),
+        )
     }
 
     fn vals(x: &Tensor) -> Vec<f32> {
@@ -510,14 +780,13 @@ mod tests {
     #[test]
     fn sigmoid_gradient_at_policy_equals_reference_is_minus_beta_over_2() {
         let lc = Var::new(&[-3.0f32, -2.0], &Device::Cpu).unwrap();
-        let p = Pairs {
-            lc: lc.as_tensor().clone(),
-            lr: t(&[-5.0, -1.0]),
-            rc: Some(t(&[-3.0, -2.0])),
-            rr: Some(t(&[-5.0, -1.0])),
-            len_c: t(&[4.0, 3.0]),
-            len_r: t(&[5.0, 2.0]),
-        };
+        let p = Pairs::new(
+            lc.as_tensor().clone(),
+            t(&[-5.0, -1.0]),
+            Some((t(&[-3.0, -2.0]), t(&[-5.0, -1.0]))),
+            t(&[4.0, 3.0]),
+            t(&[5.0, 2.0]),
+        );
         let loss = batch_loss(
             &LossSpec::parse("sigmoid").unwrap(),
             &p,
@@ -549,14 +818,13 @@ mod tests {
         for (name, kind) in LOSS_NAMES {
             let lc = Var::new(&[-3.0f32, -2.0], &Device::Cpu).unwrap();
             let lr = Var::new(&[-5.0f32, -1.0], &Device::Cpu).unwrap();
-            let p = Pairs {
-                lc: lc.as_tensor().clone(),
-                lr: lr.as_tensor().clone(),
-                rc: Some(t(&[-2.5, -2.2])),
-                rr: Some(t(&[-4.0, -1.5])),
-                len_c: t(&[4.0, 3.0]),
-                len_r: t(&[5.0, 2.0]),
-            };
+            let p = Pairs::new(
+                lc.as_tensor().clone(),
+                lr.as_tensor().clone(),
+                Some((t(&[-2.5, -2.2]), t(&[-4.0, -1.5]))),
+                t(&[4.0, 3.0]),
+                t(&[5.0, 2.0]),
+            );
             let k = LossParams {
                 label_smoothing: 0.1,
                 ..Default::default()
@@ -576,8 +844,7 @@ mod tests {
             loss: loss.into(),
             beta,
             label_smoothing,
-            simpo_gamma: 0.5,
-            orpo_lambda: 0.1,
+            ..Default::default()
         }
     }
 
@@ -609,7 +876,7 @@ mod tests {
         );
         refused(
             options("sigmoid", None, 0.1),
-            "applies to robust and exo_pair only",
+            "applies to robust, exo_pair, aot and aot_unpaired only",
         );
         refused(
             options("sigmoid", Some(0.0), 0.0),

@@ -91,90 +91,143 @@ impl PairSet {
         h.finalize().to_hex().to_string()
     }
 
-    /// Inputs, targets and completion weights [2B, L] for pairs `idx`: the chosen sequences first, then
-    /// the rejected ones in the same order.
-    pub fn batch(
-        &self,
-        idx: &[usize],
-        device: &Device,
-    ) -> Result<(Tensor, Tensor, Tensor), TrainError> {
-        let seqs: Vec<(&[u32], &[u32])> = idx
+    /// The batch of pairs `idx`: the chosen sequences first, then the rejected ones in the same order.
+    pub fn batch(&self, idx: &[usize], device: &Device) -> Result<PairBatch, TrainError> {
+        let pick = |i: usize, chosen: bool| {
+            let p = &self.pairs[i];
+            let shared = p.chosen.len().min(p.rejected.len());
+            let c = if chosen { &p.chosen } else { &p.rejected };
+            (p.prompt.as_slice(), c.as_slice(), shared)
+        };
+        let seqs: Vec<(&[u32], &[u32], usize)> = idx
             .iter()
-            .map(|&i| {
-                (
-                    self.pairs[i].prompt.as_slice(),
-                    self.pairs[i].chosen.as_slice(),
-                )
-            })
-            .chain(idx.iter().map(|&i| {
-                (
-                    self.pairs[i].prompt.as_slice(),
-                    self.pairs[i].rejected.as_slice(),
-                )
-            }))
+            .map(|&i| pick(i, true))
+            .chain(idx.iter().map(|&i| pick(i, false)))
             .collect();
         let len = seqs
             .iter()
-            .map(|(p, c)| p.len() + c.len() - 1)
+            .map(|(p, c, _)| p.len() + c.len() - 1)
             .max()
             .unwrap_or(0);
-        let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
-        for (p, c) in &seqs {
+        let (mut x, mut y, mut mask, mut tail) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (p, c, shared) in &seqs {
             let full: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
             let n = full.len() - 1;
             x.extend_from_slice(&full[..n]);
             y.extend_from_slice(&full[1..]);
-            // target j is token j + 1: a completion token when j + 1 ≥ |prompt|
-            w.extend((0..n).map(|j| if j + 1 >= p.len() { 1f32 } else { 0.0 }));
-            x.extend(std::iter::repeat_n(self.pad_id, len - n));
-            y.extend(std::iter::repeat_n(self.pad_id, len - n));
-            w.extend(std::iter::repeat_n(0f32, len - n));
+            // target j is token j + 1: completion token number j + 1 − |prompt| when j + 1 ≥ |prompt|
+            let position = |j: usize| (j + 1).checked_sub(p.len());
+            mask.extend((0..n).map(|j| f32::from(u8::from(position(j).is_some()))));
+            tail.extend((0..n).map(|j| f32::from(u8::from(position(j).is_some_and(|k| k >= *shared)))));
+            let pad = len - n;
+            x.extend(std::iter::repeat_n(self.pad_id, pad));
+            y.extend(std::iter::repeat_n(self.pad_id, pad));
+            mask.extend(std::iter::repeat_n(0f32, pad));
+            tail.extend(std::iter::repeat_n(0f32, pad));
         }
         let rows = seqs.len();
-        Ok((
-            Tensor::from_vec(x, (rows, len), device)?,
-            Tensor::from_vec(y, (rows, len), device)?,
-            Tensor::from_vec(w, (rows, len), device)?,
-        ))
+        Ok(PairBatch {
+            x: Tensor::from_vec(x, (rows, len), device)?,
+            y: Tensor::from_vec(y, (rows, len), device)?,
+            mask: Tensor::from_vec(mask, (rows, len), device)?,
+            tail: Tensor::from_vec(tail, (rows, len), device)?,
+            tokens: seqs.iter().map(|(p, c, _)| p.len() + c.len()).sum(),
+        })
     }
 }
 
-/// Per-sequence summed completion log-probs [2B] (tracked when the model's weights are), the
-/// completion lengths, and per sequence the sum over completion tokens of the mean raw logit over the
-/// vocabulary (detached; divide a group's total by its tokens for TRL's `logits/*`).
-pub struct SeqLogps {
-    pub sums: Tensor,
-    pub lens: Tensor,
-    pub logit_sums: Vec<f64>,
+/// A forward batch of pairs [2B, L]: inputs, next-token targets, the completion targets (`mask`) and,
+/// among them, those past the pair's shorter completion (`tail`, LD-DPO's down-weighted tokens).
+pub struct PairBatch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub mask: Tensor,
+    pub tail: Tensor,
+    /// Tokens in the batch's sequences (prompt + completion, both of every pair): TRL's `num_tokens`.
+    pub tokens: usize,
 }
 
-pub fn sequence_logps(
-    model: &Model,
-    x: &Tensor,
-    y: &Tensor,
-    w: &Tensor,
-    with_logits: bool,
-) -> Result<SeqLogps, TrainError> {
-    let (rows, len) = x.dims2()?;
+/// What a forward over a [`PairBatch`] gives per sequence [2B]: the summed completion log-probs
+/// (tracked when the model's weights are) and those of the tail tokens, and the completion lengths.
+pub struct SeqLogps {
+    pub sums: Tensor,
+    pub tail_sums: Tensor,
+    pub lens: Tensor,
+    /// TRL's diagnostics, when asked for.
+    pub stats: Option<TokenStats>,
+}
+
+/// Per sequence, sums over its completion tokens (detached): the mean raw logit over the vocabulary,
+/// the entropy of the next-token distribution, whether the target is the top-1 token, and — for WPO —
+/// log p(target) − log Σ_v p_v².
+pub struct TokenStats {
+    pub logits: Vec<f64>,
+    pub entropy: Vec<f64>,
+    pub top1: Vec<f64>,
+    pub wpo: Option<Vec<f64>>,
+}
+
+/// Which [`TokenStats`] a forward computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stats {
+    None,
+    Metrics,
+    MetricsAndWpo,
+}
+
+pub fn sequence_logps(model: &Model, b: &PairBatch, stats: Stats) -> Result<SeqLogps, TrainError> {
+    let (rows, len) = b.x.dims2()?;
     let vocab = model.config().vocab_size;
-    let logits = model.forward(x)?;
+    let logits = model.forward(&b.x)?;
     let lp = zerolm_model::ops::token_logprobs(
         &logits.reshape((rows * len, vocab))?,
-        &y.flatten_all()?,
+        &b.y.flatten_all()?,
     )?
     .reshape((rows, len))?;
-    let sums = (lp * w)?.sum(1)?;
-    let lens = w.sum(1)?;
-    let logit_sums = if with_logits {
-        let per_pos = logits.detach().mean(2)?; // [rows, len]
-        (per_pos * w)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?
-    } else {
-        Vec::new()
+    let stats = match stats {
+        Stats::None => None,
+        _ => Some(token_stats(&logits, &lp, b, stats == Stats::MetricsAndWpo)?),
     };
     Ok(SeqLogps {
-        sums,
-        lens,
-        logit_sums,
+        sums: (&lp * &b.mask)?.sum(1)?,
+        tail_sums: (&lp * &b.tail)?.sum(1)?,
+        lens: b.mask.sum(1)?,
+        stats,
+    })
+}
+
+/// [`TokenStats`] of `logits` [2B, L, V] with the target log-probs `lp` [2B, L].
+fn token_stats(
+    logits: &Tensor,
+    lp: &Tensor,
+    b: &PairBatch,
+    wpo: bool,
+) -> Result<TokenStats, TrainError> {
+    let z = logits.detach();
+    let per_row = |t: Tensor| -> Result<Vec<f64>, TrainError> {
+        Ok((t * &b.mask)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?)
+    };
+    let max = z.max_keepdim(2)?;
+    let shifted = z.broadcast_sub(&max)?;
+    let exp = shifted.exp()?;
+    let total = exp.sum_keepdim(2)?;
+    let log_total = total.log()?;
+    // H = log Σ e^s − Σ p·s, with s the shifted logits and p = e^s / Σ e^s
+    let mean_shifted = (exp.broadcast_div(&total)? * &shifted)?.sum_keepdim(2)?;
+    let entropy = (&log_total - mean_shifted)?.squeeze(2)?;
+    let top1 = z.argmax(2)?.eq(&b.y)?.to_dtype(DType::F32)?;
+    let wpo = if wpo {
+        // log Σ p² = log Σ e^(2s) − 2·log Σ e^s
+        let log_sum_sq = ((shifted * 2.0)?.exp()?.sum_keepdim(2)?.log()? - (log_total * 2.0)?)?;
+        Some(per_row((lp.detach() - log_sum_sq.squeeze(2)?)?)?)
+    } else {
+        None
+    };
+    Ok(TokenStats {
+        logits: per_row(z.mean(2)?)?,
+        entropy: per_row(entropy)?,
+        top1: per_row(top1)?,
+        wpo,
     })
 }
 
@@ -184,7 +237,10 @@ mod tests {
     use std::collections::BTreeMap;
     use zerolm_data::formats::Kind;
 
-    fn file(rows: Vec<(&str, Vec<u32>, Vec<u32>, Vec<u32>)>) -> TokenFile {
+    /// (id, prompt, chosen, rejected)
+    type Row<'a> = (&'a str, Vec<u32>, Vec<u32>, Vec<u32>);
+
+    fn file(rows: Vec<Row>) -> TokenFile {
         TokenFile {
             path: "x".into(),
             kind: Kind::Dpo,
@@ -232,18 +288,24 @@ mod tests {
             16,
             0,
         );
-        let (x, y, w) = s.batch(&[0], &Device::Cpu).unwrap();
+        let b = s.batch(&[0], &Device::Cpu).unwrap();
         assert_eq!(
-            x.to_vec2::<u32>().unwrap(),
+            b.x.to_vec2::<u32>().unwrap(),
             vec![vec![1, 7, 3, 0], vec![1, 7, 4, 5]]
         );
         assert_eq!(
-            y.to_vec2::<u32>().unwrap(),
+            b.y.to_vec2::<u32>().unwrap(),
             vec![vec![7, 3, 2, 0], vec![7, 4, 5, 2]]
         );
         assert_eq!(
-            w.to_vec2::<f32>().unwrap(),
+            b.mask.to_vec2::<f32>().unwrap(),
             vec![vec![0.0, 1.0, 1.0, 0.0], vec![0.0, 1.0, 1.0, 1.0]]
         );
+        // the shorter completion has 2 tokens: only the rejected one's third token is in the tail
+        assert_eq!(
+            b.tail.to_vec2::<f32>().unwrap(),
+            vec![vec![0.0; 4], vec![0.0, 0.0, 0.0, 1.0]]
+        );
+        assert_eq!(b.tokens, 4 + 5);
     }
 }
