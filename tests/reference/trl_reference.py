@@ -20,6 +20,10 @@ Every run: all 8 rows in one batch, 10 steps, constant learning rate, no warmup,
     # TRL's tokenization of any data, to compare with a zerolm token file
     python tests/reference/trl_reference.py tokenize --kind dpo --tokenizer runs/tokenizer \
         --input data/dpo.jsonl --chat --out /tmp/trl_dpo.json
+
+    # how many rows of a zerolm token file differ from that
+    python tests/reference/trl_reference.py compare --kind dpo --tokenizer runs/tokenizer \
+        --input data/dpo.jsonl --chat --tokens runs/tokens/dpo_only.parquet
 """
 import argparse
 import json
@@ -205,6 +209,23 @@ def tokenize(args):
     print(f"{len(out)} rows -> {args.out}", file=sys.stderr)
 
 
+def compare(args):
+    """How many rows of a zerolm token file differ from TRL's tokenization of the same input."""
+    import pyarrow.parquet as pq
+    tokenize(args)
+    with open(args.out) as f:
+        trl_rows = json.load(f)
+    table = pq.read_table(args.tokens).to_pylist()
+    cols = ("prompt_ids", "chosen_ids", "rejected_ids") if args.kind == "dpo" else ("input_ids", "loss_mask")
+    ours = [{c: list(r[c]) for c in cols} for r in table]
+    if len(ours) != len(trl_rows):
+        print(f"{args.tokens}: {len(ours)} rows, TRL {len(trl_rows)}")
+        return
+    differ = [i for i, (a, b) in enumerate(zip(ours, trl_rows)) if a != {c: list(b[c]) for c in cols}]
+    print(f"{args.tokens}: {len(differ)} of {len(ours)} rows differ from TRL's token ids"
+          + (f" (first: row {differ[0]})" if differ else ""))
+
+
 def as_conversational(r):
     """A string pair as TRL's conversational format (what zerolm's default `--template chat` renders)."""
     if not isinstance(r.get("prompt"), str):
@@ -248,8 +269,13 @@ def main():
     t.add_argument("--input", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--chat", action="store_true", help="DPO: string pairs as conversational (zerolm's default)")
+    c = sub.add_parser("compare")
+    for a in ("--kind", "--tokenizer", "--input", "--tokens"):
+        c.add_argument(a, required=True)
+    c.add_argument("--out", default="/tmp/trl_tokens.json")
+    c.add_argument("--chat", action="store_true")
     args = p.parse_args()
-    fixtures(args) if args.cmd == "fixtures" else tokenize(args)
+    {"fixtures": fixtures, "tokenize": tokenize, "compare": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -367,3 +367,61 @@ fn train_only_trains_the_matching_weights_and_leaves_the_rest_bit_identical() {
     dpo(&args("bad", "norm(")).assert_user_error("is not a valid regex");
     assert!(!s.dir.join("bad/model").exists() && !s.dir.join("none/model").exists());
 }
+
+#[test]
+fn trl_options_that_cannot_work_are_refused_with_the_reason() {
+    let s = setup("options");
+    let cached = |out: &str, extra: &[&str]| {
+        let a = with(base(&s, out, 1), &["--ref-cache", &path(&s.cache)]);
+        dpo(&with(a, extra))
+    };
+    cached("o1", &["--sync-ref-model"]).assert_user_error("TR-DPO) is not supported");
+    cached("o2", &["--loss", "nca_pair", "--f-divergence-type", "js_divergence"])
+        .assert_user_error("partition term of f-DPO does not cancel");
+    cached("o3", &["--f-divergence-type", "kl"]).assert_user_error("unknown value `kl`");
+    cached("o4", &["--loss", "aot", "--use-weighting"]).assert_user_error("they sort the batch");
+    cached("o5", &["--ld-alpha", "1.5"]).assert_user_error("--ld-alpha must be in [0, 1]");
+    cached("o6", &["--label-smoothing", "0.1"])
+        .assert_user_error("robust, exo_pair, aot and aot_unpaired only");
+    // what is allowed runs: aot with label smoothing, f-divergence with the sft mix, WPO + LD-DPO
+    for (out, extra) in [
+        ("ok1", vec!["--loss", "aot", "--label-smoothing", "0.1"]),
+        ("ok2", vec!["--loss", "sigmoid:1,sft:0.5", "--f-divergence-type", "alpha_divergence"]),
+        ("ok3", vec!["--use-weighting", "--ld-alpha", "0.5"]),
+    ] {
+        let r = cached(out, &extra);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        let rows = zerolm_io::read_rows(&s.dir.join(out).join("metrics.jsonl"));
+        assert!((rows[0]["loss"].as_f64().unwrap()).is_finite());
+    }
+}
+
+#[test]
+fn completions_that_end_another_way_than_the_model_learned_are_refused() {
+    let s = setup("completion-end");
+    // token files made with --completion-end eos, mixed with the default (template) ones
+    let eos = s.dir.join("eos.parquet");
+    let mut cfg = zerolm_data::encode::EncodeConfig::new(Kind::Dpo);
+    cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos;
+    let tok = zerolm_testkit::fixture_tokenizer();
+    let input = repo().join("data/dpo_eval.jsonl");
+    zerolm_data::encode::run(&tok, &[input], &eos, &cfg, &[], &mut ()).unwrap();
+    let mixed = with(
+        base(&s, "m1", 1),
+        &["--ref-model", &path(&s.model), "--eval-input", &path(&eos)],
+    );
+    dpo(&mixed).assert_user_error("--completion-end eos but");
+    // a model trained (by sft/dpo) on template-ended completions refuses eos-ended data
+    let trained = dpo(&with(base(&s, "m2", 1), &["--ref-cache", &path(&s.cache)]));
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let model = s.dir.join("m2/model");
+    let recorded = std::fs::read_to_string(model.join("zerolm.json")).unwrap();
+    assert!(recorded.contains("\"completion_end\": \"template\""), "{recorded}");
+    let mut on_eos = base(&s, "m3", 1);
+    let at = on_eos.iter().position(|a| a == "--model").unwrap() + 1;
+    on_eos[at] = path(&model);
+    let at = on_eos.iter().position(|a| a == "--input").unwrap() + 1;
+    on_eos[at] = path(&eos);
+    dpo(&with(on_eos, &["--ref-model", &path(&model)]))
+        .assert_user_error("trained on completions tokenized with --completion-end template");
+}

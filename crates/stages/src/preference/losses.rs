@@ -839,6 +839,71 @@ mod tests {
         }
     }
 
+    #[test]
+    fn aot_sorts_the_batch_and_f_divergences_score_the_log_ratios() {
+        // policy margins lc − lr = [2, −1], reference margins rc − rr = [0, 1]: sorted, δ = [−1 − 0, 2 − 1]
+        let p = pairs(&[-1.0, -3.0], &[-3.0, -2.0], &[-2.0, -2.0], &[-2.0, -3.0]);
+        let k = LossParams {
+            beta: 1.0,
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
+        let smoothed = |d: f64| {
+            let ls = |x: f64| -(1.0 + (-x).exp()).ln();
+            -0.9 * ls(d) - 0.1 * ls(-d)
+        };
+        close(
+            &vals(&per_pair(LossKind::Aot, &p, &k).unwrap()),
+            &[smoothed(-1.0), smoothed(1.0)],
+        );
+        // cl = [1, −1], rl = [−1, 1]: sorted, δ = [−1 − (−1), 1 − 1] = 0
+        close(
+            &vals(&per_pair(LossKind::AotUnpaired, &p, &k).unwrap()),
+            &[smoothed(0.0), smoothed(0.0)],
+        );
+        let r = t(&[0.5, -2.0]);
+        let score = |f, a| {
+            let k = LossParams {
+                f_divergence: f,
+                f_alpha_divergence_coef: a,
+                ..Default::default()
+            };
+            vals(&f_score(&r, &k).unwrap())
+        };
+        close(&score(FDivergence::ReverseKl, 0.5), &[0.5, -2.0]);
+        close(
+            &score(FDivergence::ForwardKl, 0.5),
+            &[1.0 - (-0.5f64).exp(), 1.0 - 2f64.exp()],
+        );
+        let ls = |x: f64| -(1.0 + (-x).exp()).ln();
+        close(
+            &score(FDivergence::JsDivergence, 0.5),
+            &[LN_2 + ls(0.5), LN_2 + ls(-2.0)],
+        );
+        let alpha = |x: f64| ((-0.7 * x).exp() - 1.0) / -0.7;
+        close(
+            &score(FDivergence::AlphaDivergence, 0.3),
+            &[alpha(0.5), alpha(-2.0)],
+        );
+        close(&score(FDivergence::AlphaDivergence, 1.0), &[0.5, -2.0]);
+    }
+
+    #[test]
+    fn wpo_weights_multiply_each_pairs_loss_and_the_sft_term() {
+        let mut p = pairs(&[-4.0, -7.0], &[-6.0, -2.0], &[-4.0, -7.0], &[-6.0, -2.0]);
+        p.weights = Some(t(&[0.5, 0.25]));
+        let k = LossParams::default();
+        let loss = |spec: &str| {
+            batch_loss(&LossSpec::parse(spec).unwrap(), &p, &k)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        assert!((loss("sigmoid") - LN_2 * 0.375).abs() < 1e-6);
+        // sft: (4 + 7) / 10 tokens, times the mean weight
+        assert!((loss("sft") - 1.1 * 0.375).abs() < 1e-6);
+    }
+
     fn options(loss: &str, beta: Option<f64>, label_smoothing: f64) -> LossOptions {
         LossOptions {
             loss: loss.into(),
@@ -887,5 +952,42 @@ mod tests {
             "--beta must be a positive number",
         );
         refused(options("dpo", None, 0.0), "unknown loss `dpo`");
+        let with = |f: &dyn Fn(&mut LossOptions)| {
+            let mut o = options("sigmoid", None, 0.0);
+            f(&mut o);
+            o
+        };
+        refused(with(&|o| o.sync_ref_model = true), "TR-DPO) is not supported");
+        refused(
+            with(&|o| {
+                o.loss = "sigmoid,bco_pair".into();
+                o.f_divergence = "forward_kl".into();
+            }),
+            "partition term of f-DPO does not cancel",
+        );
+        refused(
+            with(&|o| {
+                o.loss = "aot_unpaired".into();
+                o.use_weighting = true;
+            }),
+            "they sort the batch",
+        );
+        refused(with(&|o| o.ld_alpha = Some(-0.1)), "--ld-alpha must be in [0, 1]");
+        let (_, p) = with(&|o| {
+            o.loss = "sigmoid:1,sft:1".into();
+            o.f_divergence = "js_divergence".into();
+            o.use_weighting = true;
+            o.ld_alpha = Some(0.3);
+        })
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (p.f_divergence, p.use_weighting, p.ld_alpha),
+            (FDivergence::JsDivergence, true, Some(0.3))
+        );
+        assert_eq!(
+            options("aot", None, 0.2).resolve().unwrap().1.label_smoothing,
+            0.2
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! prompt alone leaves no room for a completion token within `max_len` is skipped; a completion that
 //! does not fit is cut (counted); a pair with an empty completion is skipped.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use zerolm_data::artifact::{TokenFile, TokenRow};
 use zerolm_model::Model;
 
@@ -196,39 +196,80 @@ pub fn sequence_logps(model: &Model, b: &PairBatch, stats: Stats) -> Result<SeqL
     })
 }
 
-/// [`TokenStats`] of `logits` [2B, L, V] with the target log-probs `lp` [2B, L].
+/// [`TokenStats`] of `logits` [2B, L, V] with the target log-probs `lp` [2B, L], computed on the host in
+/// one pass per completion position (prompt and padding positions are skipped).
 fn token_stats(
     logits: &Tensor,
     lp: &Tensor,
     b: &PairBatch,
     wpo: bool,
 ) -> Result<TokenStats, TrainError> {
-    let z = logits.detach();
-    let per_row = |t: Tensor| -> Result<Vec<f64>, TrainError> {
-        Ok((t * &b.mask)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?)
-    };
-    let max = z.max_keepdim(2)?;
-    let shifted = z.broadcast_sub(&max)?;
-    let exp = shifted.exp()?;
-    let total = exp.sum_keepdim(2)?;
-    let log_total = total.log()?;
-    // H = log Σ e^s − Σ p·s, with s the shifted logits and p = e^s / Σ e^s
-    let mean_shifted = (exp.broadcast_div(&total)? * &shifted)?.sum_keepdim(2)?;
-    let entropy = (&log_total - mean_shifted)?.squeeze(2)?;
-    let top1 = z.argmax(2)?.eq(&b.y)?.to_dtype(DType::F32)?;
-    let wpo = if wpo {
-        // log Σ p² = log Σ e^(2s) − 2·log Σ e^s
-        let log_sum_sq = ((shifted * 2.0)?.exp()?.sum_keepdim(2)?.log()? - (log_total * 2.0)?)?;
-        Some(per_row((lp.detach() - log_sum_sq.squeeze(2)?)?)?)
-    } else {
-        None
-    };
+    use rayon::prelude::*;
+    let (rows, len, vocab) = logits.dims3()?;
+    let z: Vec<f32> = logits.detach().flatten_all()?.to_vec1()?;
+    let mask: Vec<f32> = b.mask.flatten_all()?.to_vec1()?;
+    let y: Vec<u32> = b.y.flatten_all()?.to_vec1()?;
+    let lp: Vec<f32> = lp.detach().flatten_all()?.to_vec1()?;
+    let per_row: Vec<[f64; 4]> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let mut acc = [0f64; 4];
+            for i in (r * len..(r + 1) * len).filter(|&i| mask[i] != 0.0) {
+                let s = position_stats(&z[i * vocab..(i + 1) * vocab], y[i], wpo);
+                acc[0] += s.mean_logit;
+                acc[1] += s.entropy;
+                acc[2] += f64::from(u8::from(s.top1));
+                acc[3] += lp[i] as f64 - s.log_sum_sq;
+            }
+            acc
+        })
+        .collect();
+    let column = |k: usize| per_row.iter().map(|a| a[k]).collect::<Vec<f64>>();
     Ok(TokenStats {
-        logits: per_row(z.mean(2)?)?,
-        entropy: per_row(entropy)?,
-        top1: per_row(top1)?,
-        wpo,
+        logits: column(0),
+        entropy: column(1),
+        top1: column(2),
+        wpo: wpo.then(|| column(3)),
     })
+}
+
+/// One position's next-token distribution, from its logits.
+struct PositionStats {
+    mean_logit: f64,
+    /// −Σ p·log p.
+    entropy: f64,
+    /// Whether the target is the most likely token (the first one on a tie, as torch's argmax).
+    top1: bool,
+    /// log Σ_v p_v² (WPO; 0 unless asked for).
+    log_sum_sq: f64,
+}
+
+fn position_stats(row: &[f32], target: u32, wpo: bool) -> PositionStats {
+    let (mut max, mut arg, mut sum) = (f32::NEG_INFINITY, 0, 0f64);
+    for (j, &v) in row.iter().enumerate() {
+        if v > max {
+            (max, arg) = (v, j);
+        }
+        sum += v as f64;
+    }
+    // with s = z − max: H = log Σ e^s − Σ e^s·s / Σ e^s, and log Σ p² = log Σ e^(2s) − 2·log Σ e^s
+    let (mut total, mut weighted, mut squares) = (0f64, 0f64, 0f64);
+    for &v in row {
+        let s = v - max;
+        let e = s.exp();
+        total += e as f64;
+        weighted += (e * s) as f64;
+        if wpo {
+            squares += (e * e) as f64;
+        }
+    }
+    let log_total = total.ln();
+    PositionStats {
+        mean_logit: sum / row.len() as f64,
+        entropy: log_total - weighted / total,
+        top1: arg as u32 == target,
+        log_sum_sq: if wpo { squares.ln() - 2.0 * log_total } else { 0.0 },
+    }
 }
 
 #[cfg(test)]
