@@ -383,6 +383,22 @@ fn trl_options_that_cannot_work_are_refused_with_the_reason() {
     cached("o5", &["--ld-alpha", "1.5"]).assert_user_error("--ld-alpha must be in [0, 1]");
     cached("o6", &["--label-smoothing", "0.1"])
         .assert_user_error("robust, exo_pair, aot and aot_unpaired only");
+    // a cache written before the tail columns existed serves every run but an LD-DPO one
+    let old = s.dir.join("ref_v1.parquet");
+    let cache = zerolm_data::artifact::read(&s.cache, Kind::Dpo).unwrap();
+    let columns = ["ref_chosen_logps", "ref_rejected_logps"];
+    let mut w = TokenWriter::create_with_extra(&old, Kind::Dpo, &columns).unwrap();
+    w.write_with_extra(&cache.rows, &[&cache.extra[columns[0]], &cache.extra[columns[1]]])
+        .unwrap();
+    let mut meta = cache.metadata.clone();
+    meta.retain(|k, _| k.starts_with("zerolm.") && k != "zerolm.ref_cache_format");
+    w.finish(meta).unwrap();
+    let with_old = |out: &str, extra: &[&str]| {
+        let a = with(base(&s, out, 1), &["--ref-cache", &path(&old)]);
+        dpo(&with(a, extra))
+    };
+    with_old("v1a", &["--ld-alpha", "0.5"]).assert_user_error("made by an older `ref-logprobs`");
+    with_old("v1b", &[]).assert_ok();
     // what is allowed runs: aot with label smoothing, f-divergence with the sft mix, WPO + LD-DPO
     for (out, extra) in [
         ("ok1", vec!["--loss", "aot", "--label-smoothing", "0.1"]),

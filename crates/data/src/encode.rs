@@ -718,6 +718,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_prompt_keeps_the_tokens_it_shares_with_both_completions_as_trl_does() {
+        let whole = split_pair(vec![1, 2, 3], &[1, 2, 3, 7, 8], &[1, 2, 3, 9]);
+        assert_eq!(
+            (whole.prompt, whole.chosen, whole.rejected, whole.mismatch),
+            (vec![1, 2, 3], vec![7, 8], vec![9], false)
+        );
+        // the rejected sequence merged the prompt's last token: both completions start after [1, 2]
+        let merged = split_pair(vec![1, 2, 3], &[1, 2, 3, 7], &[1, 2, 5, 9]);
+        assert_eq!(
+            (merged.prompt, merged.chosen, merged.rejected, merged.mismatch),
+            (vec![1, 2], vec![3, 7], vec![5, 9], true)
+        );
+        let mut ids = vec![4, 2, 5, 2, 6];
+        cut_after_eos(&mut ids, 2);
+        assert_eq!(ids, vec![4, 2, 5, 2]);
+    }
+
+    #[test]
     fn overlong_parses_its_names_and_rejects_others_naming_the_choices() {
         for name in Overlong::NAMES {
             let o: Overlong = name.parse().unwrap();
