@@ -21,6 +21,9 @@ Every run: all 8 rows in one batch, 10 steps, constant learning rate, no warmup,
     python tests/reference/trl_reference.py tokenize --kind dpo --tokenizer runs/tokenizer \
         --input data/dpo.jsonl --chat --out /tmp/trl_dpo.json
 
+    # seconds per DPOTrainer step, to set beside `dpo`'s on the same model and rows
+    python tests/reference/trl_reference.py bench-dpo --model runs/sft/model --input data/dpo.jsonl
+
     # how many rows of a zerolm token file differ from that
     python tests/reference/trl_reference.py compare --kind dpo --tokenizer runs/tokenizer \
         --input data/dpo.jsonl --chat --tokens runs/tokens/dpo_only.parquet
@@ -209,6 +212,39 @@ def tokenize(args):
     print(f"{len(out)} rows -> {args.out}", file=sys.stderr)
 
 
+def bench_dpo(args):
+    """Seconds per DPOTrainer step on this machine (CPU, --threads), with precomputed reference log-probs,
+    to set beside `dpo`'s own s/step on the same model and rows."""
+    import time
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+    torch.set_num_threads(args.threads)
+    data = [as_conversational(r) for r in rows(args.input)][: args.batch * args.steps]
+    model, tok = load(args.model)
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            stamps.append(time.perf_counter())
+
+    cfg = DPOConfig(output_dir=tempfile.mkdtemp(), **{**COMMON, "max_steps": args.steps,
+                    "per_device_train_batch_size": args.batch, "learning_rate": 1e-4, "logging_steps": 10},
+                    loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], precompute_ref_log_probs=True)
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(data), processing_class=tok,
+                         callbacks=[Clock()])
+    trainer.train()
+    per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    print(f"TRL {trl_version()} DPOTrainer: {per_step:.4f} s/step over {len(stamps) - 1} steps "
+          f"(batch {args.batch} pairs, {args.threads} threads)")
+
+
+def trl_version():
+    import trl
+    return trl.__version__
+
+
 def compare(args):
     """How many rows of a zerolm token file differ from TRL's tokenization of the same input."""
     import pyarrow.parquet as pq
@@ -274,8 +310,14 @@ def main():
         c.add_argument(a, required=True)
     c.add_argument("--out", default="/tmp/trl_tokens.json")
     c.add_argument("--chat", action="store_true")
+    b = sub.add_parser("bench-dpo")
+    b.add_argument("--model", required=True)
+    b.add_argument("--input", required=True)
+    b.add_argument("--steps", type=int, default=41)
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    {"fixtures": fixtures, "tokenize": tokenize, "compare": compare}[args.cmd](args)
+    {"fixtures": fixtures, "tokenize": tokenize, "compare": compare, "bench-dpo": bench_dpo}[args.cmd](args)
 
 
 if __name__ == "__main__":
