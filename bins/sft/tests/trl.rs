@@ -26,7 +26,7 @@ fn tokenize_sft_and_sft_follow_trls_assistant_only_training() {
         ],
     )
     .assert_ok();
-    let got = trl::token_rows(&tokens);
+    let got = trl::token_rows(&tokens, zerolm_data::formats::Kind::Sft);
     let want = expected["tokens"]["sft"].as_array().unwrap();
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {

@@ -61,14 +61,9 @@ pub fn training_flags(expected: &Value) -> Vec<String> {
     flags
 }
 
-/// The token rows of a zerolm token file as TRL's fixture writes them (lists of ids per column).
-pub fn token_rows(path: &Path) -> Vec<Value> {
+/// The rows of a zerolm token file of `kind` as TRL's fixture writes them (lists of ids per column).
+pub fn token_rows(path: &Path, kind: zerolm_data::formats::Kind) -> Vec<Value> {
     use zerolm_data::artifact::{self, TokenRow};
-    let kind = if path.to_string_lossy().contains("sft") {
-        zerolm_data::formats::Kind::Sft
-    } else {
-        zerolm_data::formats::Kind::Dpo
-    };
     let file = artifact::read(path, kind).unwrap();
     file.rows
         .iter()

@@ -12,7 +12,7 @@ use zerolm_train::TrainError;
 use crate::answers;
 use crate::preference::cache::RefLogps;
 use crate::preference::losses::{self, LossParams, LossSpec, Pairs};
-use crate::preference::pairs::{sequence_logps, PairSet, Stats, TokenStats};
+use crate::preference::pairs::{sequence_logps, PairSet, SeqLogps, Stats, TokenStats};
 
 /// One split: the pairs and their reference log-probs (none for reference-free losses).
 pub struct Split {
@@ -40,44 +40,54 @@ impl DpoTask<'_> {
     /// The loss and metrics of pairs `idx` of `split`.
     fn score(&self, model: &Model, split: &Split, idx: &[usize]) -> Result<Scored, TrainError> {
         let batch = split.pairs.batch(idx, &self.device)?;
-        let wpo = self.params.use_weighting;
-        let stats = if wpo { Stats::MetricsAndWpo } else { Stats::Metrics };
+        let stats = match self.params.use_weighting {
+            true => Stats::MetricsAndWpo,
+            false => Stats::Metrics,
+        };
         let s = sequence_logps(model, &batch, stats)?;
-        let b = idx.len();
-        let ld = |sums: &Tensor, tails: &Tensor| -> Result<Tensor, TrainError> {
-            Ok(match self.params.ld_alpha {
-                Some(a) => (sums - (tails * (1.0 - a))?)?,
-                None => sums.clone(),
-            })
-        };
-        let policy = ld(&s.sums, &s.tail_sums)?;
-        let reference = split
-            .reference
-            .as_ref()
-            .map(|r| self.reference(r, idx))
-            .transpose()?;
-        let token_stats = s.stats.as_ref().expect("asked for");
         let lens: Vec<f64> = s.lens.to_dtype(DType::F64)?.to_vec1()?;
-        let p = Pairs {
-            lc: policy.narrow(0, 0, b)?,
-            lr: policy.narrow(0, b, b)?,
-            rc: reference.as_ref().map(|r| r.0.clone()),
-            rr: reference.as_ref().map(|r| r.1.clone()),
-            len_c: s.lens.narrow(0, 0, b)?,
-            len_r: s.lens.narrow(0, b, b)?,
-            lc_plain: s.sums.narrow(0, 0, b)?,
-            weights: match &token_stats.wpo {
-                Some(aligned) => Some(wpo_weights(aligned, &lens, b, &self.device)?),
-                None => None,
-            },
-        };
+        let p = self.pairs(&s, split, idx, &lens)?;
         let loss = losses::batch_loss(&self.spec, &p, &self.params)?;
         let mut metrics = losses::reward_metrics(&p, self.params.beta)?;
-        metrics.extend(token_metrics(token_stats, &lens, b));
+        let token_stats = s.stats.as_ref().expect("asked for");
+        metrics.extend(token_metrics(token_stats, &lens, idx.len()));
         Ok(Scored {
             loss,
             tokens: batch.tokens,
             metrics,
+        })
+    }
+
+    /// The loss inputs of pairs `idx` from their forward `s` (chosen rows first): LD-weighted sums with
+    /// `--ld-alpha`, the reference's (if any), and the WPO weights with `--use-weighting`.
+    fn pairs(
+        &self,
+        s: &SeqLogps,
+        split: &Split,
+        idx: &[usize],
+        lens: &[f64],
+    ) -> Result<Pairs, TrainError> {
+        let b = idx.len();
+        let policy = match self.params.ld_alpha {
+            Some(a) => (&s.sums - (&s.tail_sums * (1.0 - a))?)?,
+            None => s.sums.clone(),
+        };
+        let reference = (split.reference.as_ref())
+            .map(|r| self.reference(r, idx))
+            .transpose()?;
+        let (rc, rr) = reference.unzip();
+        let wpo = s.stats.as_ref().and_then(|t| t.wpo.as_ref());
+        Ok(Pairs {
+            lc: policy.narrow(0, 0, b)?,
+            lr: policy.narrow(0, b, b)?,
+            rc,
+            rr,
+            len_c: s.lens.narrow(0, 0, b)?,
+            len_r: s.lens.narrow(0, b, b)?,
+            lc_plain: s.sums.narrow(0, 0, b)?,
+            weights: wpo
+                .map(|aligned| wpo_weights(aligned, lens, b, &self.device))
+                .transpose()?,
         })
     }
 
