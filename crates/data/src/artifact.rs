@@ -383,6 +383,43 @@ pub fn read(path: &Path, kind: Kind) -> Result<TokenFile> {
     })
 }
 
+/// A token file's metadata and kind, checked like [`read`]'s, without its rows.
+pub fn read_header(path: &Path, kind: Kind) -> Result<TokenFile> {
+    let file = File::open(path).map_err(|cause| IoError::read(path, cause))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
+    let metadata = key_value_metadata(&builder);
+    check_header(&metadata, path, kind)?;
+    Ok(TokenFile {
+        path: path.into(),
+        kind,
+        metadata,
+        rows: Vec::new(),
+        extra: BTreeMap::new(),
+    })
+}
+
+/// Calls `f` with each row of a token file, in order, holding one batch of rows at a time.
+pub fn stream_rows(
+    path: &Path,
+    kind: Kind,
+    mut f: impl FnMut(TokenRow) -> Result<()>,
+) -> Result<()> {
+    let file = File::open(path).map_err(|cause| IoError::read(path, cause))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
+    check_header(&key_value_metadata(&builder), path, kind)?;
+    for batch in builder
+        .with_batch_size(1024)
+        .build()
+        .map_err(parquet_err(path))?
+    {
+        let batch = batch.map_err(parquet_err(path))?;
+        for row in batch_rows(&batch, kind, path)? {
+            f(row)?;
+        }
+    }
+    Ok(())
+}
+
 /// The file's key-value metadata (keys without a value are left out).
 fn key_value_metadata(builder: &ParquetRecordBatchReaderBuilder<File>) -> BTreeMap<String, String> {
     builder

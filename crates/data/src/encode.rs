@@ -6,6 +6,7 @@ use crate::chat::{CompletionEnd, Message};
 use crate::error::{unknown_choice, DataError, Location, Result};
 use crate::formats::{normalize, Format, Kind, Pair, Problem, Record, Template};
 use crate::input::{RawRow, RowReader};
+use crate::stream::StreamWriter;
 use crate::tokenizer::TokenizerDir;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -452,8 +453,12 @@ pub fn run(
         return Err(DataError::Usage("no --input given".into()));
     }
     let (infos, formats) = inspect_inputs(inputs, cfg, obs)?;
+    let stream = (cfg.stage == Kind::Pretrain)
+        .then(|| StreamWriter::create(out, tok.eos_id, tok.vocab_size()))
+        .transpose()?;
     let mut sink = Sink {
         writer: TokenWriter::create(out, cfg.stage)?,
+        stream,
         counts: Counts::default(),
         skipped_examples: Vec::new(),
         bytes_before: 0,
@@ -465,6 +470,7 @@ pub fn run(
     }
     let Sink {
         writer,
+        stream,
         counts,
         skipped_examples,
         ..
@@ -473,6 +479,10 @@ pub fn run(
         return Err(nothing_written(&counts, out));
     }
     writer.finish(metadata(tok, &infos, &counts, cfg, command))?;
+    if let Some(stream) = stream {
+        let blake3 = zerolm_io::hash_file(out)?.0;
+        stream.finish(crate::stream::Source::of(out, blake3)?)?;
+    }
     let report = Report {
         counts,
         inputs: infos,
@@ -518,6 +528,8 @@ fn inspect_inputs(
 /// Where encoded rows go: the token file being written, the run's counts and its progress.
 struct Sink<'a> {
     writer: TokenWriter,
+    /// Pretraining: the packed token stream written beside the file (see [`crate::stream`]).
+    stream: Option<StreamWriter>,
     counts: Counts,
     skipped_examples: Vec<String>,
     /// Input bytes of the files already done.
@@ -616,6 +628,13 @@ impl Sink<'_> {
         }
         self.counts.rows_written += rows.len() as u64;
         self.writer.write(rows)?;
+        if let Some(stream) = &mut self.stream {
+            for r in rows {
+                if let TokenRow::Doc(ids) = r {
+                    stream.push(ids)?;
+                }
+            }
+        }
         self.obs
             .progress(self.counts.rows_read, self.bytes_before + bytes);
         Ok(())

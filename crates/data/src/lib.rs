@@ -8,6 +8,7 @@ pub mod error;
 pub mod formats;
 pub mod input;
 pub mod progress;
+pub mod stream;
 pub mod tokenizer;
 
 pub use error::{DataError, Result};

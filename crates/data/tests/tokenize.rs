@@ -695,3 +695,50 @@ fn text_files_strip_the_bom_and_follow_text_field_and_utf8_errors_point_at_the_b
     .unwrap();
     assert_eq!((c.rows_written, c.skipped_bad), (1, 1));
 }
+
+#[test]
+fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_rows() {
+    use zerolm_data::stream::{self, DocStream};
+    let (rows, _) = run(Kind::Pretrain, &["pretrain/text.jsonl"], |_| {}, "stream.parquet");
+    let parquet = tmp("stream.parquet");
+    let bin = stream::path_for(&parquet);
+    let written = std::fs::metadata(&bin).unwrap().modified().unwrap();
+    let t = tok();
+    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().modified().unwrap(),
+        written,
+        "a current stream is opened, not rebuilt"
+    );
+    // the stream is every document followed by eos
+    let mut expected = Vec::new();
+    for row in &rows {
+        let TokenRow::Doc(ids) = row else { panic!() };
+        expected.extend_from_slice(ids);
+        expected.push(t.eos_id);
+    }
+    let mut got = Vec::new();
+    s.read(0, s.tokens() as usize, &mut got).unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(s.documents(), rows.len() as u64);
+    assert_eq!(s.counts().iter().sum::<u64>(), s.tokens());
+    // another file under the same name: the stream is made again from it
+    run(Kind::Pretrain, &["pretrain/docs.txt"], |_| {}, "other.parquet");
+    std::fs::copy(tmp("other.parquet"), &parquet).unwrap();
+    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
+    let (other, _) = DocStream::open_or_build(&tmp("other.parquet"), t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(s.tokens(), other.tokens());
+    // a damaged stream is made again too
+    std::fs::write(&bin, b"not a stream").unwrap();
+    let (s, _) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(s.tokens(), other.tokens());
+    // where the stream cannot be written beside its file, it goes to the temp directory
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::create_dir(&bin).unwrap();
+    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(s.tokens(), other.tokens());
+    let spare = std::env::temp_dir().join("zerolm-streams").join(format!("{blake3}.bin"));
+    assert!(spare.is_file(), "{}", spare.display());
+}

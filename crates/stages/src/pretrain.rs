@@ -1,12 +1,13 @@
 //! The `pretrain` stage: pack token documents into fixed-length blocks (eos between documents), train
 //! a fresh model on next-token prediction, evaluate, and export a Hugging Face model directory.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use serde_json::Map;
-use zerolm_data::artifact::{TokenFile, TokenRow};
+use zerolm_data::artifact;
+use zerolm_data::stream::DocStream;
+use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_data::formats::Kind;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::{init_parameters, Model};
@@ -14,58 +15,80 @@ use zerolm_train::trainer::{self, BatchLoss, EvalBatch, Outcome, Task};
 use zerolm_train::TrainError;
 
 use crate::common::start::{fit_vocab, special_ids};
-use crate::common::{closing_line, read_inputs, StageArgs, StageRun};
+use crate::common::{closing_line, StageArgs, StageRun};
 
 /// Documents concatenated with `eos` after each one, cut into blocks of `seq_len + 1` tokens that
-/// overlap by one (block i's last token is block i+1's first), so every token is a target once.
+/// overlap by one (block i's last token is block i+1's first), so every token is a target once. The
+/// tokens stay on disk in the token files' streams (one after the other); a batch reads its blocks.
 pub struct Packed {
-    pub tokens: Vec<u32>,
+    streams: Vec<DocStream>,
+    /// Where each stream starts in the concatenation.
+    starts: Vec<u64>,
+    pub tokens: u64,
     pub seq_len: usize,
-    pub documents: usize,
+    pub documents: u64,
     /// Tokens at the end that did not fill a block.
-    pub dropped_tail: usize,
+    pub dropped_tail: u64,
+    /// How often each id occurs, over all streams.
+    counts: Vec<u64>,
 }
 
 impl Packed {
-    pub fn new(files: &[TokenFile], eos: u32, seq_len: usize) -> Packed {
-        let mut tokens = Vec::new();
-        let mut documents = 0;
-        for file in files {
-            for row in &file.rows {
-                if let TokenRow::Doc(ids) = row {
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    tokens.extend_from_slice(ids);
-                    if ids.last() != Some(&eos) {
-                        tokens.push(eos);
-                    }
-                    documents += 1;
-                }
+    pub fn new(streams: Vec<DocStream>, seq_len: usize) -> Packed {
+        let mut starts = Vec::with_capacity(streams.len());
+        let (mut tokens, mut documents) = (0u64, 0u64);
+        let mut counts: Vec<u64> = Vec::new();
+        for s in &streams {
+            starts.push(tokens);
+            tokens += s.tokens();
+            documents += s.documents();
+            if counts.len() < s.counts().len() {
+                counts.resize(s.counts().len(), 0);
+            }
+            for (total, c) in counts.iter_mut().zip(s.counts()) {
+                *total += c;
             }
         }
-        let blocks = tokens.len().saturating_sub(1) / seq_len;
-        let used = if blocks == 0 { 0 } else { blocks * seq_len + 1 };
+        let blocks = tokens.saturating_sub(1) / seq_len as u64;
+        let used = if blocks == 0 { 0 } else { blocks * seq_len as u64 + 1 };
         Packed {
-            dropped_tail: tokens.len() - used,
+            streams,
+            starts,
+            dropped_tail: tokens - used,
             tokens,
             seq_len,
             documents,
+            counts,
         }
     }
 
     pub fn blocks(&self) -> usize {
-        self.tokens.len().saturating_sub(1) / self.seq_len
+        (self.tokens.saturating_sub(1) / self.seq_len as u64) as usize
     }
 
     pub fn stats(&self) -> PackStats {
         PackStats {
-            documents: self.documents,
-            tokens: self.tokens.len(),
+            documents: self.documents as usize,
+            tokens: self.tokens as usize,
             blocks: self.blocks(),
-            dropped_tail: self.dropped_tail,
+            dropped_tail: self.dropped_tail as usize,
             unigram_entropy: self.unigram_entropy(),
         }
+    }
+
+    /// Appends tokens `start .. start + len` of the concatenated streams to `out`.
+    fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) -> Result<(), TrainError> {
+        let (mut at, end) = (start, start + len as u64);
+        // the last stream that starts at or before `at`
+        let mut k = self.starts.partition_point(|&s| s <= at) - 1;
+        while at < end {
+            let stream_end = self.starts[k] + self.streams[k].tokens();
+            let take = end.min(stream_end) - at;
+            self.streams[k].read(at - self.starts[k], take as usize, out)?;
+            at += take;
+            k += 1;
+        }
+        Ok(())
     }
 
     /// Inputs and targets [B, seq_len] for these blocks.
@@ -73,9 +96,12 @@ impl Packed {
         let l = self.seq_len;
         let mut x = Vec::with_capacity(blocks.len() * l);
         let mut y = Vec::with_capacity(blocks.len() * l);
+        let mut block = Vec::with_capacity(l + 1);
         for &b in blocks {
-            x.extend_from_slice(&self.tokens[b * l..b * l + l]);
-            y.extend_from_slice(&self.tokens[b * l + 1..b * l + l + 1]);
+            block.clear();
+            self.read((b * l) as u64, l + 1, &mut block)?;
+            x.extend_from_slice(&block[..l]);
+            y.extend_from_slice(&block[1..]);
         }
         Ok((
             Tensor::from_vec(x, (blocks.len(), l), device)?,
@@ -86,13 +112,8 @@ impl Packed {
     /// Entropy (nats/token) of the unigram distribution of the packed stream: the loss of a model that
     /// ignores context, the bar a trained model must get well below.
     pub fn unigram_entropy(&self) -> f64 {
-        let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
-        for t in &self.tokens {
-            *counts.entry(*t).or_default() += 1;
-        }
-        let n = self.tokens.len() as f64;
-        counts
-            .values()
+        let n = self.tokens as f64;
+        (self.counts.iter().filter(|&&c| c > 0))
             .map(|&c| c as f64 / n)
             .map(|p| -p * p.ln())
             .sum()
@@ -186,9 +207,16 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     fit_vocab(&mut cfg.model, tokenizer.vocab_size(), args.vocab_explicit)?;
     special_ids(&mut cfg.model, &tokenizer);
     cfg.validate()?;
-    let files = read_inputs(&args.stage, Kind::Pretrain, &tokenizer)?;
+    if args.stage.inputs.is_empty() {
+        return Err(TrainError::Config(
+            "no --input token file given (make one with `tokenize pretrain`)".into(),
+        ));
+    }
+    let (train, mut prints) = streams(&args.stage.inputs, "train", &tokenizer)?;
+    let (eval, eval_prints) = streams(&args.stage.eval_inputs, "eval", &tokenizer)?;
+    prints.extend(eval_prints);
     let cfg = &args.stage.cfg;
-    let (train, eval) = pack(&files.train, &files.eval, tokenizer.eos_id, cfg.seq_len)?;
+    let (train, eval) = pack(train, eval, cfg.seq_len)?;
     let data = train.stats();
     let total = trainer::total_steps(cfg, data.blocks)?;
     let parameters = cfg.model.num_parameters();
@@ -213,7 +241,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         stage: "pretrain",
         args: &args.stage,
         tokenizer: &tokenizer,
-        inputs: files.prints,
+        inputs: prints,
         total_steps: total,
         resolved: Map::new(),
         stage_settings: None,
@@ -228,27 +256,49 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     })
 }
 
-/// The training and eval token files packed into blocks of `seq_len` (+1) tokens; refused when either
+/// The token streams of pretraining files, each checked (schema, kind, tokenizer) from its header, and
+/// their fingerprints under `role`; no file's rows are read into memory.
+fn streams(
+    paths: &[PathBuf],
+    role: &str,
+    tokenizer: &TokenizerDir,
+) -> Result<(Vec<DocStream>, Vec<InputFingerprint>), TrainError> {
+    let mut streams = Vec::new();
+    let mut prints = Vec::new();
+    for path in paths {
+        artifact::read_header(path, Kind::Pretrain)?.check_tokenizer(&tokenizer.fingerprint)?;
+        let (stream, blake3) =
+            DocStream::open_or_build(path, tokenizer.eos_id, tokenizer.vocab_size())?;
+        streams.push(stream);
+        prints.push(InputFingerprint {
+            role: role.to_string(),
+            path: path.display().to_string(),
+            blake3,
+        });
+    }
+    Ok((streams, prints))
+}
+
+/// The training and eval streams packed into blocks of `seq_len` (+1) tokens; refused when either
 /// holds less than one block.
 fn pack(
-    train: &[TokenFile],
-    eval: &[TokenFile],
-    eos: u32,
+    train: Vec<DocStream>,
+    eval: Vec<DocStream>,
     seq_len: usize,
 ) -> Result<(Packed, Option<Packed>), TrainError> {
-    let train = Packed::new(train, eos, seq_len);
+    let train = Packed::new(train, seq_len);
     if train.blocks() == 0 {
         return Err(TrainError::Config(format!(
             "the training data ({} tokens) is shorter than one block of {seq_len} tokens; lower --max-len or add data",
-            train.tokens.len()
+            train.tokens
         )));
     }
-    let eval = (!eval.is_empty()).then(|| Packed::new(eval, eos, seq_len));
+    let eval = (!eval.is_empty()).then(|| Packed::new(eval, seq_len));
     if let Some(e) = &eval {
         if e.blocks() == 0 {
             return Err(TrainError::Config(format!(
                 "the eval data ({} tokens) is shorter than one block of {seq_len} tokens",
-                e.tokens.len()
+                e.tokens
             )));
         }
     }
@@ -259,24 +309,28 @@ fn pack(
 mod tests {
     use super::*;
     use std::collections::BTreeMap as Map;
+    use zerolm_data::artifact::{TokenRow, TokenWriter};
 
-    fn file(docs: Vec<Vec<u32>>) -> TokenFile {
-        TokenFile {
-            path: "x".into(),
-            kind: Kind::Pretrain,
-            metadata: Map::new(),
-            rows: docs.into_iter().map(TokenRow::Doc).collect(),
-            extra: Map::new(),
+    /// Token files of these documents (in `dir`), opened as streams with eos 2 and 10 ids.
+    fn streams(dir: &str, files: Vec<Vec<Vec<u32>>>) -> Vec<DocStream> {
+        let dir = std::env::temp_dir().join(format!("zerolm-pack-{}-{dir}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = Vec::new();
+        for (i, docs) in files.into_iter().enumerate() {
+            let path = dir.join(format!("{i}.parquet"));
+            let mut w = TokenWriter::create(&path, Kind::Pretrain).unwrap();
+            w.write(&docs.into_iter().map(TokenRow::Doc).collect::<Vec<_>>())
+                .unwrap();
+            w.finish(Map::new()).unwrap();
+            out.push(DocStream::open_or_build(&path, 2, 10).unwrap().0);
         }
+        out
     }
 
     #[test]
     fn packing_puts_eos_between_documents_and_targets_shift_by_one() {
-        let p = Packed::new(&[file(vec![vec![5, 6, 7], vec![], vec![8, 9]])], 2, 3);
-        assert_eq!(p.tokens, vec![5, 6, 7, 2, 8, 9, 2]);
-        assert_eq!(p.documents, 2);
-        assert_eq!(p.blocks(), 2);
-        assert_eq!(p.dropped_tail, 0);
+        let p = Packed::new(streams("one", vec![vec![vec![5, 6, 7], vec![], vec![8, 9]]]), 3);
+        assert_eq!((p.tokens, p.documents, p.blocks(), p.dropped_tail), (7, 2, 2, 0));
         let (x, y) = p.batch(&[1, 0], &Device::Cpu).unwrap();
         assert_eq!(
             x.to_vec2::<u32>().unwrap(),
@@ -289,8 +343,18 @@ mod tests {
     }
 
     #[test]
+    fn blocks_run_across_files_as_one_stream() {
+        let p = Packed::new(streams("two", vec![vec![vec![5, 6]], vec![vec![7, 8, 9]]]), 4);
+        // 5 6 2 | 7 8 9 2: one block of 4 (+1) spans both files
+        assert_eq!((p.tokens, p.blocks(), p.dropped_tail), (7, 1, 2));
+        let (x, y) = p.batch(&[0], &Device::Cpu).unwrap();
+        assert_eq!(x.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 2, 7]]);
+        assert_eq!(y.to_vec2::<u32>().unwrap(), vec![vec![6, 2, 7, 8]]);
+    }
+
+    #[test]
     fn unigram_entropy_of_a_uniform_stream_is_log_n() {
-        let p = Packed::new(&[file(vec![vec![0, 1, 3]])], 2, 2);
+        let p = Packed::new(streams("uniform", vec![vec![vec![0, 1, 3]]]), 2);
         assert!((p.unigram_entropy() - 4f64.ln()).abs() < 1e-12);
     }
 }

@@ -1,0 +1,350 @@
+//! The packed token stream of a pretraining token file, kept beside it as `<file>.bin` (as nanoGPT and
+//! llm.c keep theirs): every document's ids followed by eos (unless it already ends with one), as `u16`
+//! when the vocabulary fits, else `u32`. A header ties it to its Parquet file (the file's blake3, the eos
+//! id, the vocabulary) and holds the unigram counts, so a stage learns the stream's size and statistics
+//! without reading it, and reads its blocks with positional reads: memory does not grow with the corpus.
+//!
+//! `tokenize pretrain` writes it beside its output; a stage given a token file without a current one
+//! builds it once, streaming the Parquet file (into the temp directory, named by the file's blake3, when
+//! the file's own directory is not writable). The header also records the Parquet file's size and
+//! modification time: while they are unchanged, the recorded blake3 stands for the file's content (as git's
+//! index trusts a file's stat), so a stage learns its input's fingerprint without reading it.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerolm_io::IoError;
+
+use crate::artifact::{self, TokenRow};
+use crate::error::{DataError, Result};
+use crate::formats::Kind;
+
+const MAGIC: &[u8; 8] = b"ZLMSTRM1";
+/// magic, width, eos, vocabulary, reserved (4 × u32), documents, tokens, the source's size and mtime in
+/// nanoseconds (4 × u64), the source's blake3 (64 hex bytes).
+const HEADER: u64 = 8 + 16 + 32 + 64;
+
+/// Where the stream of the token file `parquet` lives.
+pub fn path_for(parquet: &Path) -> PathBuf {
+    parquet.with_extension("bin")
+}
+
+/// Where the stream of a token file with content `blake3` is kept when the file's own directory is not
+/// writable.
+fn spare_path(blake3: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join("zerolm-streams")
+        .join(format!("{blake3}.bin"))
+}
+
+/// What a stream's header says.
+#[derive(Clone, Debug, PartialEq)]
+struct Header {
+    /// Bytes per token: 2 or 4.
+    width: u32,
+    eos: u32,
+    vocab: u32,
+    documents: u64,
+    tokens: u64,
+    /// The Parquet file it was made from: its size, modification time and blake3.
+    source: Source,
+}
+
+/// A token file's identity: its content hash, and the stat that vouches for it while unchanged.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Source {
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub blake3: String,
+}
+
+impl Source {
+    /// The file's size and modification time, with `blake3` as its content hash.
+    pub fn of(path: &Path, blake3: String) -> Result<Source> {
+        let meta = std::fs::metadata(path).map_err(|cause| IoError::read(path, cause))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Source {
+            size: meta.len(),
+            mtime_ns,
+            blake3,
+        })
+    }
+
+    /// Whether `path` still has this size and modification time.
+    fn vouches_for(&self, path: &Path) -> bool {
+        Source::of(path, String::new()).is_ok_and(|now| {
+            now.size == self.size && now.mtime_ns == self.mtime_ns && self.mtime_ns != 0
+        })
+    }
+}
+
+impl Header {
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER as usize);
+        b.extend_from_slice(MAGIC);
+        for v in [self.width, self.eos, self.vocab, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [
+            self.documents,
+            self.tokens,
+            self.source.size,
+            self.source.mtime_ns,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut source = self.source.blake3.as_bytes().to_vec();
+        source.resize(64, b' ');
+        b.extend_from_slice(&source);
+        b
+    }
+
+    fn parse(b: &[u8]) -> Option<Header> {
+        if b.len() < HEADER as usize || &b[..8] != MAGIC {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        Some(Header {
+            width: u32_at(8),
+            eos: u32_at(12),
+            vocab: u32_at(16),
+            documents: u64_at(24),
+            tokens: u64_at(32),
+            source: Source {
+                size: u64_at(40),
+                mtime_ns: u64_at(48),
+                blake3: String::from_utf8_lossy(&b[56..120]).trim_end().to_string(),
+            },
+        })
+    }
+
+    /// Where the tokens start: after the header and the unigram counts.
+    fn data_offset(&self) -> u64 {
+        HEADER + 8 * self.vocab as u64
+    }
+}
+
+/// Writes a stream document by document (to a temporary name; [`StreamWriter::finish`] renames it).
+pub struct StreamWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    header: Header,
+    counts: Vec<u64>,
+}
+
+impl StreamWriter {
+    /// A stream beside `parquet` for a tokenizer with `vocab` ids and end-of-document id `eos`.
+    pub fn create(parquet: &Path, eos: u32, vocab: usize) -> Result<StreamWriter> {
+        StreamWriter::create_at(&path_for(parquet), eos, vocab)
+    }
+
+    /// A stream at `path`.
+    fn create_at(path: &Path, eos: u32, vocab: usize) -> Result<StreamWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|cause| IoError::write(dir, cause))?;
+        }
+        let path = path.to_path_buf();
+        let tmp = zerolm_io::temp_path(&path);
+        let file = File::create(&tmp).map_err(|cause| IoError::write(&tmp, cause))?;
+        let header = Header {
+            width: if vocab <= 1 << 16 { 2 } else { 4 },
+            eos,
+            vocab: vocab as u32,
+            documents: 0,
+            tokens: 0,
+            source: Source::default(),
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        // the header and counts are written again at the end, with their values
+        let placeholder = vec![0u8; header.data_offset() as usize];
+        out.write_all(&placeholder)
+            .map_err(|cause| IoError::write(&tmp, cause))?;
+        Ok(StreamWriter {
+            path,
+            tmp,
+            out,
+            counts: vec![0; vocab],
+            header,
+        })
+    }
+
+    /// Appends one document (and eos unless it ends with it); an empty document adds nothing.
+    pub fn push(&mut self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let eos = self.header.eos;
+        let tail = (ids.last() != Some(&eos)).then_some(eos);
+        for &t in ids.iter().chain(tail.iter()) {
+            self.token(t)?;
+        }
+        self.header.documents += 1;
+        Ok(())
+    }
+
+    fn token(&mut self, t: u32) -> Result<()> {
+        let slot = self.counts.get_mut(t as usize).ok_or_else(|| {
+            DataError::Usage(format!(
+                "token id {t} is outside the vocabulary of {} ids",
+                self.header.vocab
+            ))
+        })?;
+        *slot += 1;
+        let written = match self.header.width {
+            2 => self.out.write_all(&(t as u16).to_le_bytes()),
+            _ => self.out.write_all(&t.to_le_bytes()),
+        };
+        written.map_err(|cause| IoError::write(&self.tmp, cause))?;
+        self.header.tokens += 1;
+        Ok(())
+    }
+
+    /// Records the Parquet file it was made from (`source`), writes the header and counts, and renames
+    /// the stream into place.
+    pub fn finish(mut self, source: Source) -> Result<()> {
+        self.header.source = source;
+        let write = |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
+            w.flush()?;
+            let file = w.get_mut();
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header.bytes())?;
+            let counts: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+            file.write_all(&counts)?;
+            file.sync_all()
+        };
+        write(&mut self.out, &self.header, &self.counts)
+            .map_err(|cause| IoError::write(&self.tmp, cause))?;
+        zerolm_io::commit(&self.tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+impl Drop for StreamWriter {
+    /// An unfinished stream leaves nothing behind (after `finish` the temporary name is gone already).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// A stream open for reading.
+pub struct DocStream {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    counts: Vec<u64>,
+}
+
+impl DocStream {
+    /// The stream of the token file `parquet` and the file's blake3: a current stream (made from the file
+    /// with its present size and modification time, with this eos and vocabulary) is opened without
+    /// reading the file; otherwise the file is hashed and the stream built again.
+    pub fn open_or_build(parquet: &Path, eos: u32, vocab: usize) -> Result<(DocStream, String)> {
+        let fits = |s: &DocStream| s.header.eos == eos && s.header.vocab as usize == vocab;
+        if let Some(s) = DocStream::open(&path_for(parquet))?.filter(fits) {
+            if s.header.source.vouches_for(parquet) {
+                let blake3 = s.header.source.blake3.clone();
+                return Ok((s, blake3));
+            }
+        }
+        let blake3 = zerolm_io::hash_file(parquet)?.0;
+        let spare = spare_path(&blake3);
+        if let Some(s) = DocStream::open(&spare)?.filter(fits) {
+            return Ok((s, blake3));
+        }
+        match DocStream::build(parquet, &path_for(parquet), eos, vocab, &blake3) {
+            Err(DataError::Io(e @ IoError::Write { .. })) if e.is_user_error() => {
+                // the token file's directory is not writable: keep the stream in the temp directory
+                let s = DocStream::build(parquet, &spare, eos, vocab, &blake3)?;
+                Ok((s, blake3))
+            }
+            built => Ok((built?, blake3)),
+        }
+    }
+
+    /// Builds the stream of `parquet` (content `blake3`) at `path`, streaming the file's rows.
+    fn build(parquet: &Path, path: &Path, eos: u32, vocab: usize, blake3: &str) -> Result<DocStream> {
+        let mut w = StreamWriter::create_at(path, eos, vocab)?;
+        artifact::stream_rows(parquet, Kind::Pretrain, |row| match row {
+            TokenRow::Doc(ids) => w.push(&ids),
+            _ => Ok(()),
+        })?;
+        w.finish(Source::of(parquet, blake3.to_string())?)?;
+        DocStream::open(path)?.ok_or_else(|| DataError::BadFile {
+            path: path.to_path_buf(),
+            msg: "the stream just written cannot be read back".into(),
+        })
+    }
+
+    /// The stream at `path`, if there is a readable one.
+    fn open(path: &Path) -> Result<Option<DocStream>> {
+        let path = path.to_path_buf();
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        let mut head = vec![0u8; HEADER as usize];
+        if file.read_exact_at(&mut head, 0).is_err() {
+            return Ok(None);
+        }
+        let Some(header) = Header::parse(&head) else {
+            return Ok(None);
+        };
+        let mut raw = vec![0u8; 8 * header.vocab as usize];
+        let size = file.metadata().map_err(|c| IoError::read(&path, c))?.len();
+        let expected = header.data_offset() + header.tokens * header.width as u64;
+        if size != expected || file.read_exact_at(&mut raw, HEADER).is_err() {
+            return Ok(None);
+        }
+        let counts = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Ok(Some(DocStream {
+            path,
+            file,
+            header,
+            counts,
+        }))
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.header.tokens
+    }
+
+    pub fn documents(&self) -> u64 {
+        self.header.documents
+    }
+
+    /// How often each id occurs in the stream.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Appends tokens `start .. start + len` of the stream to `out`.
+    pub fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) -> Result<()> {
+        let w = self.header.width as usize;
+        let mut raw = vec![0u8; len * w];
+        let at = self.header.data_offset() + start * w as u64;
+        self.file
+            .read_exact_at(&mut raw, at)
+            .map_err(|cause| IoError::read(&self.path, cause))?;
+        match w {
+            2 => out.extend(
+                raw.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
+            ),
+            _ => out.extend(
+                raw.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
+            ),
+        }
+        Ok(())
+    }
+}
