@@ -326,3 +326,31 @@ fn device_flag_cpu_matches_the_default_and_unavailable_devices_are_refused() {
     }
     assert!(!dir.join("tpu").exists());
 }
+
+#[test]
+fn a_launch_as_several_ranks_is_refused_before_anything_is_written() {
+    let dir = workdir("pretrain", "ranks");
+    let (train, eval, tok) = token_files(&dir);
+    let out = dir.join("out");
+    for (var, launcher) in [
+        ("OMPI_COMM_WORLD_SIZE", "mpirun"),
+        ("SLURM_STEP_NUM_TASKS", "srun"),
+        ("WORLD_SIZE", "torchrun"),
+    ] {
+        let run = Run::of(
+            Command::new(env!("CARGO_BIN_EXE_pretrain"))
+                .args(micro(&train, &eval, &tok, &out, 2))
+                .env(var, "2"),
+        );
+        run.assert_user_error("one of 2 ranks");
+        assert!(run.stderr.contains(launcher), "{}", run.stderr);
+        assert!(!out.exists(), "nothing is written");
+    }
+    // one rank is a single process
+    let one = Run::of(
+        Command::new(env!("CARGO_BIN_EXE_pretrain"))
+            .args(micro(&train, &eval, &tok, &out, 2))
+            .env("OMPI_COMM_WORLD_SIZE", "1"),
+    );
+    assert_eq!(one.code, 0, "{}", one.stderr);
+}

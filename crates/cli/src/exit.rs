@@ -8,10 +8,15 @@ use std::process::ExitCode;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Runs a binary: keeps freed memory (see [`crate::alloc`]), parses the command line (a usage error exits
-/// with 1, `--help`/`--version` with 0), calls `run`, and prints a failure as `error: …`.
+/// Runs a binary: keeps freed memory (see [`crate::alloc`]), refuses to be one of several ranks (see
+/// [`crate::launch`]), parses the command line (a usage error exits with 1, `--help`/`--version` with 0),
+/// calls `run`, and prints a failure as `error: …`.
 pub fn main<P: clap::Parser>(run: impl FnOnce(P) -> anyhow::Result<()>) -> ExitCode {
     crate::alloc::keep_freed_memory();
+    if let Err(e) = crate::launch::single_process(|var| std::env::var(var).ok()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let cli = P::try_parse().unwrap_or_else(|e| {
         let code = if e.use_stderr() { 1 } else { 0 };
         let _ = e.print();
