@@ -354,3 +354,42 @@ fn a_launch_as_several_ranks_is_refused_before_anything_is_written() {
     );
     assert_eq!(one.code, 0, "{}", one.stderr);
 }
+
+#[test]
+fn a_directory_or_glob_of_shards_trains_exactly_like_the_one_file() {
+    let dir = workdir("pretrain", "shards");
+    let (train, eval, tok) = token_files(&dir);
+    let shards = dir.join("shards");
+    let mut cfg = zerolm_data::encode::EncodeConfig::new(Kind::Pretrain);
+    cfg.shard.rows = Some(700);
+    let input = repo().join("data/pretrain.jsonl");
+    let report = zerolm_data::encode::run(
+        &zerolm_testkit::fixture_tokenizer(),
+        &[input],
+        &shards,
+        &cfg,
+        &[],
+        &mut (),
+    )
+    .unwrap();
+    assert!(report.files.len() > 2, "{:?}", report.files);
+    for f in &report.files {
+        assert!(f.is_file() && zerolm_data::stream::path_for(f).is_file());
+    }
+    let weights = |input: &Path, name: &str| {
+        let out = dir.join(name);
+        pretrain(&micro(input, &eval, &tok, &out, 4)).assert_ok();
+        std::fs::read(out.join("model/model.safetensors")).unwrap()
+    };
+    let one = weights(&train, "one");
+    assert_eq!(weights(&shards, "dir"), one, "a directory of shards");
+    assert_eq!(
+        weights(&shards.join("part-*.parquet"), "glob"),
+        one,
+        "a glob of shards"
+    );
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    pretrain(&micro(&empty, &eval, &tok, &dir.join("x"), 1))
+        .assert_user_error("no token file (*.parquet) there");
+}

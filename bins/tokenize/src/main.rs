@@ -10,6 +10,7 @@ use zerolm_cli::alloc::peak_rss_mb;
 use zerolm_data::chat::CompletionEnd;
 use zerolm_data::encode::{self, EncodeConfig, Overlong, Report};
 use zerolm_data::formats::{Format, Kind, Template, ALL_FORMATS};
+use zerolm_data::output::ShardSize;
 use zerolm_data::progress::Progress;
 use zerolm_data::tokenizer::{self, TokenizerDir, TrainConfig};
 
@@ -98,6 +99,12 @@ struct EncodeArgs {
         value_parser = PossibleValuesParser::new(Overlong::NAMES).try_map(|s| s.parse::<Overlong>())
     )]
     overlong: Overlong,
+    /// Write --out as a directory of token files (`part-00000.parquet`, …) of at most this many rows each.
+    #[arg(long)]
+    shard_rows: Option<u64>,
+    /// Write --out as a directory of token files of about this many MB of token ids (4 bytes a token) each.
+    #[arg(long)]
+    shard_mb: Option<u64>,
     /// Skip malformed rows (counted and reported) instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
@@ -115,6 +122,10 @@ fn encode(kind: Kind, a: EncodeArgs) -> Result<()> {
     cfg.completion_end = a.completion_end;
     cfg.max_len = a.max_len;
     cfg.overlong = a.overlong;
+    cfg.shard = ShardSize {
+        rows: a.shard_rows,
+        bytes: a.shard_mb.map(|mb| mb.saturating_mul(1_000_000)),
+    };
     cfg.skip_bad = a.skip_bad;
     cfg.strict = a.strict;
     let total: u64 = a
@@ -136,8 +147,12 @@ fn encode(kind: Kind, a: EncodeArgs) -> Result<()> {
 /// What was written, how fast, and every count; then the first skipped rows.
 fn print_summary(kind: Kind, report: &Report, out: &Path, total_bytes: u64, secs: f64) {
     let c = &report.counts;
+    let shards = match report.files.len() {
+        1 => String::new(),
+        n => format!(" ({n} shards)"),
+    };
     eprintln!(
-        "tokenize {}: wrote {} rows ({} tokens) to {} in {secs:.2}s ({:.1} MB/s, peak RSS {:.0} MB)",
+        "tokenize {}: wrote {} rows ({} tokens) to {}{shards} in {secs:.2}s ({:.1} MB/s, peak RSS {:.0} MB)",
         kind.name(),
         c.rows_written,
         c.tokens,

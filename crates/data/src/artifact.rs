@@ -34,6 +34,8 @@ pub mod keys {
     pub const COMMAND: &str = "zerolm.command";
     /// SFT and DPO: where a chat completion ends (`template` or `eos`, see `chat::CompletionEnd`).
     pub const COMPLETION_END: &str = "zerolm.completion_end";
+    /// In a sharded output: the file's index among the shards.
+    pub const SHARD: &str = "zerolm.shard";
 }
 
 /// One row of a token file.

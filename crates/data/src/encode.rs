@@ -1,12 +1,12 @@
 //! `tokenize pretrain | sft | dpo`: stream raw rows, normalise them, encode them on all threads and
 //! write a token file with its provenance. Memory stays bounded by the chunk size.
 
-use crate::artifact::{keys, TokenRow, TokenWriter};
+use crate::artifact::{keys, TokenRow};
 use crate::chat::{CompletionEnd, Message};
 use crate::error::{unknown_choice, DataError, Location, Result};
 use crate::formats::{normalize, Format, Kind, Pair, Problem, Record, Template};
 use crate::input::{RawRow, RowReader};
-use crate::stream::StreamWriter;
+use crate::output::{Output, ShardSize};
 use crate::tokenizer::TokenizerDir;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -54,6 +54,8 @@ pub struct EncodeConfig {
     pub completion_end: CompletionEnd,
     pub max_len: Option<usize>,
     pub overlong: Overlong,
+    /// Write `--out` as a directory of shards of this size (see [`crate::output`]).
+    pub shard: ShardSize,
     pub skip_bad: bool,
     pub strict: bool,
     pub chunk_rows: usize,
@@ -69,6 +71,7 @@ impl EncodeConfig {
             completion_end: CompletionEnd::Template,
             max_len: None,
             overlong: Overlong::Truncate,
+            shard: ShardSize::default(),
             skip_bad: false,
             strict: false,
             chunk_rows: 2048,
@@ -93,6 +96,11 @@ impl EncodeConfig {
         }
         if self.max_len == Some(0) {
             return Err(DataError::Usage("--max-len must be at least 1".into()));
+        }
+        if self.shard.rows == Some(0) || self.shard.bytes == Some(0) {
+            return Err(DataError::Usage(
+                "--shard-rows and --shard-mb must be at least 1".into(),
+            ));
         }
         if self.chunk_rows == 0 {
             return Err(DataError::Usage("chunk size must be at least 1".into()));
@@ -136,6 +144,8 @@ pub struct Report {
     pub inputs: Vec<InputInfo>,
     /// The first few skipped rows, with where and why.
     pub skipped_examples: Vec<String>,
+    /// The token files written: `--out`, or its shards.
+    pub files: Vec<PathBuf>,
 }
 
 /// Progress callbacks: `bytes` of input consumed so far (uncompressed JSONL/text bytes) and rows done.
@@ -453,12 +463,10 @@ pub fn run(
         return Err(DataError::Usage("no --input given".into()));
     }
     let (infos, formats) = inspect_inputs(inputs, cfg, obs)?;
-    let stream = (cfg.stage == Kind::Pretrain)
-        .then(|| StreamWriter::create(out, tok.eos_id, tok.vocab_size()))
-        .transpose()?;
+    let base = MetaBase::new(tok, &infos, cfg, command);
     let mut sink = Sink {
-        writer: TokenWriter::create(out, cfg.stage)?,
-        stream,
+        output: Output::create(out, cfg.stage, cfg.shard, tok.eos_id, tok.vocab_size())?,
+        base: &base,
         counts: Counts::default(),
         skipped_examples: Vec::new(),
         bytes_before: 0,
@@ -469,8 +477,7 @@ pub fn run(
         sink.bytes_before += info.bytes;
     }
     let Sink {
-        writer,
-        stream,
+        output,
         counts,
         skipped_examples,
         ..
@@ -478,15 +485,12 @@ pub fn run(
     if counts.rows_written == 0 {
         return Err(nothing_written(&counts, out));
     }
-    writer.finish(metadata(tok, &infos, &counts, cfg, command))?;
-    if let Some(stream) = stream {
-        let blake3 = zerolm_io::hash_file(out)?.0;
-        stream.finish(crate::stream::Source::of(out, blake3)?)?;
-    }
+    let files = output.finish(base.with_counts(&counts))?;
     let report = Report {
         counts,
         inputs: infos,
         skipped_examples,
+        files,
     };
     write_resolved_config(tok, out, cfg, &report)?;
     Ok(report)
@@ -527,9 +531,10 @@ fn inspect_inputs(
 
 /// Where encoded rows go: the token file being written, the run's counts and its progress.
 struct Sink<'a> {
-    writer: TokenWriter,
-    /// Pretraining: the packed token stream written beside the file (see [`crate::stream`]).
-    stream: Option<StreamWriter>,
+    /// The token file or shards being written.
+    output: Output,
+    /// Their metadata but the counts.
+    base: &'a MetaBase,
     counts: Counts,
     skipped_examples: Vec<String>,
     /// Input bytes of the files already done.
@@ -627,14 +632,8 @@ impl Sink<'_> {
             count_tokens(&mut self.counts, r);
         }
         self.counts.rows_written += rows.len() as u64;
-        self.writer.write(rows)?;
-        if let Some(stream) = &mut self.stream {
-            for r in rows {
-                if let TokenRow::Doc(ids) = r {
-                    stream.push(ids)?;
-                }
-            }
-        }
+        let (base, counts) = (self.base, &self.counts);
+        self.output.write(rows, &|| base.with_counts(counts))?;
         self.obs
             .progress(self.counts.rows_read, self.bytes_before + bytes);
         Ok(())
@@ -672,30 +671,35 @@ fn nothing_written(counts: &Counts, out: &Path) -> DataError {
 }
 
 /// The provenance a token file records in its key-value metadata.
-fn metadata(
-    tok: &TokenizerDir,
-    infos: &[InputInfo],
-    counts: &Counts,
-    cfg: &EncodeConfig,
-    command: &[String],
-) -> BTreeMap<String, String> {
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        keys::TOKENIZER_FINGERPRINT.to_string(),
-        tok.fingerprint.clone(),
-    );
-    meta.insert(keys::VOCAB_SIZE.to_string(), tok.vocab_size().to_string());
-    meta.insert(keys::INPUTS.to_string(), json(&infos));
-    meta.insert(keys::COUNTS.to_string(), json(counts));
-    meta.insert(keys::CONFIG.to_string(), json(cfg));
-    if cfg.stage != Kind::Pretrain {
+/// The metadata every file of a run carries, but the counts (added when a file is closed).
+struct MetaBase(BTreeMap<String, String>);
+
+impl MetaBase {
+    fn new(tok: &TokenizerDir, infos: &[InputInfo], cfg: &EncodeConfig, command: &[String]) -> MetaBase {
+        let mut meta = BTreeMap::new();
         meta.insert(
-            keys::COMPLETION_END.to_string(),
-            cfg.completion_end.name().to_string(),
+            keys::TOKENIZER_FINGERPRINT.to_string(),
+            tok.fingerprint.clone(),
         );
+        meta.insert(keys::VOCAB_SIZE.to_string(), tok.vocab_size().to_string());
+        meta.insert(keys::INPUTS.to_string(), json(&infos));
+        meta.insert(keys::CONFIG.to_string(), json(cfg));
+        if cfg.stage != Kind::Pretrain {
+            meta.insert(
+                keys::COMPLETION_END.to_string(),
+                cfg.completion_end.name().to_string(),
+            );
+        }
+        meta.insert(keys::COMMAND.to_string(), json(&command.to_vec()));
+        MetaBase(meta)
     }
-    meta.insert(keys::COMMAND.to_string(), json(&command.to_vec()));
-    meta
+
+    /// With the run's counts so far (a shard closed early records the counts at that point).
+    fn with_counts(&self, counts: &Counts) -> BTreeMap<String, String> {
+        let mut meta = self.0.clone();
+        meta.insert(keys::COUNTS.to_string(), json(counts));
+        meta
+    }
 }
 
 /// Where [`run`] records a token file's run: `<out>` with its extension replaced by

@@ -7,6 +7,7 @@ pub mod encode;
 pub mod error;
 pub mod formats;
 pub mod input;
+pub mod output;
 pub mod progress;
 pub mod stream;
 pub mod tokenizer;

@@ -1,6 +1,8 @@
-//! The packed token stream of a pretraining token file, kept beside it as `<file>.bin` (as nanoGPT and
-//! llm.c keep theirs): every document's ids followed by eos (unless it already ends with one), as `u16`
-//! when the vocabulary fits, else `u32`. A header ties it to its Parquet file (the file's blake3, the eos
+//! The token stream of a token file, kept beside it as `<file>.bin` (as nanoGPT and llm.c keep theirs),
+//! ids as `u16` when the vocabulary fits, else `u32`, in one of two layouts: a pretraining file's
+//! documents packed one after the other, each followed by eos (unless it already ends with one)
+//! ([`Layout::Docs`]); an SFT file's rows, each its ids then its loss mask, with an index of the rows at
+//! the end ([`Layout::Rows`]). A header ties it to its Parquet file (the file's blake3, the eos
 //! id, the vocabulary) and holds the unigram counts, so a stage learns the stream's size and statistics
 //! without reading it, and reads its blocks with positional reads: memory does not grow with the corpus.
 //!
@@ -39,9 +41,28 @@ fn spare_path(blake3: &str) -> PathBuf {
         .join(format!("{blake3}.bin"))
 }
 
+/// How a stream lays out its tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Documents packed into one stream, eos after each: pretraining.
+    Docs = 0,
+    /// Rows of ids and loss mask, indexed: SFT.
+    Rows = 1,
+}
+
+/// Where a row of a [`Layout::Rows`] stream is: its byte offset in the data, its length in tokens, and
+/// the position of its first supervised target (a token j ≥ 1 with mask 1; `u32::MAX` when none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowIndex {
+    pub offset: u64,
+    pub len: u32,
+    pub first_target: u32,
+}
+
 /// What a stream's header says.
 #[derive(Clone, Debug, PartialEq)]
 struct Header {
+    layout: Layout,
     /// Bytes per token: 2 or 4.
     width: u32,
     eos: u32,
@@ -88,7 +109,7 @@ impl Header {
     fn bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER as usize);
         b.extend_from_slice(MAGIC);
-        for v in [self.width, self.eos, self.vocab, 0] {
+        for v in [self.width, self.eos, self.vocab, self.layout as u32] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         for v in [
@@ -111,7 +132,13 @@ impl Header {
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let layout = match u32_at(20) {
+            0 => Layout::Docs,
+            1 => Layout::Rows,
+            _ => return None,
+        };
         Some(Header {
+            layout,
             width: u32_at(8),
             eos: u32_at(12),
             vocab: u32_at(16),
@@ -129,25 +156,49 @@ impl Header {
     fn data_offset(&self) -> u64 {
         HEADER + 8 * self.vocab as u64
     }
+
+    /// The bytes of the token data (for rows: ids and masks).
+    fn data_bytes(&self) -> u64 {
+        match self.layout {
+            Layout::Docs => self.tokens * self.width as u64,
+            Layout::Rows => self.tokens * (self.width as u64 + 1),
+        }
+    }
+
+    /// Where the row index starts (rows only), and the file's size.
+    fn index_offset(&self) -> u64 {
+        self.data_offset() + self.data_bytes()
+    }
+
+    fn file_size(&self) -> u64 {
+        match self.layout {
+            Layout::Docs => self.index_offset(),
+            Layout::Rows => self.index_offset() + 16 * self.documents,
+        }
+    }
 }
 
-/// Writes a stream document by document (to a temporary name; [`StreamWriter::finish`] renames it).
+/// Writes a stream document by document or row by row (to a temporary name; [`StreamWriter::finish`]
+/// renames it).
 pub struct StreamWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<File>,
     header: Header,
     counts: Vec<u64>,
+    /// Rows: where each row is, written after the data at the end.
+    index: Vec<RowIndex>,
 }
 
 impl StreamWriter {
-    /// A stream beside `parquet` for a tokenizer with `vocab` ids and end-of-document id `eos`.
-    pub fn create(parquet: &Path, eos: u32, vocab: usize) -> Result<StreamWriter> {
-        StreamWriter::create_at(&path_for(parquet), eos, vocab)
+    /// A stream of `layout` beside `parquet`, for a tokenizer with `vocab` ids and end-of-document id
+    /// `eos`.
+    pub fn create(parquet: &Path, layout: Layout, eos: u32, vocab: usize) -> Result<StreamWriter> {
+        StreamWriter::create_at(&path_for(parquet), layout, eos, vocab)
     }
 
     /// A stream at `path`.
-    fn create_at(path: &Path, eos: u32, vocab: usize) -> Result<StreamWriter> {
+    fn create_at(path: &Path, layout: Layout, eos: u32, vocab: usize) -> Result<StreamWriter> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|cause| IoError::write(dir, cause))?;
         }
@@ -155,6 +206,7 @@ impl StreamWriter {
         let tmp = zerolm_io::temp_path(&path);
         let file = File::create(&tmp).map_err(|cause| IoError::write(&tmp, cause))?;
         let header = Header {
+            layout,
             width: if vocab <= 1 << 16 { 2 } else { 4 },
             eos,
             vocab: vocab as u32,
@@ -173,7 +225,28 @@ impl StreamWriter {
             out,
             counts: vec![0; vocab],
             header,
+            index: Vec::new(),
         })
+    }
+
+    /// Appends one SFT row: its ids, then its loss mask (one byte a token).
+    pub fn push_row(&mut self, ids: &[u32], mask: &[u8]) -> Result<()> {
+        let first_target = (1..mask.len())
+            .find(|&j| mask[j] == 1)
+            .map_or(u32::MAX, |j| j as u32);
+        self.index.push(RowIndex {
+            offset: self.header.tokens * (self.header.width as u64 + 1),
+            len: ids.len() as u32,
+            first_target,
+        });
+        for &t in ids {
+            self.token(t)?;
+        }
+        self.out
+            .write_all(mask)
+            .map_err(|cause| IoError::write(&self.tmp, cause))?;
+        self.header.documents += 1;
+        Ok(())
     }
 
     /// Appends one document (and eos unless it ends with it); an empty document adds nothing.
@@ -211,6 +284,17 @@ impl StreamWriter {
     /// the stream into place.
     pub fn finish(mut self, source: Source) -> Result<()> {
         self.header.source = source;
+        let index: Vec<u8> = (self.index.iter())
+            .flat_map(|r| {
+                let mut b = r.offset.to_le_bytes().to_vec();
+                b.extend_from_slice(&r.len.to_le_bytes());
+                b.extend_from_slice(&r.first_target.to_le_bytes());
+                b
+            })
+            .collect();
+        self.out
+            .write_all(&index)
+            .map_err(|cause| IoError::write(&self.tmp, cause))?;
         let write = |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
             w.flush()?;
             let file = w.get_mut();
@@ -235,20 +319,29 @@ impl Drop for StreamWriter {
 }
 
 /// A stream open for reading.
-pub struct DocStream {
+pub struct TokenStream {
     path: PathBuf,
     file: File,
     header: Header,
     counts: Vec<u64>,
+    /// Rows: where each row is.
+    index: Vec<RowIndex>,
 }
 
-impl DocStream {
-    /// The stream of the token file `parquet` and the file's blake3: a current stream (made from the file
-    /// with its present size and modification time, with this eos and vocabulary) is opened without
-    /// reading the file; otherwise the file is hashed and the stream built again.
-    pub fn open_or_build(parquet: &Path, eos: u32, vocab: usize) -> Result<(DocStream, String)> {
-        let fits = |s: &DocStream| s.header.eos == eos && s.header.vocab as usize == vocab;
-        if let Some(s) = DocStream::open(&path_for(parquet))?.filter(fits) {
+impl TokenStream {
+    /// The stream of `layout` of the token file `parquet` and the file's blake3: a current stream (made
+    /// from the file with its present size and modification time, with this eos and vocabulary) is opened
+    /// without reading the file; otherwise the file is hashed and the stream built again.
+    pub fn open_or_build(
+        parquet: &Path,
+        layout: Layout,
+        eos: u32,
+        vocab: usize,
+    ) -> Result<(TokenStream, String)> {
+        let fits = |s: &TokenStream| {
+            s.header.layout == layout && s.header.eos == eos && s.header.vocab as usize == vocab
+        };
+        if let Some(s) = TokenStream::open(&path_for(parquet))?.filter(fits) {
             if s.header.source.vouches_for(parquet) {
                 let blake3 = s.header.source.blake3.clone();
                 return Ok((s, blake3));
@@ -256,13 +349,14 @@ impl DocStream {
         }
         let blake3 = zerolm_io::hash_file(parquet)?.0;
         let spare = spare_path(&blake3);
-        if let Some(s) = DocStream::open(&spare)?.filter(fits) {
+        if let Some(s) = TokenStream::open(&spare)?.filter(fits) {
             return Ok((s, blake3));
         }
-        match DocStream::build(parquet, &path_for(parquet), eos, vocab, &blake3) {
+        let build = |path: &Path| TokenStream::build(parquet, path, layout, eos, vocab, &blake3);
+        match build(&path_for(parquet)) {
             Err(DataError::Io(e @ IoError::Write { .. })) if e.is_user_error() => {
                 // the token file's directory is not writable: keep the stream in the temp directory
-                let s = DocStream::build(parquet, &spare, eos, vocab, &blake3)?;
+                let s = build(&spare)?;
                 Ok((s, blake3))
             }
             built => Ok((built?, blake3)),
@@ -270,21 +364,36 @@ impl DocStream {
     }
 
     /// Builds the stream of `parquet` (content `blake3`) at `path`, streaming the file's rows.
-    fn build(parquet: &Path, path: &Path, eos: u32, vocab: usize, blake3: &str) -> Result<DocStream> {
-        let mut w = StreamWriter::create_at(path, eos, vocab)?;
-        artifact::stream_rows(parquet, Kind::Pretrain, |row| match row {
+    fn build(
+        parquet: &Path,
+        path: &Path,
+        layout: Layout,
+        eos: u32,
+        vocab: usize,
+        blake3: &str,
+    ) -> Result<TokenStream> {
+        let mut w = StreamWriter::create_at(path, layout, eos, vocab)?;
+        let kind = match layout {
+            Layout::Docs => Kind::Pretrain,
+            Layout::Rows => Kind::Sft,
+        };
+        artifact::stream_rows(parquet, kind, |row| match row {
             TokenRow::Doc(ids) => w.push(&ids),
-            _ => Ok(()),
+            TokenRow::Sft {
+                input_ids,
+                loss_mask,
+            } => w.push_row(&input_ids, &loss_mask),
+            TokenRow::Dpo { .. } => Ok(()),
         })?;
         w.finish(Source::of(parquet, blake3.to_string())?)?;
-        DocStream::open(path)?.ok_or_else(|| DataError::BadFile {
+        TokenStream::open(path)?.ok_or_else(|| DataError::BadFile {
             path: path.to_path_buf(),
             msg: "the stream just written cannot be read back".into(),
         })
     }
 
     /// The stream at `path`, if there is a readable one.
-    fn open(path: &Path) -> Result<Option<DocStream>> {
+    fn open(path: &Path) -> Result<Option<TokenStream>> {
         let path = path.to_path_buf();
         let Ok(file) = File::open(&path) else {
             return Ok(None);
@@ -296,22 +405,54 @@ impl DocStream {
         let Some(header) = Header::parse(&head) else {
             return Ok(None);
         };
-        let mut raw = vec![0u8; 8 * header.vocab as usize];
         let size = file.metadata().map_err(|c| IoError::read(&path, c))?.len();
-        let expected = header.data_offset() + header.tokens * header.width as u64;
-        if size != expected || file.read_exact_at(&mut raw, HEADER).is_err() {
+        let mut raw = vec![0u8; 8 * header.vocab as usize];
+        let mut rows = vec![0u8; 16 * header.documents as usize * usize::from(header.layout == Layout::Rows)];
+        if size != header.file_size()
+            || file.read_exact_at(&mut raw, HEADER).is_err()
+            || file.read_exact_at(&mut rows, header.index_offset()).is_err()
+        {
             return Ok(None);
         }
         let counts = raw
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        Ok(Some(DocStream {
+        let index = rows
+            .chunks_exact(16)
+            .map(|c| RowIndex {
+                offset: u64::from_le_bytes(c[..8].try_into().unwrap()),
+                len: u32::from_le_bytes(c[8..12].try_into().unwrap()),
+                first_target: u32::from_le_bytes(c[12..].try_into().unwrap()),
+            })
+            .collect();
+        Ok(Some(TokenStream {
             path,
             file,
             header,
             counts,
+            index,
         }))
+    }
+
+    /// Rows: where each row is.
+    pub fn index(&self) -> &[RowIndex] {
+        &self.index
+    }
+
+    /// Rows: the first `len` ids and mask bytes of row `i`.
+    pub fn row(&self, i: usize, len: usize) -> Result<(Vec<u32>, Vec<u8>)> {
+        let r = self.index[i];
+        let (w, n) = (self.header.width as usize, r.len as usize);
+        let len = len.min(n);
+        let mut raw = vec![0u8; n * (w + 1)];
+        let at = self.header.data_offset() + r.offset;
+        self.file
+            .read_exact_at(&mut raw, at)
+            .map_err(|cause| IoError::read(&self.path, cause))?;
+        let mut ids = Vec::with_capacity(len);
+        decode(&raw[..len * w], w, &mut ids);
+        Ok((ids, raw[n * w..n * w + len].to_vec()))
     }
 
     pub fn tokens(&self) -> u64 {
@@ -327,7 +468,7 @@ impl DocStream {
         &self.counts
     }
 
-    /// Appends tokens `start .. start + len` of the stream to `out`.
+    /// Docs: appends tokens `start .. start + len` of the stream to `out`.
     pub fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) -> Result<()> {
         let w = self.header.width as usize;
         let mut raw = vec![0u8; len * w];
@@ -335,16 +476,21 @@ impl DocStream {
         self.file
             .read_exact_at(&mut raw, at)
             .map_err(|cause| IoError::read(&self.path, cause))?;
-        match w {
-            2 => out.extend(
-                raw.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
-            ),
-            _ => out.extend(
-                raw.chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
-            ),
-        }
+        decode(&raw, w, out);
         Ok(())
+    }
+}
+
+/// Appends the little-endian ids of `raw` (`width` bytes each) to `out`.
+fn decode(raw: &[u8], width: usize, out: &mut Vec<u32>) {
+    match width {
+        2 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
+        ),
+        _ => out.extend(
+            raw.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
+        ),
     }
 }

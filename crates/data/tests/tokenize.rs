@@ -698,13 +698,13 @@ fn text_files_strip_the_bom_and_follow_text_field_and_utf8_errors_point_at_the_b
 
 #[test]
 fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_rows() {
-    use zerolm_data::stream::{self, DocStream};
+    use zerolm_data::stream::{self, Layout, TokenStream};
     let (rows, _) = run(Kind::Pretrain, &["pretrain/text.jsonl"], |_| {}, "stream.parquet");
     let parquet = tmp("stream.parquet");
     let bin = stream::path_for(&parquet);
     let written = std::fs::metadata(&bin).unwrap().modified().unwrap();
     let t = tok();
-    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
     assert_eq!(
         std::fs::metadata(&bin).unwrap().modified().unwrap(),
@@ -726,19 +726,57 @@ fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_r
     // another file under the same name: the stream is made again from it
     run(Kind::Pretrain, &["pretrain/docs.txt"], |_| {}, "other.parquet");
     std::fs::copy(tmp("other.parquet"), &parquet).unwrap();
-    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
-    let (other, _) = DocStream::open_or_build(&tmp("other.parquet"), t.eos_id, t.vocab_size()).unwrap();
+    let (other, _) = TokenStream::open_or_build(&tmp("other.parquet"), Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(s.tokens(), other.tokens());
     // a damaged stream is made again too
     std::fs::write(&bin, b"not a stream").unwrap();
-    let (s, _) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    let (s, _) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(s.tokens(), other.tokens());
     // where the stream cannot be written beside its file, it goes to the temp directory
     std::fs::remove_file(&bin).unwrap();
     std::fs::create_dir(&bin).unwrap();
-    let (s, blake3) = DocStream::open_or_build(&parquet, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(s.tokens(), other.tokens());
     let spare = std::env::temp_dir().join("zerolm-streams").join(format!("{blake3}.bin"));
     assert!(spare.is_file(), "{}", spare.display());
+}
+
+#[test]
+fn sharded_output_is_a_directory_of_complete_token_files() {
+    let out = tmp("sft-shards");
+    let mut cfg = EncodeConfig::new(Kind::Sft);
+    cfg.shard.rows = Some(2);
+    let input = fixtures().join("sft/conversations.jsonl");
+    let report = encode::run(&tok(), &[input.clone()], &out, &cfg, &[], &mut ()).unwrap();
+    assert_eq!(report.files.len(), 2);
+    let mut rows = 0;
+    for (i, f) in report.files.iter().enumerate() {
+        let file = artifact::read(f, Kind::Sft).unwrap();
+        file.check_tokenizer(&tok().fingerprint).unwrap();
+        assert_eq!(file.metadata[keys::SHARD], i.to_string());
+        rows += file.rows.len();
+    }
+    assert_eq!(rows, 3);
+    let expanded = zerolm_data::output::expand_inputs(&[out.clone()]).unwrap();
+    assert_eq!(expanded, report.files);
+    let pattern = out.join("part-0000[1-9].parquet");
+    assert_eq!(
+        zerolm_data::output::expand_inputs(&[pattern]).unwrap(),
+        report.files[1..]
+    );
+    let none = zerolm_data::output::expand_inputs(&[out.join("*.txt")]).unwrap_err();
+    assert!(none.to_string().contains("no token file"), "{none}");
+    // a run that fails after writing shards leaves no directory
+    let failed = tmp("sft-shards-failed");
+    let bad = tmp("good-then-bad.jsonl");
+    let good = std::fs::read_to_string(&input).unwrap();
+    std::fs::write(&bad, format!("{good}{{not json\n")).unwrap();
+    cfg.shard.rows = Some(1);
+    cfg.chunk_rows = 1; // three shards are written before the bad row is read
+    let err = encode::run(&tok(), &[bad], &failed, &cfg, &[], &mut ()).unwrap_err();
+    assert!(err.to_string().contains(":4"), "{err}");
+    assert!(!failed.exists());
+    assert!(!zerolm_io::temp_path(&failed).exists());
 }

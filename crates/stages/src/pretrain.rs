@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde_json::Map;
 use zerolm_data::artifact;
-use zerolm_data::stream::DocStream;
+use zerolm_data::stream::{Layout, TokenStream};
 use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_data::formats::Kind;
 use zerolm_data::tokenizer::TokenizerDir;
@@ -21,7 +21,7 @@ use crate::common::{closing_line, StageArgs, StageRun};
 /// overlap by one (block i's last token is block i+1's first), so every token is a target once. The
 /// tokens stay on disk in the token files' streams (one after the other); a batch reads its blocks.
 pub struct Packed {
-    streams: Vec<DocStream>,
+    streams: Vec<TokenStream>,
     /// Where each stream starts in the concatenation.
     starts: Vec<u64>,
     pub tokens: u64,
@@ -34,7 +34,7 @@ pub struct Packed {
 }
 
 impl Packed {
-    pub fn new(streams: Vec<DocStream>, seq_len: usize) -> Packed {
+    pub fn new(streams: Vec<TokenStream>, seq_len: usize) -> Packed {
         let mut starts = Vec::with_capacity(streams.len());
         let (mut tokens, mut documents) = (0u64, 0u64);
         let mut counts: Vec<u64> = Vec::new();
@@ -256,19 +256,19 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     })
 }
 
-/// The token streams of pretraining files, each checked (schema, kind, tokenizer) from its header, and
+/// The token streams of pretraining files (each path a file, a directory of shards or a glob), each checked (schema, kind, tokenizer) from its header, and
 /// their fingerprints under `role`; no file's rows are read into memory.
 fn streams(
     paths: &[PathBuf],
     role: &str,
     tokenizer: &TokenizerDir,
-) -> Result<(Vec<DocStream>, Vec<InputFingerprint>), TrainError> {
+) -> Result<(Vec<TokenStream>, Vec<InputFingerprint>), TrainError> {
     let mut streams = Vec::new();
     let mut prints = Vec::new();
-    for path in paths {
+    for path in &zerolm_data::output::expand_inputs(paths)? {
         artifact::read_header(path, Kind::Pretrain)?.check_tokenizer(&tokenizer.fingerprint)?;
         let (stream, blake3) =
-            DocStream::open_or_build(path, tokenizer.eos_id, tokenizer.vocab_size())?;
+            TokenStream::open_or_build(path, Layout::Docs, tokenizer.eos_id, tokenizer.vocab_size())?;
         streams.push(stream);
         prints.push(InputFingerprint {
             role: role.to_string(),
@@ -282,8 +282,8 @@ fn streams(
 /// The training and eval streams packed into blocks of `seq_len` (+1) tokens; refused when either
 /// holds less than one block.
 fn pack(
-    train: Vec<DocStream>,
-    eval: Vec<DocStream>,
+    train: Vec<TokenStream>,
+    eval: Vec<TokenStream>,
     seq_len: usize,
 ) -> Result<(Packed, Option<Packed>), TrainError> {
     let train = Packed::new(train, seq_len);
@@ -312,7 +312,7 @@ mod tests {
     use zerolm_data::artifact::{TokenRow, TokenWriter};
 
     /// Token files of these documents (in `dir`), opened as streams with eos 2 and 10 ids.
-    fn streams(dir: &str, files: Vec<Vec<Vec<u32>>>) -> Vec<DocStream> {
+    fn streams(dir: &str, files: Vec<Vec<Vec<u32>>>) -> Vec<TokenStream> {
         let dir = std::env::temp_dir().join(format!("zerolm-pack-{}-{dir}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut out = Vec::new();
@@ -322,7 +322,7 @@ mod tests {
             w.write(&docs.into_iter().map(TokenRow::Doc).collect::<Vec<_>>())
                 .unwrap();
             w.finish(Map::new()).unwrap();
-            out.push(DocStream::open_or_build(&path, 2, 10).unwrap().0);
+            out.push(TokenStream::open_or_build(&path, Layout::Docs, 2, 10).unwrap().0);
         }
         out
     }

@@ -16,8 +16,8 @@ use zerolm_train::TrainError;
 use super::args::StageArgs;
 use super::export::{export_model_dir, Provenance};
 
-/// Reads token files of `kind`, refusing any made with another tokenizer; returns them with their
-/// content fingerprints under `role`.
+/// Reads token files of `kind` (each path a file, a directory of shards or a glob), refusing any made
+/// with another tokenizer; returns them with their content fingerprints under `role`.
 pub fn read_token_files(
     paths: &[PathBuf],
     kind: Kind,
@@ -26,7 +26,7 @@ pub fn read_token_files(
 ) -> Result<(Vec<TokenFile>, Vec<InputFingerprint>), TrainError> {
     let mut files = Vec::new();
     let mut prints = Vec::new();
-    for path in paths {
+    for path in &zerolm_data::output::expand_inputs(paths)? {
         let file = artifact::read(path, kind)?;
         file.check_tokenizer(&tokenizer.fingerprint)?;
         prints.push(fingerprint(path, role)?);
