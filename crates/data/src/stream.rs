@@ -50,14 +50,19 @@ pub enum Layout {
     Rows = 1,
 }
 
-/// Where a row of a [`Layout::Rows`] stream is: its byte offset in the data, its length in tokens, and
-/// the position of its first supervised target (a token j ≥ 1 with mask 1; `u32::MAX` when none).
+/// Where a row of a [`Layout::Rows`] stream is: its byte offset in the data, its length in tokens, the
+/// position of its first supervised target (a token j ≥ 1 with mask 1; `u32::MAX` when none) and how many
+/// supervised targets it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowIndex {
     pub offset: u64,
     pub len: u32,
     pub first_target: u32,
+    pub supervised: u32,
 }
+
+/// Bytes of one [`RowIndex`] in the file.
+const INDEX_ENTRY: u64 = 20;
 
 /// What a stream's header says.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,7 +178,7 @@ impl Header {
     fn file_size(&self) -> u64 {
         match self.layout {
             Layout::Docs => self.index_offset(),
-            Layout::Rows => self.index_offset() + 16 * self.documents,
+            Layout::Rows => self.index_offset() + INDEX_ENTRY * self.documents,
         }
     }
 }
@@ -238,6 +243,7 @@ impl StreamWriter {
             offset: self.header.tokens * (self.header.width as u64 + 1),
             len: ids.len() as u32,
             first_target,
+            supervised: mask.iter().skip(1).filter(|&&m| m == 1).count() as u32,
         });
         for &t in ids {
             self.token(t)?;
@@ -287,8 +293,9 @@ impl StreamWriter {
         let index: Vec<u8> = (self.index.iter())
             .flat_map(|r| {
                 let mut b = r.offset.to_le_bytes().to_vec();
-                b.extend_from_slice(&r.len.to_le_bytes());
-                b.extend_from_slice(&r.first_target.to_le_bytes());
+                for v in [r.len, r.first_target, r.supervised] {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
                 b
             })
             .collect();
@@ -324,8 +331,6 @@ pub struct TokenStream {
     file: File,
     header: Header,
     counts: Vec<u64>,
-    /// Rows: where each row is.
-    index: Vec<RowIndex>,
 }
 
 impl TokenStream {
@@ -407,49 +412,65 @@ impl TokenStream {
         };
         let size = file.metadata().map_err(|c| IoError::read(&path, c))?.len();
         let mut raw = vec![0u8; 8 * header.vocab as usize];
-        let mut rows = vec![0u8; 16 * header.documents as usize * usize::from(header.layout == Layout::Rows)];
-        if size != header.file_size()
-            || file.read_exact_at(&mut raw, HEADER).is_err()
-            || file.read_exact_at(&mut rows, header.index_offset()).is_err()
-        {
+        if size != header.file_size() || file.read_exact_at(&mut raw, HEADER).is_err() {
             return Ok(None);
         }
         let counts = raw
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let index = rows
-            .chunks_exact(16)
-            .map(|c| RowIndex {
-                offset: u64::from_le_bytes(c[..8].try_into().unwrap()),
-                len: u32::from_le_bytes(c[8..12].try_into().unwrap()),
-                first_target: u32::from_le_bytes(c[12..].try_into().unwrap()),
-            })
-            .collect();
         Ok(Some(TokenStream {
             path,
             file,
             header,
             counts,
-            index,
         }))
     }
 
-    /// Rows: where each row is.
-    pub fn index(&self) -> &[RowIndex] {
-        &self.index
+    /// Rows: how many.
+    pub fn rows(&self) -> u64 {
+        match self.header.layout {
+            Layout::Rows => self.header.documents,
+            Layout::Docs => 0,
+        }
     }
 
-    /// Rows: the first `len` ids and mask bytes of row `i`.
-    pub fn row(&self, i: usize, len: usize) -> Result<(Vec<u32>, Vec<u8>)> {
-        let r = self.index[i];
-        let (w, n) = (self.header.width as usize, r.len as usize);
-        let len = len.min(n);
-        let mut raw = vec![0u8; n * (w + 1)];
-        let at = self.header.data_offset() + r.offset;
+    /// Rows: calls `f` with each row's number and index entry, in order, reading the index in chunks.
+    pub fn for_each_row(&self, mut f: impl FnMut(u64, RowIndex) -> Result<()>) -> Result<()> {
+        const CHUNK: u64 = 1 << 16;
+        let mut at = 0;
+        while at < self.rows() {
+            let n = CHUNK.min(self.rows() - at);
+            let start = self.header.index_offset() + at * INDEX_ENTRY;
+            let raw = self.read_bytes(start, (n * INDEX_ENTRY) as usize)?;
+            for (k, c) in raw.chunks_exact(INDEX_ENTRY as usize).enumerate() {
+                f(at + k as u64, parse_entry(c))?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Rows: row `i`'s index entry.
+    pub fn entry(&self, i: u64) -> Result<RowIndex> {
+        let start = self.header.index_offset() + i * INDEX_ENTRY;
+        Ok(parse_entry(&self.read_bytes(start, INDEX_ENTRY as usize)?))
+    }
+
+    fn read_bytes(&self, at: u64, len: usize) -> Result<Vec<u8>> {
+        let mut raw = vec![0u8; len];
         self.file
             .read_exact_at(&mut raw, at)
             .map_err(|cause| IoError::read(&self.path, cause))?;
+        Ok(raw)
+    }
+
+    /// Rows: the first `len` ids and mask bytes of row `i`.
+    pub fn row(&self, i: u64, len: usize) -> Result<(Vec<u32>, Vec<u8>)> {
+        let r = self.entry(i)?;
+        let (w, n) = (self.header.width as usize, r.len as usize);
+        let len = len.min(n);
+        let raw = self.read_bytes(self.header.data_offset() + r.offset, n * (w + 1))?;
         let mut ids = Vec::with_capacity(len);
         decode(&raw[..len * w], w, &mut ids);
         Ok((ids, raw[n * w..n * w + len].to_vec()))
@@ -478,6 +499,17 @@ impl TokenStream {
             .map_err(|cause| IoError::read(&self.path, cause))?;
         decode(&raw, w, out);
         Ok(())
+    }
+}
+
+/// A row index entry from its 20 bytes.
+fn parse_entry(c: &[u8]) -> RowIndex {
+    let u32_at = |i: usize| u32::from_le_bytes(c[i..i + 4].try_into().unwrap());
+    RowIndex {
+        offset: u64::from_le_bytes(c[..8].try_into().unwrap()),
+        len: u32_at(8),
+        first_target: u32_at(12),
+        supervised: u32_at(16),
     }
 }
 

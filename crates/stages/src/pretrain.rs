@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use serde_json::Map;
-use zerolm_data::artifact;
-use zerolm_data::stream::{Layout, TokenStream};
-use zerolm_train::checkpoint::InputFingerprint;
+use zerolm_data::stream::TokenStream;
 use zerolm_data::formats::Kind;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::{init_parameters, Model};
@@ -15,6 +13,7 @@ use zerolm_train::trainer::{self, BatchLoss, EvalBatch, Outcome, Task};
 use zerolm_train::TrainError;
 
 use crate::common::start::{fit_vocab, special_ids};
+use crate::common::setup::stream_inputs;
 use crate::common::{closing_line, StageArgs, StageRun};
 
 /// Documents concatenated with `eos` after each one, cut into blocks of `seq_len + 1` tokens that
@@ -207,16 +206,9 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
     fit_vocab(&mut cfg.model, tokenizer.vocab_size(), args.vocab_explicit)?;
     special_ids(&mut cfg.model, &tokenizer);
     cfg.validate()?;
-    if args.stage.inputs.is_empty() {
-        return Err(TrainError::Config(
-            "no --input token file given (make one with `tokenize pretrain`)".into(),
-        ));
-    }
-    let (train, mut prints) = streams(&args.stage.inputs, "train", &tokenizer)?;
-    let (eval, eval_prints) = streams(&args.stage.eval_inputs, "eval", &tokenizer)?;
-    prints.extend(eval_prints);
+    let files = stream_inputs(&args.stage, Kind::Pretrain, &tokenizer)?;
     let cfg = &args.stage.cfg;
-    let (train, eval) = pack(train, eval, cfg.seq_len)?;
+    let (train, eval) = pack(files.train, files.eval, cfg.seq_len)?;
     let data = train.stats();
     let total = trainer::total_steps(cfg, data.blocks)?;
     let parameters = cfg.model.num_parameters();
@@ -241,7 +233,7 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         stage: "pretrain",
         args: &args.stage,
         tokenizer: &tokenizer,
-        inputs: prints,
+        inputs: files.prints,
         total_steps: total,
         resolved: Map::new(),
         stage_settings: None,
@@ -254,29 +246,6 @@ pub fn run(mut args: PretrainArgs) -> Result<PretrainReport, TrainError> {
         data,
         parameters,
     })
-}
-
-/// The token streams of pretraining files (each path a file, a directory of shards or a glob), each checked (schema, kind, tokenizer) from its header, and
-/// their fingerprints under `role`; no file's rows are read into memory.
-fn streams(
-    paths: &[PathBuf],
-    role: &str,
-    tokenizer: &TokenizerDir,
-) -> Result<(Vec<TokenStream>, Vec<InputFingerprint>), TrainError> {
-    let mut streams = Vec::new();
-    let mut prints = Vec::new();
-    for path in &zerolm_data::output::expand_inputs(paths)? {
-        artifact::read_header(path, Kind::Pretrain)?.check_tokenizer(&tokenizer.fingerprint)?;
-        let (stream, blake3) =
-            TokenStream::open_or_build(path, Layout::Docs, tokenizer.eos_id, tokenizer.vocab_size())?;
-        streams.push(stream);
-        prints.push(InputFingerprint {
-            role: role.to_string(),
-            path: path.display().to_string(),
-            blake3,
-        });
-    }
-    Ok((streams, prints))
 }
 
 /// The training and eval streams packed into blocks of `seq_len` (+1) tokens; refused when either
@@ -310,6 +279,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap as Map;
     use zerolm_data::artifact::{TokenRow, TokenWriter};
+    use zerolm_data::stream::Layout;
 
     /// Token files of these documents (in `dir`), opened as streams with eos 2 and 10 ids.
     fn streams(dir: &str, files: Vec<Vec<Vec<u32>>>) -> Vec<TokenStream> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
-use zerolm_data::artifact::TokenRow;
+use zerolm_data::stream::{RowIndex, TokenStream};
 use zerolm_data::formats::Kind;
 use zerolm_model::Model;
 use zerolm_train::trainer::{self, BatchLoss, EvalBatch, Outcome, Task};
@@ -18,52 +18,103 @@ use crate::common::summary::show;
 use crate::common::{closing_line, StageArgs, StageRun, StartModel};
 
 /// SFT rows as next-token training examples: inputs `ids[..n-1]`, targets `ids[1..]`, weights
-/// `loss_mask[1..]` (a target counts when it is a supervised token).
+/// `loss_mask[1..]` (a target counts when it is a supervised token). The rows stay on disk in the token
+/// files' streams, one after the other; a batch reads its rows. Memory holds only the rows left out.
 pub struct Examples {
-    pub rows: Vec<(Vec<u32>, Vec<u8>)>,
+    streams: Vec<TokenStream>,
+    /// Where each stream's rows start among all rows.
+    starts: Vec<u64>,
+    /// The rows left out (no supervised target within `seq_len + 1` tokens), ascending.
+    dropped: Vec<u64>,
+    seq_len: usize,
     pub pad_id: u32,
     /// Rows cut to `seq_len + 1` tokens.
     pub truncated: usize,
     /// Rows dropped because no target token is supervised (nothing to learn).
     pub unsupervised: usize,
+    supervised: usize,
 }
 
 impl Examples {
-    pub fn new(rows: impl IntoIterator<Item = TokenRow>, seq_len: usize, pad_id: u32) -> Examples {
+    /// Reads the streams' row indexes once to find the rows left out and count what is trained on.
+    pub fn new(
+        streams: Vec<TokenStream>,
+        seq_len: usize,
+        pad_id: u32,
+    ) -> Result<Examples, TrainError> {
         let mut out = Examples {
-            rows: Vec::new(),
+            starts: Vec::new(),
+            streams: Vec::new(),
+            dropped: Vec::new(),
+            seq_len,
             pad_id,
             truncated: 0,
             unsupervised: 0,
+            supervised: 0,
         };
-        for row in rows {
-            let TokenRow::Sft {
-                mut input_ids,
-                mut loss_mask,
-            } = row
-            else {
-                continue;
-            };
-            if input_ids.len() > seq_len + 1 {
-                input_ids.truncate(seq_len + 1);
-                loss_mask.truncate(seq_len + 1);
-                out.truncated += 1;
-            }
-            if input_ids.len() < 2 || !loss_mask.iter().skip(1).any(|m| *m == 1) {
-                out.unsupervised += 1;
-                continue;
-            }
-            out.rows.push((input_ids, loss_mask));
+        let mut start = 0;
+        for stream in &streams {
+            out.starts.push(start);
+            stream.for_each_row(|r, row| out.count(stream, start + r, r, row))?;
+            start += stream.rows();
         }
-        out
+        out.starts.push(start);
+        out.streams = streams;
+        Ok(out)
+    }
+
+    /// Counts row `r` of `stream` (row `global` of all), or leaves it out.
+    fn count(
+        &mut self,
+        stream: &TokenStream,
+        global: u64,
+        r: u64,
+        row: RowIndex,
+    ) -> zerolm_data::Result<()> {
+        let kept = (row.len as usize).min(self.seq_len + 1);
+        let cut = kept < row.len as usize;
+        self.truncated += usize::from(cut);
+        if kept < 2 || row.first_target as usize >= kept {
+            self.unsupervised += 1;
+            self.dropped.push(global);
+            return Ok(());
+        }
+        self.supervised += match cut {
+            // a cut row: count what is left of its mask
+            true => stream.row(r, kept)?.1.iter().skip(1).filter(|&&m| m == 1).count(),
+            false => row.supervised as usize,
+        };
+        Ok(())
+    }
+
+    /// The rows trained on.
+    pub fn len(&self) -> usize {
+        (self.starts.last().copied().unwrap_or(0) - self.dropped.len() as u64) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Supervised target tokens over all rows.
     pub fn supervised_tokens(&self) -> usize {
-        self.rows
-            .iter()
-            .map(|(_, m)| m.iter().skip(1).filter(|v| **v == 1).count())
-            .sum()
+        self.supervised
+    }
+
+    /// Row `k` of the rows trained on: its ids and loss mask, cut to `seq_len + 1`.
+    pub fn row(&self, k: usize) -> Result<(Vec<u32>, Vec<u8>), TrainError> {
+        // the k-th row not left out: the least p with p = k + (rows left out at or before p)
+        let mut p = k as u64;
+        loop {
+            let next = k as u64 + self.dropped.partition_point(|&d| d <= p) as u64;
+            if next == p {
+                break;
+            }
+            p = next;
+        }
+        let s = self.starts.partition_point(|&start| start <= p) - 1;
+        let stream = &self.streams[s];
+        Ok(stream.row(p - self.starts[s], self.seq_len + 1)?)
     }
 
     /// Inputs, targets (u32) and weights (f32), each [B, L] with L the longest row in the batch minus one.
@@ -72,14 +123,12 @@ impl Examples {
         rows: &[usize],
         device: &Device,
     ) -> Result<(Tensor, Tensor, Tensor), TrainError> {
-        let len = rows
-            .iter()
-            .map(|&r| self.rows[r].0.len() - 1)
-            .max()
-            .unwrap_or(0);
+        let picked: Vec<(Vec<u32>, Vec<u8>)> = (rows.iter())
+            .map(|&k| self.row(k))
+            .collect::<Result<_, _>>()?;
+        let len = picked.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(0);
         let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
-        for &r in rows {
-            let (ids, mask) = &self.rows[r];
+        for (ids, mask) in &picked {
             let n = ids.len() - 1;
             x.extend_from_slice(&ids[..n]);
             y.extend_from_slice(&ids[1..]);
@@ -120,7 +169,7 @@ struct SftTask<'a> {
 
 impl Task for SftTask<'_> {
     fn num_samples(&self) -> usize {
-        self.train.rows.len()
+        self.train.len()
     }
 
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
@@ -134,7 +183,7 @@ impl Task for SftTask<'_> {
     }
 
     fn eval_rows(&self) -> usize {
-        self.eval.as_ref().map_or(0, |e| e.rows.len())
+        self.eval.as_ref().map_or(0, Examples::len)
     }
 
     fn eval_batch(&self, model: &Model, rows: &[usize]) -> Result<EvalBatch, TrainError> {
@@ -189,32 +238,35 @@ impl SftReport {
 
 pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let cfg = &args.stage.cfg;
-    let (start, files) = StartModel::with_inputs(&args.model, &args.stage, Kind::Sft)?;
+    let (start, files) = StartModel::with_streams(&args.model, &args.stage, Kind::Sft)?;
     let tokenizer = &start.tokenizer;
-    let examples = |files: Vec<_>| Examples::new(flat_rows(files), cfg.seq_len, tokenizer.pad_id);
+    let examples = |streams| Examples::new(streams, cfg.seq_len, tokenizer.pad_id);
     let completion_end = files.completion_end.clone();
-    let train = examples(files.train);
-    let eval = (!files.eval.is_empty()).then(|| examples(files.eval));
+    let train = examples(files.train)?;
+    let eval = match files.eval.is_empty() {
+        true => None,
+        false => Some(examples(files.eval)?),
+    };
     let answer_set = args
         .answers
         .as_ref()
         .map(|a| a.load(tokenizer))
         .transpose()?;
-    let total = trainer::total_steps(cfg, train.rows.len())?;
+    let total = trainer::total_steps(cfg, train.len())?;
     eprintln!(
         "sft: {} conversations ({} supervised tokens; {} truncated to {} tokens, {} without a supervised token \
          skipped); eval {} conversations; {} answer-check questions; {total} steps",
-        train.rows.len(),
+        train.len(),
         train.supervised_tokens(),
         train.truncated,
         cfg.seq_len + 1,
         train.unsupervised,
-        eval.as_ref().map_or(0, |e| e.rows.len()),
+        eval.as_ref().map_or(0, Examples::len),
         answer_set.as_ref().map_or(0, |s| s.items.len()),
     );
     let init = start.params(&cfg.model)?;
     let (rows, supervised_tokens, truncated, unsupervised) = (
-        train.rows.len(),
+        train.len(),
         train.supervised_tokens(),
         train.truncated,
         train.unsupervised,
@@ -257,31 +309,38 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     })
 }
 
-/// Every row of the files, in order.
-fn flat_rows(files: Vec<zerolm_data::artifact::TokenFile>) -> impl Iterator<Item = TokenRow> {
-    files.into_iter().flat_map(|f| f.rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use zerolm_data::artifact::{TokenRow, TokenWriter};
+    use zerolm_data::stream::Layout;
 
-    fn row(ids: &[u32], mask: &[u8]) -> TokenRow {
-        TokenRow::Sft {
-            input_ids: ids.to_vec(),
-            loss_mask: mask.to_vec(),
-        }
+    /// `rows` (ids, mask) as a token file in a temp directory, opened as a stream (10 ids).
+    fn examples(name: &str, rows: &[(&[u32], &[u8])], seq_len: usize) -> Examples {
+        let dir = std::env::temp_dir().join(format!("zerolm-sft-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sft.parquet");
+        let mut w = TokenWriter::create(&path, Kind::Sft).unwrap();
+        let rows: Vec<TokenRow> = rows
+            .iter()
+            .map(|(ids, mask)| TokenRow::Sft {
+                input_ids: ids.to_vec(),
+                loss_mask: mask.to_vec(),
+            })
+            .collect();
+        w.write(&rows).unwrap();
+        w.finish(BTreeMap::new()).unwrap();
+        let (stream, _) = TokenStream::open_or_build(&path, Layout::Rows, 2, 10).unwrap();
+        Examples::new(vec![stream], seq_len, 0).unwrap()
     }
 
     #[test]
     fn batches_shift_pad_and_weight_by_the_mask() {
-        let ex = Examples::new(
-            vec![
-                row(&[1, 5, 6, 2], &[0, 0, 1, 1]),
-                row(&[1, 7, 2], &[0, 1, 1]),
-            ],
+        let ex = examples(
+            "batch",
+            &[(&[1, 5, 6, 2], &[0, 0, 1, 1]), (&[1, 7, 2], &[0, 1, 1])],
             10,
-            0,
         );
         let (x, y, w) = ex.batch(&[0, 1], &Device::Cpu).unwrap();
         assert_eq!(
@@ -301,17 +360,21 @@ mod tests {
 
     #[test]
     fn rows_without_supervision_are_counted_and_long_rows_truncated() {
-        let ex = Examples::new(
-            vec![
-                row(&[1, 5, 6], &[1, 0, 0]),
-                row(&[1], &[1]),
-                row(&[1, 2, 3, 4, 5, 6], &[0, 1, 1, 1, 1, 1]),
+        let ex = examples(
+            "cut",
+            &[
+                (&[1, 5, 6], &[1, 0, 0]),
+                (&[1], &[1]),
+                (&[1, 2, 3, 4, 5, 6], &[0, 1, 1, 1, 1, 1]),
+                (&[1, 2, 3, 4, 5], &[0, 0, 0, 0, 1]),
             ],
             3,
-            0,
         );
-        assert_eq!(ex.unsupervised, 2);
-        assert_eq!(ex.truncated, 1);
-        assert_eq!(ex.rows, vec![(vec![1, 2, 3, 4], vec![0, 1, 1, 1])]);
+        // the last row's only supervised token is past the cut
+        assert_eq!(ex.unsupervised, 3);
+        assert_eq!(ex.truncated, 2);
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex.row(0).unwrap(), (vec![1, 2, 3, 4], vec![0, 1, 1, 1]));
+        assert_eq!(ex.supervised_tokens(), 3);
     }
 }

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 use zerolm_data::artifact::{self, TokenFile};
 use zerolm_data::formats::Kind;
+use zerolm_data::stream::{Layout, TokenStream};
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_train::trainer::{self, Outcome, RunSpec, Task};
@@ -117,6 +118,64 @@ pub fn read_inputs(
     prints.extend(eval_prints);
     let completion_end = common_completion_end(train.iter().chain(&eval))?;
     Ok(TokenInputs {
+        train,
+        eval,
+        prints,
+        completion_end,
+    })
+}
+
+/// A stage's train and eval token files as on-disk streams (see `zerolm_data::stream`): each checked from
+/// its header (schema, kind, tokenizer, completion end) and fingerprinted; no file's rows are read into
+/// memory.
+pub struct StreamInputs {
+    pub train: Vec<TokenStream>,
+    pub eval: Vec<TokenStream>,
+    pub prints: Vec<InputFingerprint>,
+    pub completion_end: Option<String>,
+}
+
+/// Opens `--input` (at least one) and `--eval-input` of `kind` (pretraining or SFT) as streams, each path
+/// a file, a directory of shards or a glob; a missing or stale stream is built once.
+pub fn stream_inputs(
+    args: &StageArgs,
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+) -> Result<StreamInputs, TrainError> {
+    if args.inputs.is_empty() {
+        return Err(TrainError::Config(format!(
+            "no --input token file given (make one with `tokenize {}`)",
+            kind.name()
+        )));
+    }
+    let layout = match kind {
+        Kind::Pretrain => Layout::Docs,
+        _ => Layout::Rows,
+    };
+    let mut headers = Vec::new();
+    let mut open = |paths: &[PathBuf], role: &str| -> Result<Vec<TokenStream>, TrainError> {
+        let mut streams = Vec::new();
+        for path in &zerolm_data::output::expand_inputs(paths)? {
+            let header = artifact::read_header(path, kind)?;
+            header.check_tokenizer(&tokenizer.fingerprint)?;
+            let (stream, blake3) =
+                TokenStream::open_or_build(path, layout, tokenizer.eos_id, tokenizer.vocab_size())?;
+            headers.push((header, role.to_string(), blake3));
+            streams.push(stream);
+        }
+        Ok(streams)
+    };
+    let train = open(&args.inputs, "train")?;
+    let eval = open(&args.eval_inputs, "eval")?;
+    let completion_end = common_completion_end(headers.iter().map(|(h, _, _)| h))?;
+    let prints = (headers.into_iter())
+        .map(|(h, role, blake3)| InputFingerprint {
+            role,
+            path: h.path.display().to_string(),
+            blake3,
+        })
+        .collect();
+    Ok(StreamInputs {
         train,
         eval,
         prints,

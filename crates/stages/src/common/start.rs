@@ -13,7 +13,9 @@ use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_train::{TrainConfig, TrainError};
 
 use super::args::StageArgs;
-use super::setup::{check_model_completion_end, read_inputs, TokenInputs};
+use super::setup::{
+    check_model_completion_end, read_inputs, stream_inputs, StreamInputs, TokenInputs,
+};
 
 /// The model config with `vocab_size` taken from the tokenizer, unless the user set a larger
 /// vocabulary explicitly (rows past the tokenizer's are then never used).
@@ -85,6 +87,19 @@ impl StartModel {
     ) -> Result<(StartModel, TokenInputs), TrainError> {
         let start = StartModel::open(dir, args.tokenizer.as_deref(), &args.cfg)?;
         let mut files = read_inputs(args, kind, &start.tokenizer)?;
+        check_model_completion_end(dir, files.completion_end.as_deref())?;
+        files.prints.push(start.weights.clone());
+        Ok((start, files))
+    }
+
+    /// Like [`StartModel::with_inputs`], with the token files opened as streams (SFT).
+    pub fn with_streams(
+        dir: &Path,
+        args: &StageArgs,
+        kind: Kind,
+    ) -> Result<(StartModel, StreamInputs), TrainError> {
+        let start = StartModel::open(dir, args.tokenizer.as_deref(), &args.cfg)?;
+        let mut files = stream_inputs(args, kind, &start.tokenizer)?;
         check_model_completion_end(dir, files.completion_end.as_deref())?;
         files.prints.push(start.weights.clone());
         Ok((start, files))
