@@ -191,8 +191,8 @@ pub struct StreamWriter {
     out: BufWriter<File>,
     header: Header,
     counts: Vec<u64>,
-    /// Rows: where each row is, written after the data at the end.
-    index: Vec<RowIndex>,
+    /// Rows: where each row is, kept in a side file and appended after the data at the end.
+    index: Option<(PathBuf, BufWriter<File>)>,
 }
 
 impl StreamWriter {
@@ -224,13 +224,17 @@ impl StreamWriter {
         let placeholder = vec![0u8; header.data_offset() as usize];
         out.write_all(&placeholder)
             .map_err(|cause| IoError::write(&tmp, cause))?;
+        let index = match layout {
+            Layout::Rows => Some(side_file(&tmp)?),
+            Layout::Docs => None,
+        };
         Ok(StreamWriter {
             path,
             tmp,
             out,
             counts: vec![0; vocab],
+            index,
             header,
-            index: Vec::new(),
         })
     }
 
@@ -239,12 +243,17 @@ impl StreamWriter {
         let first_target = (1..mask.len())
             .find(|&j| mask[j] == 1)
             .map_or(u32::MAX, |j| j as u32);
-        self.index.push(RowIndex {
+        let entry = RowIndex {
             offset: self.header.tokens * (self.header.width as u64 + 1),
             len: ids.len() as u32,
             first_target,
             supervised: mask.iter().skip(1).filter(|&&m| m == 1).count() as u32,
-        });
+        };
+        if let Some((path, index)) = &mut self.index {
+            index
+                .write_all(&entry_bytes(&entry))
+                .map_err(|cause| IoError::write(&*path, cause))?;
+        }
         for &t in ids {
             self.token(t)?;
         }
@@ -290,18 +299,17 @@ impl StreamWriter {
     /// the stream into place.
     pub fn finish(mut self, source: Source) -> Result<()> {
         self.header.source = source;
-        let index: Vec<u8> = (self.index.iter())
-            .flat_map(|r| {
-                let mut b = r.offset.to_le_bytes().to_vec();
-                for v in [r.len, r.first_target, r.supervised] {
-                    b.extend_from_slice(&v.to_le_bytes());
-                }
-                b
-            })
-            .collect();
-        self.out
-            .write_all(&index)
-            .map_err(|cause| IoError::write(&self.tmp, cause))?;
+        if let Some((path, index)) = self.index.take() {
+            let appended = index
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(0))?;
+                    std::io::copy(&mut f, &mut self.out)
+                });
+            appended.map_err(|cause| IoError::write(&self.tmp, cause))?;
+            let _ = std::fs::remove_file(&path);
+        }
         let write = |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
             w.flush()?;
             let file = w.get_mut();
@@ -322,7 +330,32 @@ impl Drop for StreamWriter {
     /// An unfinished stream leaves nothing behind (after `finish` the temporary name is gone already).
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.tmp);
+        if let Some((path, _)) = &self.index {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// A side file beside `tmp` for the row index while rows are written.
+fn side_file(tmp: &Path) -> Result<(PathBuf, BufWriter<File>)> {
+    let path = tmp.with_extension("index.tmp");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|cause| IoError::write(&path, cause))?;
+    Ok((path, BufWriter::with_capacity(1 << 16, file)))
+}
+
+/// A row index entry's 20 bytes.
+fn entry_bytes(r: &RowIndex) -> Vec<u8> {
+    let mut b = r.offset.to_le_bytes().to_vec();
+    for v in [r.len, r.first_target, r.supervised] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
 }
 
 /// A stream open for reading.

@@ -101,18 +101,24 @@ pub fn check_model_completion_end(model: &Path, data: Option<&str>) -> Result<()
     }
 }
 
-/// Reads `--input` (at least one) and `--eval-input` files of `kind`.
-pub fn read_inputs(
-    args: &StageArgs,
-    kind: Kind,
-    tokenizer: &TokenizerDir,
-) -> Result<TokenInputs, TrainError> {
+/// Refuses a run without `--input`.
+fn require_input(args: &StageArgs, kind: Kind) -> Result<(), TrainError> {
     if args.inputs.is_empty() {
         return Err(TrainError::Config(format!(
             "no --input token file given (make one with `tokenize {}`)",
             kind.name()
         )));
     }
+    Ok(())
+}
+
+/// Reads `--input` (at least one) and `--eval-input` files of `kind`.
+pub fn read_inputs(
+    args: &StageArgs,
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+) -> Result<TokenInputs, TrainError> {
+    require_input(args, kind)?;
     let (train, mut prints) = read_token_files(&args.inputs, kind, tokenizer, "train")?;
     let (eval, eval_prints) = read_token_files(&args.eval_inputs, kind, tokenizer, "eval")?;
     prints.extend(eval_prints);
@@ -142,12 +148,7 @@ pub fn stream_inputs(
     kind: Kind,
     tokenizer: &TokenizerDir,
 ) -> Result<StreamInputs, TrainError> {
-    if args.inputs.is_empty() {
-        return Err(TrainError::Config(format!(
-            "no --input token file given (make one with `tokenize {}`)",
-            kind.name()
-        )));
-    }
+    require_input(args, kind)?;
     let layout = match kind {
         Kind::Pretrain => Layout::Docs,
         _ => Layout::Rows,
