@@ -14,6 +14,12 @@ pub fn batch_rows(cfg: &TrainConfig, num_samples: usize) -> Result<usize, TrainE
             "there are no training rows to train on; check the --input files".into(),
         ));
     }
+    if u32::try_from(num_samples).is_err() {
+        return Err(TrainError::Config(format!(
+            "{num_samples} training rows are more than one run can order ({}); split the data into runs",
+            u32::MAX
+        )));
+    }
     Ok(cfg.batch_size.min(num_samples))
 }
 
@@ -44,10 +50,11 @@ pub fn total_steps(cfg: &TrainConfig, num_samples: usize) -> Result<usize, Train
     Ok(per_epoch * cfg.epochs)
 }
 
-/// The shuffled sample order of `epoch`: a pure function of (seed, epoch).
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+/// The shuffled sample order of `epoch`: a pure function of (seed, epoch). Stored as `u32` (4 bytes a
+/// sample: the one thing a run holds per row of its data); [`batch_rows`] refuses more samples.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<u32> {
     let mut rng = SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<u32> = (0..n as u32).collect();
     for i in (1..n).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         order.swap(i, j);
@@ -85,7 +92,7 @@ mod tests {
         let a = epoch_order(50, 7, 0);
         let mut sorted = a.clone();
         sorted.sort();
-        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(sorted, (0..50).collect::<Vec<u32>>());
         assert_eq!(a, epoch_order(50, 7, 0));
         assert_ne!(a, epoch_order(50, 7, 1));
         assert_ne!(a, epoch_order(50, 8, 0));

@@ -38,7 +38,7 @@ pub struct Run<'a> {
     /// The training model over `params` (its weights change in place with every update).
     pub model: Model,
     /// This epoch's sample order.
-    pub order: Vec<usize>,
+    pub order: Vec<u32>,
     /// When this process started stepping, and the time earlier processes spent on the run.
     pub started: Instant,
     pub elapsed_before: f64,

@@ -87,7 +87,10 @@ impl Run<'_> {
             self.order = epoch_order(self.samples, cfg.seed, cursor.epoch);
         }
         let at = cursor.batch_in_epoch * self.batch;
-        let batch = task.batch_loss(&self.model, &self.order[at..at + self.batch])?;
+        let samples: Vec<usize> = (self.order[at..at + self.batch].iter())
+            .map(|&i| i as usize)
+            .collect();
+        let batch = task.batch_loss(&self.model, &samples)?;
         let value = batch.loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
             return Err(diverged(
