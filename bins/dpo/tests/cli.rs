@@ -376,8 +376,11 @@ fn trl_options_that_cannot_work_are_refused_with_the_reason() {
         dpo(&with(a, extra))
     };
     cached("o1", &["--sync-ref-model"]).assert_user_error("TR-DPO) is not supported");
-    cached("o2", &["--loss", "nca_pair", "--f-divergence-type", "js_divergence"])
-        .assert_user_error("partition term of f-DPO does not cancel");
+    cached(
+        "o2",
+        &["--loss", "nca_pair", "--f-divergence-type", "js_divergence"],
+    )
+    .assert_user_error("partition term of f-DPO does not cancel");
     cached("o3", &["--f-divergence-type", "kl"]).assert_user_error("unknown value `kl`");
     cached("o4", &["--loss", "aot", "--use-weighting"]).assert_user_error("they sort the batch");
     cached("o5", &["--ld-alpha", "1.5"]).assert_user_error("--ld-alpha must be in [0, 1]");
@@ -388,8 +391,11 @@ fn trl_options_that_cannot_work_are_refused_with_the_reason() {
     let cache = zerolm_data::artifact::read(&s.cache, Kind::Dpo).unwrap();
     let columns = ["ref_chosen_logps", "ref_rejected_logps"];
     let mut w = TokenWriter::create_with_extra(&old, Kind::Dpo, &columns).unwrap();
-    w.write_with_extra(&cache.rows, &[&cache.extra[columns[0]], &cache.extra[columns[1]]])
-        .unwrap();
+    w.write_with_extra(
+        &cache.rows,
+        &[&cache.extra[columns[0]], &cache.extra[columns[1]]],
+    )
+    .unwrap();
     let mut meta = cache.metadata.clone();
     meta.retain(|k, _| k.starts_with("zerolm.") && k != "zerolm.ref_cache_format");
     w.finish(meta).unwrap();
@@ -402,7 +408,15 @@ fn trl_options_that_cannot_work_are_refused_with_the_reason() {
     // what is allowed runs: aot with label smoothing, f-divergence with the sft mix, WPO + LD-DPO
     for (out, extra) in [
         ("ok1", vec!["--loss", "aot", "--label-smoothing", "0.1"]),
-        ("ok2", vec!["--loss", "sigmoid:1,sft:0.5", "--f-divergence-type", "alpha_divergence"]),
+        (
+            "ok2",
+            vec![
+                "--loss",
+                "sigmoid:1,sft:0.5",
+                "--f-divergence-type",
+                "alpha_divergence",
+            ],
+        ),
         ("ok3", vec!["--use-weighting", "--ld-alpha", "0.5"]),
     ] {
         let r = cached(out, &extra);
@@ -432,7 +446,10 @@ fn completions_that_end_another_way_than_the_model_learned_are_refused() {
     assert_eq!(trained.code, 0, "{}", trained.stderr);
     let model = s.dir.join("m2/model");
     let recorded = std::fs::read_to_string(model.join("zerolm.json")).unwrap();
-    assert!(recorded.contains("\"completion_end\": \"template\""), "{recorded}");
+    assert!(
+        recorded.contains("\"completion_end\": \"template\""),
+        "{recorded}"
+    );
     let mut on_eos = base(&s, "m3", 1);
     let at = on_eos.iter().position(|a| a == "--model").unwrap() + 1;
     on_eos[at] = path(&model);

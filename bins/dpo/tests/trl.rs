@@ -49,7 +49,10 @@ fn prepare(bins: &Path, work: &Path, dataset: &str) -> (PathBuf, PathBuf) {
 }
 
 fn bins() -> PathBuf {
-    zerolm_testkit::binaries(env!("CARGO_BIN_EXE_dpo"), &["tokenize", "ref-logprobs", "dpo"])
+    zerolm_testkit::binaries(
+        env!("CARGO_BIN_EXE_dpo"),
+        &["tokenize", "ref-logprobs", "dpo"],
+    )
 }
 
 #[test]
@@ -95,7 +98,10 @@ fn every_loss_and_option_follows_trls_curve() {
         args.extend(flags.iter().map(|f| f.as_str().unwrap().to_string()));
         run(&bin(&bins, "dpo"), &args).assert_ok();
         let steps = case["steps"].as_array().unwrap();
-        worst.push((name.clone(), trl::compare(name, &trl::train_rows(&out), steps, 0.1)));
+        worst.push((
+            name.clone(),
+            trl::compare(name, &trl::train_rows(&out), steps, 0.1),
+        ));
     }
     let table: Vec<String> = worst.iter().map(|(n, w)| format!("{n} {w:.1e}")).collect();
     eprintln!("worst relative difference per run: {}", table.join(", "));

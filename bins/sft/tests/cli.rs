@@ -244,7 +244,11 @@ fn token_files_and_models_must_agree_on_where_completions_end() {
     let dir = zerolm_testkit::workdir("sft", "completion-end");
     let model = zerolm_testkit::micro_model(&dir.join("micro"), 3);
     let input = repo().join("data/sft_eval.jsonl");
-    let template = token_file(Kind::Sft, std::slice::from_ref(&input), &dir.join("t.parquet"));
+    let template = token_file(
+        Kind::Sft,
+        std::slice::from_ref(&input),
+        &dir.join("t.parquet"),
+    );
     let eos = dir.join("eos.parquet");
     let mut cfg = zerolm_data::encode::EncodeConfig::new(Kind::Sft);
     cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos;
@@ -255,9 +259,18 @@ fn token_files_and_models_must_agree_on_where_completions_end() {
     let trained = dir.join("trained");
     sft(&args(&model, &template, &template, &trained, 2)).assert_ok();
     let recorded = std::fs::read_to_string(trained.join("model/zerolm.json")).unwrap();
-    assert!(recorded.contains("\"completion_end\": \"template\""), "{recorded}");
-    sft(&args(&trained.join("model"), &eos, &eos, &dir.join("again"), 2))
-        .assert_user_error("trained on completions tokenized with --completion-end template");
+    assert!(
+        recorded.contains("\"completion_end\": \"template\""),
+        "{recorded}"
+    );
+    sft(&args(
+        &trained.join("model"),
+        &eos,
+        &eos,
+        &dir.join("again"),
+        2,
+    ))
+    .assert_user_error("trained on completions tokenized with --completion-end template");
     // a model that records none (pretrained, or made before the setting) takes either
     sft(&args(&model, &eos, &eos, &dir.join("fresh"), 2)).assert_ok();
 }

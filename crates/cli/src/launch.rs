@@ -47,7 +47,10 @@ mod tests {
         assert!(single_process(with(&[("OMPI_COMM_WORLD_SIZE", "1")])).is_ok());
         assert!(single_process(with(&[("SLURM_NTASKS", "4")])).is_ok());
         let e = single_process(with(&[("OMPI_COMM_WORLD_SIZE", "2")])).unwrap_err();
-        assert!(e.0.contains("one of 2 ranks") && e.0.contains("mpirun"), "{e}");
+        assert!(
+            e.0.contains("one of 2 ranks") && e.0.contains("mpirun"),
+            "{e}"
+        );
         let e = single_process(with(&[("SLURM_STEP_NUM_TASKS", "3")])).unwrap_err();
         assert!(e.0.contains("srun"), "{e}");
         let e = single_process(with(&[("WORLD_SIZE", "8")])).unwrap_err();

@@ -675,7 +675,12 @@ fn nothing_written(counts: &Counts, out: &Path) -> DataError {
 struct MetaBase(BTreeMap<String, String>);
 
 impl MetaBase {
-    fn new(tok: &TokenizerDir, infos: &[InputInfo], cfg: &EncodeConfig, command: &[String]) -> MetaBase {
+    fn new(
+        tok: &TokenizerDir,
+        infos: &[InputInfo],
+        cfg: &EncodeConfig,
+        command: &[String],
+    ) -> MetaBase {
         let mut meta = BTreeMap::new();
         meta.insert(
             keys::TOKENIZER_FINGERPRINT.to_string(),
@@ -750,7 +755,12 @@ mod tests {
         // the rejected sequence merged the prompt's last token: both completions start after [1, 2]
         let merged = split_pair(vec![1, 2, 3], &[1, 2, 3, 7], &[1, 2, 5, 9]);
         assert_eq!(
-            (merged.prompt, merged.chosen, merged.rejected, merged.mismatch),
+            (
+                merged.prompt,
+                merged.chosen,
+                merged.rejected,
+                merged.mismatch
+            ),
             (vec![1, 2], vec![3, 7], vec![5, 9], true)
         );
         let mut ids = vec![4, 2, 5, 2, 6];

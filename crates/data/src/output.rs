@@ -58,7 +58,13 @@ pub struct Output {
 
 impl Output {
     /// An output at `out` for rows of `kind`: one file, or a directory of shards of size `shard`.
-    pub fn create(out: &Path, kind: Kind, shard: ShardSize, eos: u32, vocab: usize) -> Result<Output> {
+    pub fn create(
+        out: &Path,
+        kind: Kind,
+        shard: ShardSize,
+        eos: u32,
+        vocab: usize,
+    ) -> Result<Output> {
         let staging = shard.is_set().then(|| zerolm_io::temp_path(out));
         if let Some(dir) = &staging {
             let _ = std::fs::remove_dir_all(dir);
@@ -224,8 +230,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|cause| zerolm_io::IoError::read(dir, cause))?;
+    let entries = std::fs::read_dir(dir).map_err(|cause| zerolm_io::IoError::read(dir, cause))?;
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())

@@ -310,15 +310,16 @@ impl StreamWriter {
             appended.map_err(|cause| IoError::write(&self.tmp, cause))?;
             let _ = std::fs::remove_file(&path);
         }
-        let write = |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
-            w.flush()?;
-            let file = w.get_mut();
-            file.seek(SeekFrom::Start(0))?;
-            file.write_all(&header.bytes())?;
-            let counts: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
-            file.write_all(&counts)?;
-            file.sync_all()
-        };
+        let write =
+            |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
+                w.flush()?;
+                let file = w.get_mut();
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&header.bytes())?;
+                let counts: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+                file.write_all(&counts)?;
+                file.sync_all()
+            };
         write(&mut self.out, &self.header, &self.counts)
             .map_err(|cause| IoError::write(&self.tmp, cause))?;
         zerolm_io::commit(&self.tmp, &self.path)?;

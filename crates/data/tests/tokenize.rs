@@ -699,12 +699,18 @@ fn text_files_strip_the_bom_and_follow_text_field_and_utf8_errors_point_at_the_b
 #[test]
 fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_rows() {
     use zerolm_data::stream::{self, Layout, TokenStream};
-    let (rows, _) = run(Kind::Pretrain, &["pretrain/text.jsonl"], |_| {}, "stream.parquet");
+    let (rows, _) = run(
+        Kind::Pretrain,
+        &["pretrain/text.jsonl"],
+        |_| {},
+        "stream.parquet",
+    );
     let parquet = tmp("stream.parquet");
     let bin = stream::path_for(&parquet);
     let written = std::fs::metadata(&bin).unwrap().modified().unwrap();
     let t = tok();
-    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) =
+        TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
     assert_eq!(
         std::fs::metadata(&bin).unwrap().modified().unwrap(),
@@ -724,22 +730,38 @@ fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_r
     assert_eq!(s.documents(), rows.len() as u64);
     assert_eq!(s.counts().iter().sum::<u64>(), s.tokens());
     // another file under the same name: the stream is made again from it
-    run(Kind::Pretrain, &["pretrain/docs.txt"], |_| {}, "other.parquet");
+    run(
+        Kind::Pretrain,
+        &["pretrain/docs.txt"],
+        |_| {},
+        "other.parquet",
+    );
     std::fs::copy(tmp("other.parquet"), &parquet).unwrap();
-    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) =
+        TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(blake3, zerolm_io::hash_file(&parquet).unwrap().0);
-    let (other, _) = TokenStream::open_or_build(&tmp("other.parquet"), Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
+    let (other, _) = TokenStream::open_or_build(
+        &tmp("other.parquet"),
+        Layout::Docs,
+        t.eos_id,
+        t.vocab_size(),
+    )
+    .unwrap();
     assert_eq!(s.tokens(), other.tokens());
     // a damaged stream is made again too
     std::fs::write(&bin, b"not a stream").unwrap();
-    let (s, _) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
+    let (s, _) =
+        TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(s.tokens(), other.tokens());
     // where the stream cannot be written beside its file, it goes to the temp directory
     std::fs::remove_file(&bin).unwrap();
     std::fs::create_dir(&bin).unwrap();
-    let (s, blake3) = TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
+    let (s, blake3) =
+        TokenStream::open_or_build(&parquet, Layout::Docs, t.eos_id, t.vocab_size()).unwrap();
     assert_eq!(s.tokens(), other.tokens());
-    let spare = std::env::temp_dir().join("zerolm-streams").join(format!("{blake3}.bin"));
+    let spare = std::env::temp_dir()
+        .join("zerolm-streams")
+        .join(format!("{blake3}.bin"));
     assert!(spare.is_file(), "{}", spare.display());
 }
 

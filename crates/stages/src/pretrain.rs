@@ -5,15 +5,15 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use serde_json::Map;
-use zerolm_data::stream::TokenStream;
 use zerolm_data::formats::Kind;
+use zerolm_data::stream::TokenStream;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::{init_parameters, Model};
 use zerolm_train::trainer::{self, BatchLoss, EvalBatch, Outcome, Task};
 use zerolm_train::TrainError;
 
-use crate::common::start::{fit_vocab, special_ids};
 use crate::common::setup::stream_inputs;
+use crate::common::start::{fit_vocab, special_ids};
 use crate::common::{closing_line, StageArgs, StageRun};
 
 /// Documents concatenated with `eos` after each one, cut into blocks of `seq_len + 1` tokens that
@@ -49,7 +49,11 @@ impl Packed {
             }
         }
         let blocks = tokens.saturating_sub(1) / seq_len as u64;
-        let used = if blocks == 0 { 0 } else { blocks * seq_len as u64 + 1 };
+        let used = if blocks == 0 {
+            0
+        } else {
+            blocks * seq_len as u64 + 1
+        };
         Packed {
             streams,
             starts,
@@ -292,15 +296,25 @@ mod tests {
             w.write(&docs.into_iter().map(TokenRow::Doc).collect::<Vec<_>>())
                 .unwrap();
             w.finish(Map::new()).unwrap();
-            out.push(TokenStream::open_or_build(&path, Layout::Docs, 2, 10).unwrap().0);
+            out.push(
+                TokenStream::open_or_build(&path, Layout::Docs, 2, 10)
+                    .unwrap()
+                    .0,
+            );
         }
         out
     }
 
     #[test]
     fn packing_puts_eos_between_documents_and_targets_shift_by_one() {
-        let p = Packed::new(streams("one", vec![vec![vec![5, 6, 7], vec![], vec![8, 9]]]), 3);
-        assert_eq!((p.tokens, p.documents, p.blocks(), p.dropped_tail), (7, 2, 2, 0));
+        let p = Packed::new(
+            streams("one", vec![vec![vec![5, 6, 7], vec![], vec![8, 9]]]),
+            3,
+        );
+        assert_eq!(
+            (p.tokens, p.documents, p.blocks(), p.dropped_tail),
+            (7, 2, 2, 0)
+        );
         let (x, y) = p.batch(&[1, 0], &Device::Cpu).unwrap();
         assert_eq!(
             x.to_vec2::<u32>().unwrap(),
@@ -314,7 +328,10 @@ mod tests {
 
     #[test]
     fn blocks_run_across_files_as_one_stream() {
-        let p = Packed::new(streams("two", vec![vec![vec![5, 6]], vec![vec![7, 8, 9]]]), 4);
+        let p = Packed::new(
+            streams("two", vec![vec![vec![5, 6]], vec![vec![7, 8, 9]]]),
+            4,
+        );
         // 5 6 2 | 7 8 9 2: one block of 4 (+1) spans both files
         assert_eq!((p.tokens, p.blocks(), p.dropped_tail), (7, 1, 2));
         let (x, y) = p.batch(&[0], &Device::Cpu).unwrap();

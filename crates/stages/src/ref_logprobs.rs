@@ -17,10 +17,12 @@ use zerolm_data::formats::Kind;
 use zerolm_model::Model;
 use zerolm_train::TrainError;
 
-use crate::common::setup::{check_model_completion_end, common_completion_end};
 use crate::common::read_token_files;
+use crate::common::setup::{check_model_completion_end, common_completion_end};
 use crate::common::start::start_tokenizer;
-use crate::preference::cache::{self, compute, concat, keys, write_cache, RefLogps, FORMAT_VERSION};
+use crate::preference::cache::{
+    self, compute, concat, keys, write_cache, RefLogps, FORMAT_VERSION,
+};
 use crate::preference::pairs::PairSet;
 
 const PART_ROWS: usize = 256;
@@ -90,13 +92,7 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         "skipped_long_prompt": pairs.skipped_long_prompt, "truncated": pairs.truncated, "threads": args.threads,
     });
     meta.insert(artifact::keys::COUNTS.to_string(), counts.to_string());
-    write_cache(
-        &args.out,
-        &pairs,
-        0..pairs.pairs.len(),
-        &logps,
-        meta,
-    )?;
+    write_cache(&args.out, &pairs, 0..pairs.pairs.len(), &logps, meta)?;
     parts.remove()?;
     Ok(RefReport {
         rows: pairs.pairs.len(),

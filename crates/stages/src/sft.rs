@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
-use zerolm_data::stream::{RowIndex, TokenStream};
 use zerolm_data::formats::Kind;
+use zerolm_data::stream::{RowIndex, TokenStream};
 use zerolm_model::Model;
 use zerolm_train::trainer::{self, BatchLoss, EvalBatch, Outcome, Task};
 use zerolm_train::TrainError;
@@ -81,7 +81,13 @@ impl Examples {
         }
         self.supervised += match cut {
             // a cut row: count what is left of its mask
-            true => stream.row(r, kept)?.1.iter().skip(1).filter(|&&m| m == 1).count(),
+            true => stream
+                .row(r, kept)?
+                .1
+                .iter()
+                .skip(1)
+                .filter(|&&m| m == 1)
+                .count(),
             false => row.supervised as usize,
         };
         Ok(())
@@ -126,7 +132,11 @@ impl Examples {
         let picked: Vec<(Vec<u32>, Vec<u8>)> = (rows.iter())
             .map(|&k| self.row(k))
             .collect::<Result<_, _>>()?;
-        let len = picked.iter().map(|(ids, _)| ids.len() - 1).max().unwrap_or(0);
+        let len = picked
+            .iter()
+            .map(|(ids, _)| ids.len() - 1)
+            .max()
+            .unwrap_or(0);
         let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
         for (ids, mask) in &picked {
             let n = ids.len() - 1;

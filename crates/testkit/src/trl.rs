@@ -125,15 +125,21 @@ struct Worst {
 
 /// Compares `got` (zerolm's train rows) with TRL's `steps`, metric by metric, and panics (with the
 /// table of worst differences) when one exceeds its tolerance; returns the worst difference of all.
-pub fn compare(run: &str, got: &[serde_json::Map<String, Value>], steps: &[Value], beta: f64) -> f64 {
+pub fn compare(
+    run: &str,
+    got: &[serde_json::Map<String, Value>],
+    steps: &[Value],
+    beta: f64,
+) -> f64 {
     assert_eq!(got.len(), steps.len(), "{run}: steps logged");
     let mut worst: Vec<Worst> = Vec::new();
     for (k, (row, want)) in got.iter().zip(steps).enumerate() {
         for (key, w) in want.as_object().unwrap() {
             let w = w.as_f64().unwrap();
-            let g = row.get(ours(key)).and_then(Value::as_f64).unwrap_or_else(|| {
-                panic!("{run}: step {} has no `{}`: {row:?}", k + 1, ours(key))
-            });
+            let g = row
+                .get(ours(key))
+                .and_then(Value::as_f64)
+                .unwrap_or_else(|| panic!("{run}: step {} has no `{}`: {row:?}", k + 1, ours(key)));
             let rel = (g - w).abs() / scale(key, w, want, beta);
             match worst.iter_mut().find(|e| e.key == *key) {
                 Some(e) if rel > e.rel => (e.rel, e.step) = (rel, k + 1),
@@ -152,8 +158,17 @@ pub fn compare(run: &str, got: &[serde_json::Map<String, Value>], steps: &[Value
         .collect();
     eprintln!("{run}: worst relative differences: {}", table.join(", "));
     for e in &worst {
-        let tol = if e.key == "grad_norm" { GRAD_NORM_TOL } else { TOL };
-        assert!(e.rel <= tol, "{run}: {} beyond {tol}: {}", e.key, table.join(", "));
+        let tol = if e.key == "grad_norm" {
+            GRAD_NORM_TOL
+        } else {
+            TOL
+        };
+        assert!(
+            e.rel <= tol,
+            "{run}: {} beyond {tol}: {}",
+            e.key,
+            table.join(", ")
+        );
     }
     worst.iter().map(|e| e.rel).fold(0.0, f64::max)
 }
@@ -161,5 +176,7 @@ pub fn compare(run: &str, got: &[serde_json::Map<String, Value>], steps: &[Value
 /// The train rows (those with a `loss`) of a run's `metrics.jsonl`.
 pub fn train_rows(out: &Path) -> Vec<serde_json::Map<String, Value>> {
     let rows = zerolm_io::read_rows(&out.join("metrics.jsonl"));
-    rows.into_iter().filter(|r| r.contains_key("loss")).collect()
+    rows.into_iter()
+        .filter(|r| r.contains_key("loss"))
+        .collect()
 }

@@ -118,12 +118,7 @@ impl<'a> References<'a> {
         })
     }
 
-    fn cached(
-        &mut self,
-        path: &Path,
-        pairs: &PairSet,
-        role: &str,
-    ) -> Result<RefLogps, TrainError> {
+    fn cached(&mut self, path: &Path, pairs: &PairSet, role: &str) -> Result<RefLogps, TrainError> {
         let named = self.sources.ref_model.as_deref();
         let RefCache {
             logps,

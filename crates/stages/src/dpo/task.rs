@@ -128,12 +128,14 @@ fn wpo_weights(
 /// completion token) and `mean_token_accuracy` (chosen completions).
 fn token_metrics(t: &TokenStats, lens: &[f64], b: usize) -> BTreeMap<String, f64> {
     let total = |v: &[f64], r: std::ops::Range<usize>| v[r].iter().sum::<f64>();
-    let per_token = |v: &[f64], r: std::ops::Range<usize>| {
-        total(v, r.clone()) / total(lens, r).max(1.0)
-    };
+    let per_token =
+        |v: &[f64], r: std::ops::Range<usize>| total(v, r.clone()) / total(lens, r).max(1.0);
     BTreeMap::from([
         ("logits/chosen".to_string(), per_token(&t.logits, 0..b)),
-        ("logits/rejected".to_string(), per_token(&t.logits, b..2 * b)),
+        (
+            "logits/rejected".to_string(),
+            per_token(&t.logits, b..2 * b),
+        ),
         ("entropy".to_string(), per_token(&t.entropy, 0..2 * b)),
         ("mean_token_accuracy".to_string(), per_token(&t.top1, 0..b)),
     ])

@@ -178,7 +178,8 @@ pub fn load_checked(
             pairs.max_len
         )));
     }
-    if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || logps.chosen.len() != pairs.pairs.len() {
+    if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || logps.chosen.len() != pairs.pairs.len()
+    {
         return Err(refuse(format!(
             "it was computed for other DPO rows ({} pairs) than {data_flag} gives ({} pairs); rerun `ref-logprobs` on that data",
             logps.chosen.len(),

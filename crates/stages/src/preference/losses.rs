@@ -957,7 +957,10 @@ mod tests {
             f(&mut o);
             o
         };
-        refused(with(&|o| o.sync_ref_model = true), "TR-DPO) is not supported");
+        refused(
+            with(&|o| o.sync_ref_model = true),
+            "TR-DPO) is not supported",
+        );
         refused(
             with(&|o| {
                 o.loss = "sigmoid,bco_pair".into();
@@ -972,7 +975,10 @@ mod tests {
             }),
             "they sort the batch",
         );
-        refused(with(&|o| o.ld_alpha = Some(-0.1)), "--ld-alpha must be in [0, 1]");
+        refused(
+            with(&|o| o.ld_alpha = Some(-0.1)),
+            "--ld-alpha must be in [0, 1]",
+        );
         let (_, p) = with(&|o| {
             o.loss = "sigmoid:1,sft:1".into();
             o.f_divergence = "js_divergence".into();
@@ -986,7 +992,11 @@ mod tests {
             (FDivergence::JsDivergence, true, Some(0.3))
         );
         assert_eq!(
-            options("aot", None, 0.2).resolve().unwrap().1.label_smoothing,
+            options("aot", None, 0.2)
+                .resolve()
+                .unwrap()
+                .1
+                .label_smoothing,
             0.2
         );
     }

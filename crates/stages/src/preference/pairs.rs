@@ -118,7 +118,9 @@ impl PairSet {
             // target j is token j + 1: completion token number j + 1 − |prompt| when j + 1 ≥ |prompt|
             let position = |j: usize| (j + 1).checked_sub(p.len());
             mask.extend((0..n).map(|j| f32::from(u8::from(position(j).is_some()))));
-            tail.extend((0..n).map(|j| f32::from(u8::from(position(j).is_some_and(|k| k >= *shared)))));
+            tail.extend(
+                (0..n).map(|j| f32::from(u8::from(position(j).is_some_and(|k| k >= *shared)))),
+            );
             let pad = len - n;
             x.extend(std::iter::repeat_n(self.pad_id, pad));
             y.extend(std::iter::repeat_n(self.pad_id, pad));
@@ -268,7 +270,11 @@ fn position_stats(row: &[f32], target: u32, wpo: bool) -> PositionStats {
         mean_logit: sum / row.len() as f64,
         entropy: log_total - weighted / total,
         top1: arg as u32 == target,
-        log_sum_sq: if wpo { squares.ln() - 2.0 * log_total } else { 0.0 },
+        log_sum_sq: if wpo {
+            squares.ln() - 2.0 * log_total
+        } else {
+            0.0
+        },
     }
 }
 
