@@ -430,12 +430,12 @@ fn trl_options_that_cannot_work_are_refused_with_the_reason() {
 fn completions_that_end_another_way_than_the_model_learned_are_refused() {
     let s = setup("completion-end");
     // token files made with --completion-end eos, mixed with the default (template) ones
-    let eos = s.dir.join("eos.parquet");
-    let mut cfg = zerolm_data::encode::EncodeConfig::new(Kind::Dpo);
-    cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos;
-    let tok = zerolm_testkit::fixture_tokenizer();
-    let input = repo().join("data/dpo_eval.jsonl");
-    zerolm_data::encode::run(&tok, &[input], &eos, &cfg, &[], &mut ()).unwrap();
+    let eos = zerolm_testkit::token_file_with(
+        Kind::Dpo,
+        &[repo().join("data/dpo_eval.jsonl")],
+        &s.dir.join("eos.parquet"),
+        |cfg| cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos,
+    );
     let mixed = with(
         base(&s, "m1", 1),
         &["--ref-model", &path(&s.model), "--eval-input", &path(&eos)],

@@ -249,11 +249,10 @@ fn token_files_and_models_must_agree_on_where_completions_end() {
         std::slice::from_ref(&input),
         &dir.join("t.parquet"),
     );
-    let eos = dir.join("eos.parquet");
-    let mut cfg = zerolm_data::encode::EncodeConfig::new(Kind::Sft);
-    cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos;
-    let tok = zerolm_testkit::fixture_tokenizer();
-    zerolm_data::encode::run(&tok, &[input], &eos, &cfg, &[], &mut ()).unwrap();
+    let eos =
+        zerolm_testkit::token_file_with(Kind::Sft, &[input], &dir.join("eos.parquet"), |cfg| {
+            cfg.completion_end = zerolm_data::chat::CompletionEnd::Eos
+        });
     sft(&args(&model, &template, &eos, &dir.join("mixed"), 2))
         .assert_user_error("--completion-end eos but");
     let trained = dir.join("trained");

@@ -105,14 +105,7 @@ impl Output {
             part.writer.write(now)?;
             if let Some(stream) = &mut part.stream {
                 for row in now {
-                    match row {
-                        TokenRow::Doc(ids) => stream.push(ids)?,
-                        TokenRow::Sft {
-                            input_ids,
-                            loss_mask,
-                        } => stream.push_row(input_ids, loss_mask)?,
-                        TokenRow::Dpo { .. } => {}
-                    }
+                    stream.push_token_row(row)?;
                 }
             }
             if full {
@@ -125,12 +118,10 @@ impl Output {
 
     /// Closes the last file with `meta` and puts the output in place; returns the token files written.
     pub fn finish(mut self, meta: BTreeMap<String, String>) -> Result<Vec<PathBuf>> {
-        if self.part.is_some() || self.parts == 0 {
-            if self.part.is_none() {
-                self.part = Some(self.open()?);
-            }
-            self.close(meta)?;
+        if self.part.is_none() && self.parts == 0 {
+            self.part = Some(self.open()?);
         }
+        self.close(meta)?;
         let Some(staging) = self.staging.take() else {
             return Ok(vec![self.target.clone()]);
         };
@@ -149,12 +140,7 @@ impl Output {
             Some(dir) => dir.join(shard_name(self.parts)),
             None => self.target.clone(),
         };
-        let layout = match self.kind {
-            Kind::Pretrain => Some(Layout::Docs),
-            Kind::Sft => Some(Layout::Rows),
-            Kind::Dpo => None,
-        };
-        let stream = layout
+        let stream = Layout::of(self.kind)
             .map(|l| StreamWriter::create(&path, l, self.eos, self.vocab))
             .transpose()?;
         Ok(Part {

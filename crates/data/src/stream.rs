@@ -6,7 +6,7 @@
 //! id, the vocabulary) and holds the unigram counts, so a stage learns the stream's size and statistics
 //! without reading it, and reads its blocks with positional reads: memory does not grow with the corpus.
 //!
-//! `tokenize pretrain` writes it beside its output; a stage given a token file without a current one
+//! `tokenize pretrain|sft` writes it beside its output; a stage given a token file without a current one
 //! builds it once, streaming the Parquet file (into the temp directory, named by the file's blake3, when
 //! the file's own directory is not writable). The header also records the Parquet file's size and
 //! modification time: while they are unchanged, the recorded blake3 stands for the file's content (as git's
@@ -24,7 +24,7 @@ use crate::error::{DataError, Result};
 use crate::formats::Kind;
 
 const MAGIC: &[u8; 8] = b"ZLMSTRM1";
-/// magic, width, eos, vocabulary, reserved (4 × u32), documents, tokens, the source's size and mtime in
+/// magic, width, eos, vocabulary, layout (4 × u32), documents (rows), tokens, the source's size and mtime in
 /// nanoseconds (4 × u64), the source's blake3 (64 hex bytes).
 const HEADER: u64 = 8 + 16 + 32 + 64;
 
@@ -48,6 +48,24 @@ pub enum Layout {
     Docs = 0,
     /// Rows of ids and loss mask, indexed: SFT.
     Rows = 1,
+}
+
+impl Layout {
+    /// The layout of a token file of `kind`'s stream; DPO files have none.
+    pub fn of(kind: Kind) -> Option<Layout> {
+        match kind {
+            Kind::Pretrain => Some(Layout::Docs),
+            Kind::Sft => Some(Layout::Rows),
+            Kind::Dpo => None,
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Layout::Docs => Kind::Pretrain,
+            Layout::Rows => Kind::Sft,
+        }
+    }
 }
 
 /// Where a row of a [`Layout::Rows`] stream is: its byte offset in the data, its length in tokens, the
@@ -264,6 +282,18 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Appends a token file's row: a document or an SFT row (a DPO row has no stream and adds nothing).
+    pub fn push_token_row(&mut self, row: &TokenRow) -> Result<()> {
+        match row {
+            TokenRow::Doc(ids) => self.push(ids),
+            TokenRow::Sft {
+                input_ids,
+                loss_mask,
+            } => self.push_row(input_ids, loss_mask),
+            TokenRow::Dpo { .. } => Ok(()),
+        }
+    }
+
     /// Appends one document (and eos unless it ends with it); an empty document adds nothing.
     pub fn push(&mut self, ids: &[u32]) -> Result<()> {
         if ids.is_empty() {
@@ -412,18 +442,7 @@ impl TokenStream {
         blake3: &str,
     ) -> Result<TokenStream> {
         let mut w = StreamWriter::create_at(path, layout, eos, vocab)?;
-        let kind = match layout {
-            Layout::Docs => Kind::Pretrain,
-            Layout::Rows => Kind::Sft,
-        };
-        artifact::stream_rows(parquet, kind, |row| match row {
-            TokenRow::Doc(ids) => w.push(&ids),
-            TokenRow::Sft {
-                input_ids,
-                loss_mask,
-            } => w.push_row(&input_ids, &loss_mask),
-            TokenRow::Dpo { .. } => Ok(()),
-        })?;
+        artifact::stream_rows(parquet, layout.kind(), |row| w.push_token_row(&row))?;
         w.finish(Source::of(parquet, blake3.to_string())?)?;
         TokenStream::open(path)?.ok_or_else(|| DataError::BadFile {
             path: path.to_path_buf(),
@@ -526,11 +545,7 @@ impl TokenStream {
     /// Docs: appends tokens `start .. start + len` of the stream to `out`.
     pub fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) -> Result<()> {
         let w = self.header.width as usize;
-        let mut raw = vec![0u8; len * w];
-        let at = self.header.data_offset() + start * w as u64;
-        self.file
-            .read_exact_at(&mut raw, at)
-            .map_err(|cause| IoError::read(&self.path, cause))?;
+        let raw = self.read_bytes(self.header.data_offset() + start * w as u64, len * w)?;
         decode(&raw, w, out);
         Ok(())
     }

@@ -771,7 +771,15 @@ fn sharded_output_is_a_directory_of_complete_token_files() {
     let mut cfg = EncodeConfig::new(Kind::Sft);
     cfg.shard.rows = Some(2);
     let input = fixtures().join("sft/conversations.jsonl");
-    let report = encode::run(&tok(), &[input.clone()], &out, &cfg, &[], &mut ()).unwrap();
+    let report = encode::run(
+        &tok(),
+        std::slice::from_ref(&input),
+        &out,
+        &cfg,
+        &[],
+        &mut (),
+    )
+    .unwrap();
     assert_eq!(report.files.len(), 2);
     let mut rows = 0;
     for (i, f) in report.files.iter().enumerate() {
@@ -781,7 +789,7 @@ fn sharded_output_is_a_directory_of_complete_token_files() {
         rows += file.rows.len();
     }
     assert_eq!(rows, 3);
-    let expanded = zerolm_data::output::expand_inputs(&[out.clone()]).unwrap();
+    let expanded = zerolm_data::output::expand_inputs(std::slice::from_ref(&out)).unwrap();
     assert_eq!(expanded, report.files);
     let pattern = out.join("part-0000[1-9].parquet");
     assert_eq!(

@@ -16,7 +16,18 @@ pub fn fixture_tokenizer() -> TokenizerDir {
 
 /// `inputs` tokenized as `kind` with the fixture tokenizer (default settings) into `out`.
 pub fn token_file(kind: Kind, inputs: &[PathBuf], out: &Path) -> PathBuf {
-    let cfg = EncodeConfig::new(kind);
+    token_file_with(kind, inputs, out, |_| {})
+}
+
+/// Like [`token_file`], with the settings `set` changes.
+pub fn token_file_with(
+    kind: Kind,
+    inputs: &[PathBuf],
+    out: &Path,
+    set: impl FnOnce(&mut EncodeConfig),
+) -> PathBuf {
+    let mut cfg = EncodeConfig::new(kind);
+    set(&mut cfg);
     let tok = fixture_tokenizer();
     encode::run(&tok, inputs, out, &cfg, &["test".into()], &mut ()).unwrap();
     out.to_path_buf()

@@ -5,7 +5,7 @@
 mod inputs;
 pub mod trl;
 
-pub use inputs::{fixture_tokenizer, micro_model, token_file};
+pub use inputs::{fixture_tokenizer, micro_model, token_file, token_file_with};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

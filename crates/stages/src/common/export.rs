@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use serde_json::json;
+use zerolm_data::artifact::keys;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::ModelConfig;
 use zerolm_train::checkpoint::InputFingerprint;
@@ -39,7 +40,7 @@ pub fn export_model_dir(
         prov.tokenizer_fingerprint.to_string(),
     );
     if let Some(end) = prov.completion_end {
-        meta.insert("zerolm.completion_end".to_string(), end.to_string());
+        meta.insert(keys::COMPLETION_END.to_string(), end.to_string());
     }
     let mut files = zerolm_model::io::model_dir_files(cfg, params, &meta)?;
     let weights = files

@@ -149,10 +149,9 @@ pub fn stream_inputs(
     tokenizer: &TokenizerDir,
 ) -> Result<StreamInputs, TrainError> {
     require_input(args, kind)?;
-    let layout = match kind {
-        Kind::Pretrain => Layout::Docs,
-        _ => Layout::Rows,
-    };
+    let layout = Layout::of(kind).ok_or_else(|| {
+        TrainError::Internal(format!("{} token files have no stream", kind.name()))
+    })?;
     let mut headers = Vec::new();
     let mut open = |paths: &[PathBuf], role: &str| -> Result<Vec<TokenStream>, TrainError> {
         let mut streams = Vec::new();

@@ -211,7 +211,10 @@ fn token_stats(
     let z: Vec<f32> = logits.detach().flatten_all()?.to_vec1()?;
     let mask: Vec<f32> = b.mask.flatten_all()?.to_vec1()?;
     let y: Vec<u32> = b.y.flatten_all()?.to_vec1()?;
-    let lp: Vec<f32> = lp.detach().flatten_all()?.to_vec1()?;
+    let lp: Vec<f32> = match wpo {
+        true => lp.detach().flatten_all()?.to_vec1()?,
+        false => Vec::new(),
+    };
     let per_row: Vec<[f64; 4]> = (0..rows)
         .into_par_iter()
         .map(|r| {
@@ -221,7 +224,9 @@ fn token_stats(
                 acc[0] += s.mean_logit;
                 acc[1] += s.entropy;
                 acc[2] += f64::from(u8::from(s.top1));
-                acc[3] += lp[i] as f64 - s.log_sum_sq;
+                if wpo {
+                    acc[3] += lp[i] as f64 - s.log_sum_sq;
+                }
             }
             acc
         })
