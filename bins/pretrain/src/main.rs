@@ -39,5 +39,5 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    zerolm_cli::main(run)
+    zerolm_cli::main_ranks(run)
 }

@@ -1,67 +1,17 @@
 //! `pretrain` as a user runs it: a small run trains, evaluates and exports a model directory; a kill -9 mid-run followed by the same command ends with bit-identical weights; resumes
 //! with other settings, data or tokenizer are refused; bad inputs exit 1 with a clear message.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use zerolm_data::formats::Kind;
-use zerolm_testkit::{
-    fixtures, has_checkpoint, kill_when, repo, strings, token_file, workdir, Run,
-};
+mod common;
 
-/// Token files from the shipped pretrain data with the fixture tokenizer: (train, eval, tokenizer dir).
-fn token_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let file = |name: &str, out: &str| {
-        token_file(
-            Kind::Pretrain,
-            &[repo().join("data").join(name)],
-            &dir.join(out),
-        )
-    };
-    (
-        file("pretrain.jsonl", "train.parquet"),
-        file("pretrain_eval.jsonl", "eval.parquet"),
-        fixtures().join("tokenizer"),
-    )
-}
+use common::{micro, token_files};
+use zerolm_data::formats::Kind;
+use zerolm_testkit::{has_checkpoint, kill_when, repo, strings, token_file, workdir, Run};
 
 fn pretrain(args: &[String]) -> Run {
     zerolm_testkit::run(env!("CARGO_BIN_EXE_pretrain"), args)
-}
-
-/// A micro-model run on the shipped data: 32-token rows, batch 4, checkpoints every 10 steps.
-fn micro(train: &Path, eval: &Path, tok: &Path, out: &Path, steps: usize) -> Vec<String> {
-    let mut a = strings(&[
-        "--preset",
-        "micro",
-        "--threads",
-        "1",
-        "--max-len",
-        "32",
-        "--batch-size",
-        "4",
-        "--lr",
-        "0.003",
-    ]);
-    a.extend(strings(&[
-        "--save-every",
-        "10",
-        "--eval-every",
-        "50",
-        "--no-progress",
-        "--set",
-        "eval_batches=4",
-    ]));
-    a.extend(["--max-steps".into(), steps.to_string()]);
-    for (flag, p) in [
-        ("--input", train),
-        ("--eval-input", eval),
-        ("--tokenizer", tok),
-        ("--out", out),
-    ] {
-        a.extend([flag.to_string(), p.display().to_string()]);
-    }
-    a
 }
 
 #[test]

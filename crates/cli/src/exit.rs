@@ -1,7 +1,10 @@
 //! One `main` for every binary, and the exit-code policy: 0 ok; 1 for what the user can fix (a bad
 //! input file, flag, setting or checkpoint, a usage error); 2 for internal failures.
 
+use std::io::Write;
 use std::process::ExitCode;
+
+use zerolm_train::collective;
 
 /// A user error a binary finds itself (a flag combination the library cannot see).
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,55 @@ pub fn main<P: clap::Parser>(run: impl FnOnce(P) -> anyhow::Result<()>) -> ExitC
         Err(e) => {
             eprintln!("error: {}", message(&e));
             ExitCode::from(if is_user_error(&e) { 1 } else { 2 })
+        }
+    }
+}
+
+/// [`main`] for a training stage, which may run as one of several ranks (see [`crate::launch::join_ranks`]):
+/// ranks other than 0 print only their errors (prefixed with the rank); a failing rank ends every rank
+/// (`MPI_Abort`), so none waits forever for it.
+pub fn main_ranks<P: clap::Parser>(run: impl FnOnce(P) -> anyhow::Result<()>) -> ExitCode {
+    crate::alloc::keep_freed_memory();
+    if let Err(e) = crate::launch::join_ranks(|var| std::env::var(var).ok()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    let world = collective::world();
+    let mut errors: Box<dyn Write> = Box::new(std::io::stderr());
+    if world.rank() > 0 {
+        match crate::quiet::silence() {
+            Ok(f) => errors = Box::new(f),
+            Err(e) => eprintln!(
+                "warning: rank {} could not quiet its output: {e}",
+                world.rank()
+            ),
+        }
+    }
+    let cli = P::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 1 } else { 0 };
+        let _ = e.print();
+        if code == 0 {
+            world.finish();
+        }
+        std::process::exit(code)
+    });
+    match run(cli) {
+        Ok(()) => {
+            world.finish();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = if is_user_error(&e) { 1 } else { 2 };
+            let rank = match world.size() {
+                1 => String::new(),
+                n => format!(" (rank {} of {n})", world.rank()),
+            };
+            let _ = writeln!(errors, "error{rank}: {}", message(&e));
+            let _ = errors.flush();
+            if world.size() > 1 {
+                world.abort(code as i32);
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -12,9 +12,10 @@ pub mod alloc;
 pub mod args;
 pub mod exit;
 pub mod launch;
+pub mod quiet;
 pub mod threads;
 
-pub use exit::{main, UsageError};
+pub use exit::{main, main_ranks, UsageError};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

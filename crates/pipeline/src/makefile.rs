@@ -74,11 +74,14 @@ pub fn makefile(p: &Pipeline, g: &Graph, base: &Path, bin: &str, invoked_as: &st
             m.push_str(u);
         }
         m.push('\n');
-        let program = if st.program.contains('/') {
+        let mut program = if st.program.contains('/') {
             st.program.clone()
         } else {
             format!("$(BIN)/{}", st.program)
         };
+        if st.ranks > 1 {
+            program = format!("mpirun -np {} {program}", st.ranks);
+        }
         let line = esc(&shell_line("", &st.argv));
         let cd = if dir == "." {
             String::new()

@@ -139,6 +139,10 @@ fn fingerprint(stage: &Stage, p: &Pipeline, state: &mut RunState) -> Result<Fing
         h.update(b"\0a");
         h.update(a.as_bytes());
     }
+    if stage.ranks > 1 {
+        // Another rank count changes the result (by float rounding), so it is part of the identity.
+        h.update(format!("\0ranks={}", stage.ranks).as_bytes());
+    }
     for (d, dh) in &deps {
         h.update(b"\0d");
         h.update(d.as_bytes());
@@ -440,8 +444,9 @@ fn print_dry_run(
             Verdict::Run(why) => {
                 eprintln!("  {:<16} would run: {}", s.name, why.join("; "));
                 eprintln!(
-                    "  {:<16}   $ {}",
+                    "  {:<16}   $ {}{}",
                     "",
+                    launcher(&p.stages[i]),
                     shell_line(&p.stages[i].program, &p.stages[i].argv)
                 );
             }
@@ -643,7 +648,11 @@ fn remove_output(abs: &Path, written: &str) -> Result<()> {
 /// `RUN_DIR/logs/STAGE.log` (appended, one header per attempt) and, unless `quiet`, to our stderr.
 fn execute(p: &Pipeline, st: &Stage, binary: &Path, quiet: bool) -> Result<()> {
     let (log, log_path) = open_log(p, st, binary)?;
-    eprintln!("    $ {}", shell_line(&st.program, &st.argv));
+    eprintln!(
+        "    $ {}{}",
+        launcher(st),
+        shell_line(&st.program, &st.argv)
+    );
     let mut child = spawn(p, st, binary)?;
     let tee = Tee::start(&mut child, log, quiet);
     let status = child
@@ -666,7 +675,7 @@ fn open_log(p: &Pipeline, st: &Stage, binary: &Path) -> Result<(std::fs::File, P
         .append(true)
         .open(&log_path)
         .map_err(|e| PipelineError::write(&log_path, e))?;
-    let line = shell_line(&binary.display().to_string(), &st.argv);
+    let line = launcher(st) + &shell_line(&binary.display().to_string(), &st.argv);
     writeln!(
         log,
         "=== {} (unix time) · in {}\n$ {line}",
@@ -677,8 +686,23 @@ fn open_log(p: &Pipeline, st: &Stage, binary: &Path) -> Result<(std::fs::File, P
     Ok((log, log_path))
 }
 
+/// `mpirun -np N ` for a stage on several ranks, else nothing.
+fn launcher(st: &Stage) -> String {
+    match st.ranks {
+        1 => String::new(),
+        n => format!("mpirun -np {n} "),
+    }
+}
+
 fn spawn(p: &Pipeline, st: &Stage, binary: &Path) -> Result<Child> {
-    let mut cmd = Command::new(binary);
+    let mut cmd = match st.ranks {
+        1 => Command::new(binary),
+        n => {
+            let mut c = Command::new("mpirun");
+            c.args(["-np", &n.to_string()]).arg(binary);
+            c
+        }
+    };
     cmd.args(&st.argv)
         .current_dir(&p.dir)
         .stdin(Stdio::null())
@@ -686,10 +710,16 @@ fn spawn(p: &Pipeline, st: &Stage, binary: &Path) -> Result<Child> {
         .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| {
+        let what = match st.ranks {
+            1 => binary.display().to_string(),
+            n => format!(
+                "mpirun for its {n} ranks (install Open MPI: tools/install-mpi.sh, and build the stages with \
+                 --features zerolm-train/mpi)"
+            ),
+        };
         PipelineError::StageFailed(format!(
-            "{}: cannot start {}: {e}",
-            p.at(p.stage(&st.name).expect("known")),
-            binary.display()
+            "{}: cannot start {what}: {e}",
+            p.at(p.stage(&st.name).expect("known"))
         ))
     })
 }

@@ -68,6 +68,9 @@ struct RawStage {
     outs: Vec<String>,
     #[serde(default)]
     desc: Option<String>,
+    /// Ranks to launch the stage on (`mpirun -np N`); 1 when absent.
+    #[serde(default)]
+    ranks: Option<Value>,
 }
 
 /// A path as the pipeline file wrote it (after interpolation) and resolved against the file's directory.
@@ -90,6 +93,8 @@ pub struct Stage {
     pub argv: Vec<String>,
     pub deps: Vec<PathRef>,
     pub outs: Vec<PathRef>,
+    /// Ranks the stage runs on: more than one launches it through `mpirun -np N`.
+    pub ranks: usize,
 }
 
 /// A loaded, interpolated pipeline (not yet checked as a graph: see `graph::Graph::build`).
@@ -314,6 +319,7 @@ impl Source {
         let mut deps = interpolate_all(&st.deps, ctx)
             .map_err(|e| PipelineError::Invalid(format!("{here}: deps: {e}")))?;
         push_args(&here, &st.args, ctx, &mut argv, &mut deps)?;
+        let ranks = ranks(&here, st.ranks.as_ref(), ctx)?;
         Ok(Stage {
             name: name.to_string(),
             line: self.line_of(name),
@@ -322,6 +328,7 @@ impl Source {
             argv,
             deps: resolve_paths(dir, deps),
             outs: resolve_paths(dir, outs),
+            ranks,
         })
     }
 
@@ -425,6 +432,26 @@ fn resolve_paths(dir: &Path, written: Vec<String>) -> Vec<PathRef> {
 }
 
 /// Applies `--set` overrides to the raw file.
+/// A stage's `ranks:` (interpolated), a whole number ≥ 1; 1 when absent.
+fn ranks(here: &str, written: Option<&Value>, ctx: &Context) -> Result<usize> {
+    let Some(v) = written else {
+        return Ok(1);
+    };
+    let text = scalar(v)
+        .map(|s| interpolate(&s, ctx))
+        .transpose()
+        .map_err(|e| PipelineError::Invalid(format!("{here}: ranks: {e}")))?;
+    text.as_deref()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| {
+            PipelineError::Invalid(format!(
+                "{here}: ranks: expected a whole number ≥ 1 (the MPI ranks to launch the stage on), got {}",
+                text.unwrap_or_else(|| format!("{v:?}"))
+            ))
+        })
+}
+
 fn apply_sets(raw: &mut RawPipeline, sets: &[String]) -> Result<()> {
     for set in sets {
         let bad = |why: &str| PipelineError::Usage(format!("--set {set}: {why}"));
@@ -456,7 +483,11 @@ fn apply_sets(raw: &mut RawPipeline, sets: &[String]) -> Result<()> {
                     known.join(", ")
                 ))
             })?;
-            stage.args.insert(key.to_string(), value);
+            if key == "ranks" {
+                stage.ranks = Some(value);
+            } else {
+                stage.args.insert(key.to_string(), value);
+            }
         }
     }
     Ok(())
@@ -733,6 +764,26 @@ stages:
         assert!(e.contains("no variable `nope`"), "{e}");
         let e = parse(TWO, &["lr=1"]).unwrap_err().to_string();
         assert!(e.contains("STAGE.KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn ranks_come_from_the_stage_a_variable_or_set_and_must_be_whole() {
+        let p = parse(TWO, &[]).unwrap();
+        assert_eq!((p.stages[0].ranks, p.stages[1].ranks), (1, 1));
+        let p = parse(TWO, &["b.ranks=2"]).unwrap();
+        assert_eq!(p.stages[1].ranks, 2);
+        assert!(!p.stages[1].argv.iter().any(|a| a == "--ranks"));
+        let text = TWO.replace(
+            "    outs: [extra]",
+            "    outs: [extra]\n    ranks: ${vars.n}",
+        );
+        assert_eq!(parse(&text, &[]).unwrap().stages[1].ranks, 3);
+        for bad in ["0", "two", "1.5"] {
+            let e = parse(TWO, &[&format!("b.ranks={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ranks: expected a whole number ≥ 1"), "{e}");
+        }
     }
 
     #[test]

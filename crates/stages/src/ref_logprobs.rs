@@ -5,6 +5,10 @@
 //! Resumable: rows are computed in parts of `PART_ROWS` pairs, each written atomically to
 //! `<out>.parts/part-NNNNN.parquet` with the run's fingerprints; a rerun keeps the parts that match and
 //! computes the rest, then merges them into `<out>` and removes the parts.
+//!
+//! On several ranks (`mpirun -np N ref-logprobs …`) the parts left to compute are dealt out in rounds,
+//! one to each rank; rank 0 gathers each round's log-probs and alone writes parts and cache, so the
+//! cache is the same file as one rank's.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -15,6 +19,7 @@ use serde_json::json;
 use zerolm_data::artifact;
 use zerolm_data::formats::Kind;
 use zerolm_model::Model;
+use zerolm_train::collective::{self, Collective};
 use zerolm_train::TrainError;
 
 use crate::common::read_token_files;
@@ -86,6 +91,17 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         parts.count, args.batch_size
     );
     let reused = parts.compute(&model, &pairs, &meta, &args)?;
+    let report = RefReport {
+        rows: pairs.pairs.len(),
+        parts_reused: reused,
+        skipped_empty: pairs.skipped_empty,
+        skipped_long_prompt: pairs.skipped_long_prompt,
+        truncated: pairs.truncated,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    if !collective::is_writer() {
+        return Ok(report);
+    }
     let logps = parts.merge()?;
     let counts = json!({
         "pairs": pairs.pairs.len(), "skipped_empty": pairs.skipped_empty,
@@ -95,12 +111,8 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     write_cache(&args.out, &pairs, 0..pairs.pairs.len(), &logps, meta)?;
     parts.remove()?;
     Ok(RefReport {
-        rows: pairs.pairs.len(),
-        parts_reused: reused,
-        skipped_empty: pairs.skipped_empty,
-        skipped_long_prompt: pairs.skipped_long_prompt,
-        truncated: pairs.truncated,
         elapsed_s: started.elapsed().as_secs_f64(),
+        ..report
     })
 }
 
@@ -161,10 +173,12 @@ impl Parts {
             .unwrap_or_default();
         name.push(".parts");
         let dir = out.with_file_name(name);
-        std::fs::create_dir_all(&dir).map_err(|cause| TrainError::Write {
-            path: dir.clone(),
-            cause,
-        })?;
+        if collective::is_writer() {
+            std::fs::create_dir_all(&dir).map_err(|cause| TrainError::Write {
+                path: dir.clone(),
+                cause,
+            })?;
+        }
         let rows = PART_ROWS.div_ceil(batch_size.max(1)) * batch_size.max(1);
         Ok(Parts {
             dir,
@@ -182,8 +196,18 @@ impl Parts {
         self.dir.join(format!("part-{k:05}.parquet"))
     }
 
-    /// Computes every part that an interrupted run did not leave behind with the same metadata;
-    /// returns how many were reused.
+    /// The metadata part `k` is written with.
+    fn part_meta(&self, k: usize, meta: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let range = self.range(k);
+        let mut part_meta = meta.clone();
+        part_meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
+        let span = format!("{}..{}", range.start, range.end);
+        part_meta.insert(keys::PART.to_string(), span);
+        part_meta
+    }
+
+    /// Computes every part that an interrupted run did not leave behind with the same metadata, dealt
+    /// out to the ranks in rounds; returns how many were reused.
     fn compute(
         &self,
         model: &Model,
@@ -191,31 +215,59 @@ impl Parts {
         meta: &BTreeMap<String, String>,
         args: &RefArgs,
     ) -> Result<usize, TrainError> {
+        let world = collective::world();
+        let todo = self.todo(world, meta)?;
         let bar = args.progress.then(|| progress_bar(self.pairs)).flatten();
-        let mut reused = 0;
-        for k in 0..self.count {
-            let range = self.range(k);
-            let mut part_meta = meta.clone();
-            part_meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
-            let span = format!("{}..{}", range.start, range.end);
-            part_meta.insert(keys::PART.to_string(), span);
-            if self.is_done(k, &part_meta) {
-                reused += 1;
-                if let Some(b) = &bar {
-                    b.inc(range.len() as u64);
+        if let Some(b) = &bar {
+            b.inc((self.pairs - todo.iter().map(|&k| self.range(k).len()).sum::<usize>()) as u64);
+        }
+        let own_bar = bar.as_ref().filter(|_| world.size() == 1);
+        for round in todo.chunks(world.size()) {
+            let logps = match round.get(world.rank()) {
+                Some(&k) => compute(model, pairs, self.range(k), args.batch_size, own_bar)?,
+                None => RefLogps::default(),
+            };
+            let gathered = gather(world, &logps)?;
+            for (&k, logps) in round.iter().zip(&gathered) {
+                if world.rank() == 0 {
+                    write_cache(
+                        &self.path(k),
+                        pairs,
+                        self.range(k),
+                        logps,
+                        self.part_meta(k, meta),
+                    )?;
                 }
-                continue;
-            }
-            let logps = compute(model, pairs, range.clone(), args.batch_size, bar.as_ref())?;
-            write_cache(&self.path(k), pairs, range, &logps, part_meta)?;
-            if bar.is_none() {
-                eprintln!("ref-logprobs: part {}/{} done", k + 1, self.count);
+                match (&bar, own_bar) {
+                    (Some(b), None) => b.inc(self.range(k).len() as u64),
+                    (None, _) => eprintln!("ref-logprobs: part {}/{} done", k + 1, self.count),
+                    _ => {}
+                }
             }
         }
         if let Some(b) = &bar {
             b.finish();
         }
-        Ok(reused)
+        Ok(self.count - todo.len())
+    }
+
+    /// The parts still to compute: rank 0 looks at what an interrupted run left and tells the others.
+    fn todo(
+        &self,
+        world: &dyn Collective,
+        meta: &BTreeMap<String, String>,
+    ) -> Result<Vec<usize>, TrainError> {
+        let mut bytes = Vec::new();
+        if world.rank() == 0 {
+            for k in (0..self.count).filter(|&k| !self.is_done(k, &self.part_meta(k, meta))) {
+                bytes.extend_from_slice(&(k as u64).to_le_bytes());
+            }
+        }
+        world.broadcast(&mut bytes)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .collect())
     }
 
     /// Whether part `k` exists with exactly this metadata (the command line may differ).
@@ -247,6 +299,19 @@ impl Parts {
             cause,
         })
     }
+}
+
+/// Every rank's log-probs of a round, in rank order (a rank without a part sends none).
+fn gather(world: &dyn Collective, mine: &RefLogps) -> Result<Vec<RefLogps>, TrainError> {
+    if world.size() == 1 {
+        return Ok(vec![mine.clone()]);
+    }
+    (world.all_gather(&mine.to_bytes())?.iter())
+        .map(|b| {
+            RefLogps::from_bytes(b)
+                .ok_or_else(|| TrainError::Internal("a rank sent unreadable log-probs".into()))
+        })
+        .collect()
 }
 
 /// A bar over `pairs` when stderr is a terminal.

@@ -111,6 +111,18 @@ impl AdamW {
     }
 
     /// The moments keyed `<param>.exp_avg` / `<param>.exp_avg_sq`, for `optimizer.safetensors`.
+    /// blake3 of the optimizer's state (step and moments), to compare ranks' states.
+    pub fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.step.to_le_bytes());
+        for m in self.m.iter().chain(&self.v) {
+            for x in m {
+                h.update(&x.to_le_bytes());
+            }
+        }
+        h.finalize().to_hex().to_string()
+    }
+
     pub fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>, TrainError> {
         let mut out = BTreeMap::new();
         for (i, (name, var)) in params.vars.iter().enumerate() {

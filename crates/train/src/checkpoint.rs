@@ -47,10 +47,17 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     pub elapsed_s: f64,
     pub threads: usize,
+    /// Ranks that trained it (data-parallel runs); 1 for checkpoints from before ranks existed.
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
     pub tokenizer_fingerprint: String,
     pub inputs: Vec<InputFingerprint>,
     /// The resolved training settings.
     pub config: serde_json::Value,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 pub fn checkpoint_root(out: &Path) -> PathBuf {

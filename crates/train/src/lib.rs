@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod collective;
 pub mod error;
 pub mod metrics;
 pub mod params;

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use crate::TrainError;
 
-/// Appends rows to a metrics JSONL file.
+/// Appends rows to a metrics JSONL file (or, on ranks other than 0, nowhere).
 pub struct MetricsLog {
     path: PathBuf,
-    file: std::fs::File,
+    file: Option<std::fs::File>,
 }
 
 impl MetricsLog {
@@ -50,16 +50,26 @@ impl MetricsLog {
             .map_err(werr)?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
         })
     }
 
+    /// A log that writes nothing (a rank that is not the run's writer).
+    pub fn disabled(path: &Path) -> MetricsLog {
+        MetricsLog {
+            path: path.to_path_buf(),
+            file: None,
+        }
+    }
+
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<(), TrainError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let mut line = serde_json::to_string(row).expect("row serialises");
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.flush())
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.flush())
             .map_err(|cause| TrainError::Write {
                 path: self.path.clone(),
                 cause,

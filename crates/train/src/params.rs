@@ -82,6 +82,22 @@ impl Params {
         all
     }
 
+    /// blake3 of every weight's value (trainable and frozen), in name order.
+    pub fn fingerprint(&self) -> Result<String, TrainError> {
+        let mut h = blake3::Hasher::new();
+        for (name, t) in self.detached() {
+            h.update(name.as_bytes());
+            for x in t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?
+            {
+                h.update(&x.to_le_bytes());
+            }
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
     /// Overwrites every parameter with `values` (same names and shapes).
     pub fn load(&self, values: &BTreeMap<String, Tensor>, source: &str) -> Result<(), TrainError> {
         for (name, var) in &self.vars {

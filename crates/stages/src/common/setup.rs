@@ -220,6 +220,9 @@ impl StageRun<'_> {
         };
         let outcome = trainer::train(task, init, &spec)?;
         let dir = args.out.join("model");
+        if !zerolm_train::collective::is_writer() {
+            return Ok((outcome, dir));
+        }
         let config = serde_json::to_value(&args.cfg).expect("config serialises");
         let prov = Provenance {
             stage: self.stage,

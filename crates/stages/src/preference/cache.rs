@@ -55,6 +55,47 @@ impl RefLogps {
         self.rejected_tail.extend_from_slice(&other.rejected_tail);
     }
 
+    /// The four columns as bytes (each length, then the values, little-endian), to send between ranks.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let cols = [
+            &self.chosen,
+            &self.rejected,
+            &self.chosen_tail,
+            &self.rejected_tail,
+        ];
+        let mut out = Vec::new();
+        for c in cols {
+            out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+        }
+        for x in cols.into_iter().flatten() {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads [`RefLogps::to_bytes`] back; `None` when the bytes are not such.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RefLogps> {
+        let (head, mut body) = (bytes.get(..32)?, bytes.get(32..)?);
+        let mut cols: Vec<Vec<f32>> = Vec::with_capacity(4);
+        for len in head.chunks_exact(8) {
+            let n = u64::from_le_bytes(len.try_into().ok()?) as usize;
+            let (col, rest) = (body.get(..n * 4)?, body.get(n * 4..)?);
+            cols.push(
+                col.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            );
+            body = rest;
+        }
+        let [chosen, rejected, chosen_tail, rejected_tail]: [Vec<f32>; 4] = cols.try_into().ok()?;
+        body.is_empty().then_some(RefLogps {
+            chosen,
+            rejected,
+            chosen_tail,
+            rejected_tail,
+        })
+    }
+
     /// The columns of a cache file read back.
     pub fn of_file(file: &artifact::TokenFile) -> Option<RefLogps> {
         let col = |name: &str| file.extra.get(name).cloned();
@@ -202,4 +243,23 @@ pub fn load_checked(
         logps,
         model_fingerprint: recorded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_probs_survive_the_trip_between_ranks() {
+        let l = RefLogps {
+            chosen: vec![-1.5, -0.0],
+            rejected: vec![-2.0, f32::MIN],
+            chosen_tail: vec![0.0, -0.25],
+            rejected_tail: vec![],
+        };
+        let back = RefLogps::from_bytes(&l.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), l.to_bytes());
+        assert!(RefLogps::from_bytes(&l.to_bytes()[..40]).is_none());
+        assert!(RefLogps::from_bytes(&[]).is_none());
+    }
 }

@@ -39,6 +39,10 @@ impl Run<'_> {
         for (k, v) in &s.metrics {
             row.insert(k.clone(), json!(v));
         }
+        if self.world.size() > 1 {
+            row.insert("ranks".into(), json!(self.world.size()));
+            row.insert("allreduce_s".into(), json!(round(s.comm_s, 4)));
+        }
         self.metrics.write(&row)?;
         let line = format!(
             "step {step}/{total} loss {:.4} lr {:.2e} grad {:.3} {tps:.0} tok/s",

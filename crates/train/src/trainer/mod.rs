@@ -6,6 +6,7 @@
 //! evaluating and checkpointing at step boundaries, so a resumed run replays exactly what the
 //! uninterrupted one would have done — then finish.
 
+mod agree;
 mod log;
 mod plan;
 mod resume;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-pub use plan::{batch_rows, epoch_order, partial_batch_note, total_steps};
+pub use plan::{batch_rows, epoch_order, partial_batch_note, total_steps, total_steps_on};
 pub use spec::{Outcome, RunSpec};
 pub use task::{evaluate, BatchLoss, EvalBatch, EvalResult, Task};
 
@@ -45,20 +46,23 @@ pub fn train(
     finish(run, task)
 }
 
-/// Where the curves start: the eval split and the probe on the initial weights (step 0).
+/// Where the curves start: the eval split and the probe (rank 0's) on the initial weights (step 0).
 fn measure_start(run: &mut Run, task: &dyn Task) -> Result<(), TrainError> {
     let model = run.snapshot()?;
     let cfg = run.spec.cfg;
     if let Some(ev) = evaluate(task, &model, cfg.batch_size, cfg.eval_batches)? {
         run.log_eval(0, &ev)?;
     }
-    if let Some(row) = task.probe(&model)? {
-        run.log_probe(0, row)?;
+    if run.world.rank() == 0 {
+        if let Some(row) = task.probe(&model)? {
+            run.log_probe(0, row)?;
+        }
     }
     Ok(())
 }
 
-/// Evaluates every `eval_every` steps and checkpoints every `save_every`, and both after the last step.
+/// Evaluates every `eval_every` steps and checkpoints every `save_every` (rank 0), and both after the
+/// last step.
 fn eval_and_save(run: &mut Run, task: &dyn Task) -> Result<(), TrainError> {
     let cfg = run.spec.cfg;
     let step = run.state.step;
@@ -70,7 +74,8 @@ fn eval_and_save(run: &mut Run, task: &dyn Task) -> Result<(), TrainError> {
             run.last_eval = Some(ev);
         }
     }
-    if last || (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every)) {
+    let due = last || (cfg.save_every > 0 && step.is_multiple_of(cfg.save_every));
+    if due && run.world.rank() == 0 {
         run.state.elapsed_s = run.elapsed();
         checkpoint::save(
             &run.root,
@@ -86,7 +91,7 @@ fn eval_and_save(run: &mut Run, task: &dyn Task) -> Result<(), TrainError> {
 /// The end-of-run probe (unless a resumed run already wrote it) and the final eval, then the outcome.
 fn finish(mut run: Run, task: &dyn Task) -> Result<Outcome, TrainError> {
     run.display.finish();
-    if !run.probed_now() {
+    if run.world.rank() == 0 && !run.probed_now() {
         let model = run.snapshot()?;
         if let Some(row) = task.probe(&model)? {
             run.log_probe(run.state.step, row)?;

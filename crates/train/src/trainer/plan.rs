@@ -34,16 +34,30 @@ pub fn partial_batch_note(cfg: &TrainConfig, num_samples: usize) -> Option<Strin
     })
 }
 
-/// Optimizer steps a run takes.
+/// Optimizer steps a run takes on this process's ranks (see [`crate::collective::world`]).
 pub fn total_steps(cfg: &TrainConfig, num_samples: usize) -> Result<usize, TrainError> {
+    total_steps_on(cfg, num_samples, crate::collective::world().size())
+}
+
+/// Optimizer steps a run takes on `ranks` ranks: each step consumes `grad_accum × ranks` micro-batches.
+pub fn total_steps_on(
+    cfg: &TrainConfig,
+    num_samples: usize,
+    ranks: usize,
+) -> Result<usize, TrainError> {
     if cfg.max_steps > 0 {
         return Ok(cfg.max_steps);
     }
-    let per_epoch = num_samples / batch_rows(cfg, num_samples)? / cfg.grad_accum;
+    let per_epoch = num_samples / batch_rows(cfg, num_samples)? / (cfg.grad_accum * ranks);
     if per_epoch == 0 {
+        let ranks_note = if ranks > 1 {
+            format!(" × {ranks} ranks")
+        } else {
+            String::new()
+        };
         return Err(TrainError::Config(format!(
-            "{num_samples} training rows are fewer than one optimizer step needs (batch_size {} × grad_accum {}); \
-             lower them or add data",
+            "{num_samples} training rows are fewer than one optimizer step needs (batch_size {} × grad_accum \
+             {}{ranks_note}); lower them or add data",
             cfg.batch_size, cfg.grad_accum
         )));
     }
@@ -85,6 +99,13 @@ mod tests {
         assert!(batch_rows(&cfg(8, 1), 0).unwrap_err().is_user_error());
         let e = total_steps(&cfg(4, 4), 6).unwrap_err().to_string();
         assert!(e.contains("grad_accum 4"), "{e}");
+        assert_eq!(
+            total_steps_on(&cfg(2, 1), 20, 2).unwrap(),
+            15,
+            "5 steps an epoch"
+        );
+        let e = total_steps_on(&cfg(4, 1), 6, 2).unwrap_err().to_string();
+        assert!(e.contains("× 2 ranks"), "{e}");
     }
 
     #[test]

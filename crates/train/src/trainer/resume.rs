@@ -77,7 +77,12 @@ fn check_resumable(saved: &TrainerState, now: &TrainerState, dir: &Path) -> Resu
             describe(&now.inputs)
         )));
     }
-    if let Some(d) = checkpoint::config_difference(&saved.config, &now.config, RESUMABLE_KEYS) {
+    let mut allowed = RESUMABLE_KEYS.to_vec();
+    if saved.ranks != now.ranks {
+        check_global_batch(saved, now).map_err(refuse)?;
+        allowed.push("grad_accum");
+    }
+    if let Some(d) = checkpoint::config_difference(&saved.config, &now.config, &allowed) {
         return Err(refuse(format!(
             ": settings differ from the checkpoint's: {d}"
         )));
@@ -85,7 +90,36 @@ fn check_resumable(saved: &TrainerState, now: &TrainerState, dir: &Path) -> Resu
     Ok(())
 }
 
-fn describe(inputs: &[InputFingerprint]) -> String {
+/// A checkpoint of another rank count resumes when a step still covers the same micro-batches
+/// (`ranks × grad_accum`): the data order and the global batch are then the same, the sums of gradients
+/// only grouped differently (equal up to float rounding, not bit for bit).
+fn check_global_batch(saved: &TrainerState, now: &TrainerState) -> Result<(), String> {
+    let accum = |s: &TrainerState| {
+        (s.config.get("grad_accum"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1) as usize
+    };
+    let (a, b) = (accum(saved), accum(now));
+    if a * saved.ranks != b * now.ranks {
+        return Err(format!(
+            ": it was written by {} ranks × grad_accum {a} = {} micro-batches a step, this run has {} ranks × \
+             grad_accum {b} = {}; keep ranks × grad_accum the same (set --grad-accum) to resume with another \
+             rank count",
+            saved.ranks,
+            a * saved.ranks,
+            now.ranks,
+            b * now.ranks
+        ));
+    }
+    eprintln!(
+        "note: resuming a checkpoint of {} ranks × grad_accum {a} on {} ranks × grad_accum {b}: the same global \
+         batch and data order; the result equals an uninterrupted run up to float rounding, not bit for bit",
+        saved.ranks, now.ranks
+    );
+    Ok(())
+}
+
+pub(super) fn describe(inputs: &[InputFingerprint]) -> String {
     inputs
         .iter()
         .map(|i| {

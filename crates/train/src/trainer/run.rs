@@ -8,12 +8,14 @@ use std::time::Instant;
 use candle_core::Tensor;
 use zerolm_model::Model;
 
+use super::agree::agree_at_start;
 use super::plan::{batch_rows, epoch_order, partial_batch_note, total_steps};
 use super::resume::resume;
 use super::spec::RunSpec;
 use super::task::{EvalResult, Task};
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::checkpoint::{self, DataCursor, TrainerState, CHECKPOINT_VERSION};
+use crate::collective::{self, Collective};
 use crate::metrics::{Display, MetricsLog};
 use crate::params::Params;
 use crate::TrainError;
@@ -21,6 +23,8 @@ use crate::TrainError;
 /// Everything a run carries from one step to the next.
 pub struct Run<'a> {
     pub spec: &'a RunSpec<'a>,
+    /// The run's ranks (one, unless a launcher started several).
+    pub world: &'static dyn Collective,
     /// Training samples per epoch, and how many of them a micro-batch holds.
     pub samples: usize,
     pub batch: usize,
@@ -51,6 +55,7 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     /// Sets up a run of `task` from `init` — or from the newest checkpoint of the same run — and writes
     /// `resolved_config.json`. Nothing is written to the output directory before every check passed.
+    /// On several ranks only rank 0 writes, and every rank must start from the same state (checked).
     pub fn start(
         task: &dyn Task,
         init: BTreeMap<String, Tensor>,
@@ -58,6 +63,8 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>, TrainError> {
         let cfg = spec.cfg;
         cfg.validate()?;
+        let world = collective::world();
+        let writer = world.rank() == 0;
         let samples = task.num_samples();
         let batch = batch_rows(cfg, samples)?;
         let total = total_steps(cfg, samples)?;
@@ -65,7 +72,7 @@ impl<'a> Run<'a> {
             eprintln!("{note}");
         }
         let root = checkpoint::checkpoint_root(spec.out);
-        if spec.no_resume && root.exists() {
+        if spec.no_resume && writer && root.exists() {
             std::fs::remove_dir_all(&root).map_err(|cause| TrainError::Write {
                 path: root.clone(),
                 cause,
@@ -74,19 +81,33 @@ impl<'a> Run<'a> {
         let device = zerolm_model::device::current();
         let params = trainable(init, &device, cfg.train_only.as_deref())?;
         let mut opt = AdamW::new(&params, AdamWConfig::of(cfg));
-        let mut state = fresh_state(spec, total);
-        let resumed_from = resume(&root, &device, &params, &mut opt, &mut state)?;
-        write_resolved_config(spec)?;
-        if state.step < total {
-            remove_stale_model(spec)?;
+        let mut state = fresh_state(spec, total, world.size());
+        let resumed_from = match spec.no_resume {
+            true => None,
+            false => resume(&root, &device, &params, &mut opt, &mut state)?,
+        };
+        agree_at_start(world, &state, &params, &opt)?;
+        if world.size() > 1 {
+            eprintln!(
+                "data parallel: {} ranks over {}; global batch {} rows ({batch} a micro-batch × grad_accum {} × {} ranks)",
+                world.size(),
+                world.engine(),
+                batch * cfg.grad_accum * world.size(),
+                cfg.grad_accum,
+                world.size()
+            );
         }
         let metrics_path = spec.out.join("metrics.jsonl");
-        let metrics = MetricsLog::open(&metrics_path, resumed_from)?;
-        let display = Display::new(spec.stage, total, state.step, spec.progress);
+        let metrics = match writer {
+            true => start_outputs(spec, &state, total, &metrics_path, resumed_from)?,
+            false => MetricsLog::disabled(&metrics_path),
+        };
+        let display = Display::new(spec.stage, total, state.step, spec.progress && writer);
         let model = Model::new(cfg.model.clone(), params.tensors())?;
         let order = epoch_order(samples, cfg.seed, state.cursor.epoch);
         Ok(Run {
             spec,
+            world,
             samples,
             batch,
             batches_per_epoch: samples / batch,
@@ -149,8 +170,23 @@ fn trainable(
     Ok(params)
 }
 
+/// The writer's outputs of a run that starts: `resolved_config.json`, no stale model, the metrics log.
+fn start_outputs(
+    spec: &RunSpec,
+    state: &TrainerState,
+    total: usize,
+    metrics_path: &std::path::Path,
+    resumed_from: Option<usize>,
+) -> Result<MetricsLog, TrainError> {
+    write_resolved_config(spec)?;
+    if state.step < total {
+        remove_stale_model(spec)?;
+    }
+    MetricsLog::open(metrics_path, resumed_from)
+}
+
 /// The state of a run that has not taken a step: what it is, on what, with which settings.
-fn fresh_state(spec: &RunSpec, total: usize) -> TrainerState {
+fn fresh_state(spec: &RunSpec, total: usize, ranks: usize) -> TrainerState {
     let mut config = serde_json::to_value(spec.cfg).expect("config serialises");
     if let (Some(o), Some(extra)) = (config.as_object_mut(), &spec.stage_settings) {
         o.insert("stage_settings".into(), extra.clone());
@@ -169,6 +205,7 @@ fn fresh_state(spec: &RunSpec, total: usize) -> TrainerState {
         tokens_seen: 0,
         elapsed_s: 0.0,
         threads: spec.threads,
+        ranks,
         tokenizer_fingerprint: spec.tokenizer_fingerprint.clone(),
         inputs: spec.inputs.clone(),
         config,

@@ -63,34 +63,77 @@ pub trait Task {
 }
 
 /// Scores the eval split in batches of `batch_size` (at most `max_batches` of them; 0 = all); `None`
-/// when there is nothing to score.
+/// when there is nothing to score. On several ranks, batch i is scored by rank i mod ranks and the sums
+/// are combined in rank order, so every rank gets the same result.
 pub fn evaluate(
     task: &dyn Task,
     model: &Model,
     batch_size: usize,
     max_batches: usize,
 ) -> Result<Option<EvalResult>, TrainError> {
+    let world = crate::collective::world();
     let order: Vec<usize> = (0..task.eval_rows()).collect();
-    let (mut loss, mut weight, mut tokens, mut rows) = (0f64, 0f64, 0usize, 0usize);
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let mut mine = EvalSums::default();
     for (i, chunk) in order.chunks(batch_size).enumerate() {
         if max_batches > 0 && i >= max_batches {
             break;
         }
-        let b = task.eval_batch(model, chunk)?;
-        loss += b.loss_sum;
-        weight += b.weight;
-        tokens += b.tokens;
-        rows += chunk.len();
-        for (k, v) in b.metrics {
-            *sums.entry(k).or_default() += v;
+        if i % world.size() == world.rank() {
+            mine.add(task.eval_batch(model, chunk)?, chunk.len());
         }
     }
-    Ok((weight > 0.0).then(|| EvalResult {
-        loss: loss / weight,
-        tokens,
-        rows,
+    let sums = if world.size() == 1 {
+        mine
+    } else {
+        let bytes = serde_json::to_vec(&mine).expect("json");
+        let mut total = EvalSums::default();
+        for part in world.all_gather(&bytes)? {
+            let p: EvalSums = serde_json::from_slice(&part).map_err(|e| {
+                TrainError::Internal(format!("a rank sent unreadable eval sums: {e}"))
+            })?;
+            total.merge(p);
+        }
+        total
+    };
+    Ok((sums.weight > 0.0).then(|| EvalResult {
+        loss: sums.loss / sums.weight,
+        tokens: sums.tokens,
+        rows: sums.rows,
         perplexity: task.perplexity(),
-        metrics: sums.into_iter().map(|(k, v)| (k, v / weight)).collect(),
+        metrics: (sums.metrics.into_iter())
+            .map(|(k, v)| (k, v / sums.weight))
+            .collect(),
     }))
+}
+
+/// Eval batches' sums.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct EvalSums {
+    loss: f64,
+    weight: f64,
+    tokens: usize,
+    rows: usize,
+    metrics: BTreeMap<String, f64>,
+}
+
+impl EvalSums {
+    fn add(&mut self, b: EvalBatch, rows: usize) {
+        self.merge(EvalSums {
+            loss: b.loss_sum,
+            weight: b.weight,
+            tokens: b.tokens,
+            rows,
+            metrics: b.metrics,
+        });
+    }
+
+    fn merge(&mut self, o: EvalSums) {
+        self.loss += o.loss;
+        self.weight += o.weight;
+        self.tokens += o.tokens;
+        self.rows += o.rows;
+        for (k, v) in o.metrics {
+            *self.metrics.entry(k).or_default() += v;
+        }
+    }
 }
