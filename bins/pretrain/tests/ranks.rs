@@ -111,8 +111,9 @@ fn ranks_with_different_settings_are_refused_naming_the_difference() {
     );
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr
-            .contains("rank 1 differs from rank 0: its settings differ (lr"),
+        r.stderr.contains(
+            "rank 1 differs from rank 0: its settings differ (lr: rank 0 0.003 vs rank 1 0.01"
+        ),
         "{}",
         r.stderr
     );

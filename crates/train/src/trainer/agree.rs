@@ -64,7 +64,7 @@ pub fn agree_at_start(
     };
     let first = parse(&all[0])?;
     for (rank, bytes) in all.iter().enumerate().skip(1) {
-        if let Some(d) = difference(&first, &parse(bytes)?) {
+        if let Some(d) = difference(&first, &parse(bytes)?, rank) {
             return Err(TrainError::Config(format!(
                 "rank {rank} differs from rank 0: {d}. Every rank must run the same binary on the same data \
                  and settings"
@@ -75,7 +75,7 @@ pub fn agree_at_start(
 }
 
 /// How `other` differs from rank 0's `first`, the first difference found, or `None`.
-fn difference(first: &Identity, other: &Identity) -> Option<String> {
+fn difference(first: &Identity, other: &Identity, rank: usize) -> Option<String> {
     let short = |h: &str| h[..12.min(h.len())].to_string();
     if first.binary != other.binary {
         return Some(format!(
@@ -104,6 +104,7 @@ fn difference(first: &Identity, other: &Identity) -> Option<String> {
         return Some(format!(
             "its settings differ ({})",
             d.replace("checkpoint", "rank 0")
+                .replace("vs now", &format!("vs rank {rank}"))
         ));
     }
     if first.step != other.step || first.cursor != other.cursor {
