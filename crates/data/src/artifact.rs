@@ -9,7 +9,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -397,6 +397,35 @@ pub fn read_header(path: &Path, kind: Kind) -> Result<TokenFile> {
         metadata,
         rows: Vec::new(),
         extra: BTreeMap::new(),
+    })
+}
+
+/// A token file's metadata and its `f32` columns (e.g. a reference cache's log-probs), checked like
+/// [`read`]'s, without its token rows.
+pub fn read_f32_columns(path: &Path, kind: Kind) -> Result<TokenFile> {
+    let file = File::open(path).map_err(|cause| IoError::read(path, cause))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
+    let metadata = key_value_metadata(&builder);
+    check_header(&metadata, path, kind)?;
+    let floats: Vec<usize> = (builder.schema().fields().iter().enumerate())
+        .filter(|(_, f)| f.data_type() == &DataType::Float32)
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), floats);
+    let mut extra: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for batch in builder
+        .with_projection(mask)
+        .build()
+        .map_err(parquet_err(path))?
+    {
+        collect_f32_columns(&batch.map_err(parquet_err(path))?, &mut extra);
+    }
+    Ok(TokenFile {
+        path: path.into(),
+        kind,
+        metadata,
+        rows: Vec::new(),
+        extra,
     })
 }
 

@@ -2,7 +2,8 @@
 //! ids as `u16` when the vocabulary fits, else `u32`, in one of two layouts: a pretraining file's
 //! documents packed one after the other, each followed by eos (unless it already ends with one)
 //! ([`Layout::Docs`]); an SFT file's rows, each its ids then its loss mask, with an index of the rows at
-//! the end ([`Layout::Rows`]). A header ties it to its Parquet file (the file's blake3, the eos
+//! the end ([`Layout::Rows`]); a DPO file's pairs, each its prompt, chosen and rejected ids, with an index
+//! and the pairs' ids at the end ([`Layout::Pairs`]). A header ties it to its Parquet file (the file's blake3, the eos
 //! id, the vocabulary) and holds the unigram counts, so a stage learns the stream's size and statistics
 //! without reading it, and reads its blocks with positional reads: memory does not grow with the corpus.
 //!
@@ -48,15 +49,17 @@ pub enum Layout {
     Docs = 0,
     /// Rows of ids and loss mask, indexed: SFT.
     Rows = 1,
+    /// Preference pairs (prompt, chosen, rejected ids), indexed, with their ids: DPO.
+    Pairs = 2,
 }
 
 impl Layout {
-    /// The layout of a token file of `kind`'s stream; DPO files have none.
+    /// The layout of a token file of `kind`'s stream.
     pub fn of(kind: Kind) -> Option<Layout> {
         match kind {
             Kind::Pretrain => Some(Layout::Docs),
             Kind::Sft => Some(Layout::Rows),
-            Kind::Dpo => None,
+            Kind::Dpo => Some(Layout::Pairs),
         }
     }
 
@@ -64,6 +67,7 @@ impl Layout {
         match self {
             Layout::Docs => Kind::Pretrain,
             Layout::Rows => Kind::Sft,
+            Layout::Pairs => Kind::Dpo,
         }
     }
 }
@@ -81,6 +85,30 @@ pub struct RowIndex {
 
 /// Bytes of one [`RowIndex`] in the file.
 const INDEX_ENTRY: u64 = 20;
+
+/// Where a pair of a [`Layout::Pairs`] stream is: its first token (prompt, then chosen, then rejected,
+/// one after the other), the three lengths, and its id's place among the ids after the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairIndex {
+    pub token: u64,
+    pub id_offset: u64,
+    pub prompt: u32,
+    pub chosen: u32,
+    pub rejected: u32,
+    pub id_len: u32,
+}
+
+/// Bytes of one [`PairIndex`] in the file.
+const PAIR_ENTRY: u64 = 32;
+
+/// One pair read back: its id and its prompt, chosen and rejected ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairRow {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
 
 /// What a stream's header says.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,6 +186,7 @@ impl Header {
         let layout = match u32_at(20) {
             0 => Layout::Docs,
             1 => Layout::Rows,
+            2 => Layout::Pairs,
             _ => return None,
         };
         Some(Header {
@@ -183,7 +212,7 @@ impl Header {
     /// The bytes of the token data (for rows: ids and masks).
     fn data_bytes(&self) -> u64 {
         match self.layout {
-            Layout::Docs => self.tokens * self.width as u64,
+            Layout::Docs | Layout::Pairs => self.tokens * self.width as u64,
             Layout::Rows => self.tokens * (self.width as u64 + 1),
         }
     }
@@ -193,10 +222,17 @@ impl Header {
         self.data_offset() + self.data_bytes()
     }
 
-    fn file_size(&self) -> u64 {
+    /// Pairs: where the ids start.
+    fn ids_offset(&self) -> u64 {
+        self.index_offset() + PAIR_ENTRY * self.documents
+    }
+
+    /// The file's size; for pairs, `id_bytes` is the ids' total length (the file's last 8 bytes).
+    fn file_size(&self, id_bytes: u64) -> u64 {
         match self.layout {
             Layout::Docs => self.index_offset(),
             Layout::Rows => self.index_offset() + INDEX_ENTRY * self.documents,
+            Layout::Pairs => self.ids_offset() + id_bytes + 8,
         }
     }
 }
@@ -209,8 +245,11 @@ pub struct StreamWriter {
     out: BufWriter<File>,
     header: Header,
     counts: Vec<u64>,
-    /// Rows: where each row is, kept in a side file and appended after the data at the end.
+    /// Rows and pairs: where each row is, kept in a side file and appended after the data at the end.
     index: Option<(PathBuf, BufWriter<File>)>,
+    /// Pairs: their ids, kept in a second side file and appended after the index, and their length.
+    ids: Option<(PathBuf, BufWriter<File>)>,
+    id_bytes: u64,
 }
 
 impl StreamWriter {
@@ -243,8 +282,12 @@ impl StreamWriter {
         out.write_all(&placeholder)
             .map_err(|cause| IoError::write(&tmp, cause))?;
         let index = match layout {
-            Layout::Rows => Some(side_file(&tmp)?),
+            Layout::Rows | Layout::Pairs => Some(side_file(&tmp, "index.tmp")?),
             Layout::Docs => None,
+        };
+        let ids = match layout {
+            Layout::Pairs => Some(side_file(&tmp, "ids.tmp")?),
+            Layout::Docs | Layout::Rows => None,
         };
         Ok(StreamWriter {
             path,
@@ -252,6 +295,8 @@ impl StreamWriter {
             out,
             counts: vec![0; vocab],
             index,
+            ids,
+            id_bytes: 0,
             header,
         })
     }
@@ -282,7 +327,42 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Appends a token file's row: a document or an SFT row (a DPO row has no stream and adds nothing).
+    /// Appends one DPO pair: its prompt, chosen and rejected ids, and its id.
+    pub fn push_pair(
+        &mut self,
+        id: &str,
+        prompt: &[u32],
+        chosen: &[u32],
+        rejected: &[u32],
+    ) -> Result<()> {
+        let entry = PairIndex {
+            token: self.header.tokens,
+            id_offset: self.id_bytes,
+            prompt: prompt.len() as u32,
+            chosen: chosen.len() as u32,
+            rejected: rejected.len() as u32,
+            id_len: id.len() as u32,
+        };
+        let (Some((index_path, index)), Some((ids_path, ids))) = (&mut self.index, &mut self.ids)
+        else {
+            return Err(DataError::Usage(
+                "a pair pushed into a stream of documents or rows".into(),
+            ));
+        };
+        index
+            .write_all(&pair_entry_bytes(&entry))
+            .map_err(|cause| IoError::write(&*index_path, cause))?;
+        ids.write_all(id.as_bytes())
+            .map_err(|cause| IoError::write(&*ids_path, cause))?;
+        self.id_bytes += id.len() as u64;
+        for &t in prompt.iter().chain(chosen).chain(rejected) {
+            self.token(t)?;
+        }
+        self.header.documents += 1;
+        Ok(())
+    }
+
+    /// Appends a token file's row: a document, an SFT row or a DPO pair.
     pub fn push_token_row(&mut self, row: &TokenRow) -> Result<()> {
         match row {
             TokenRow::Doc(ids) => self.push(ids),
@@ -290,7 +370,12 @@ impl StreamWriter {
                 input_ids,
                 loss_mask,
             } => self.push_row(input_ids, loss_mask),
-            TokenRow::Dpo { .. } => Ok(()),
+            TokenRow::Dpo {
+                id,
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+            } => self.push_pair(id, prompt_ids, chosen_ids, rejected_ids),
         }
     }
 
@@ -329,16 +414,13 @@ impl StreamWriter {
     /// the stream into place.
     pub fn finish(mut self, source: Source) -> Result<()> {
         self.header.source = source;
-        if let Some((path, index)) = self.index.take() {
-            let appended = index
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .and_then(|mut f| {
-                    f.seek(SeekFrom::Start(0))?;
-                    std::io::copy(&mut f, &mut self.out)
-                });
-            appended.map_err(|cause| IoError::write(&self.tmp, cause))?;
-            let _ = std::fs::remove_file(&path);
+        for side in [self.index.take(), self.ids.take()].into_iter().flatten() {
+            self.append(side)?;
+        }
+        if self.header.layout == Layout::Pairs {
+            self.out
+                .write_all(&self.id_bytes.to_le_bytes())
+                .map_err(|cause| IoError::write(&self.tmp, cause))?;
         }
         let write =
             |w: &mut BufWriter<File>, header: &Header, counts: &[u64]| -> std::io::Result<()> {
@@ -357,19 +439,35 @@ impl StreamWriter {
     }
 }
 
+impl StreamWriter {
+    /// Appends a side file's content to the stream and removes the side file.
+    fn append(&mut self, (path, side): (PathBuf, BufWriter<File>)) -> Result<()> {
+        let appended = side
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(0))?;
+                std::io::copy(&mut f, &mut self.out)
+            });
+        appended.map_err(|cause| IoError::write(&self.tmp, cause))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+}
+
 impl Drop for StreamWriter {
     /// An unfinished stream leaves nothing behind (after `finish` the temporary name is gone already).
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.tmp);
-        if let Some((path, _)) = &self.index {
+        for (path, _) in self.index.iter().chain(&self.ids) {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
-/// A side file beside `tmp` for the row index while rows are written.
-fn side_file(tmp: &Path) -> Result<(PathBuf, BufWriter<File>)> {
-    let path = tmp.with_extension("index.tmp");
+/// A side file beside `tmp` (with extension `ext`) for the index or ids while rows are written.
+fn side_file(tmp: &Path, ext: &str) -> Result<(PathBuf, BufWriter<File>)> {
+    let path = tmp.with_extension(ext);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -387,6 +485,29 @@ fn entry_bytes(r: &RowIndex) -> Vec<u8> {
         b.extend_from_slice(&v.to_le_bytes());
     }
     b
+}
+
+/// A pair index entry's 32 bytes.
+fn pair_entry_bytes(r: &PairIndex) -> Vec<u8> {
+    let mut b = r.token.to_le_bytes().to_vec();
+    b.extend_from_slice(&r.id_offset.to_le_bytes());
+    for v in [r.prompt, r.chosen, r.rejected, r.id_len] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// A pair index entry from its 32 bytes.
+fn parse_pair_entry(c: &[u8]) -> PairIndex {
+    let u32_at = |i: usize| u32::from_le_bytes(c[i..i + 4].try_into().unwrap());
+    PairIndex {
+        token: u64::from_le_bytes(c[..8].try_into().unwrap()),
+        id_offset: u64::from_le_bytes(c[8..16].try_into().unwrap()),
+        prompt: u32_at(16),
+        chosen: u32_at(20),
+        rejected: u32_at(24),
+        id_len: u32_at(28),
+    }
 }
 
 /// A stream open for reading.
@@ -451,7 +572,7 @@ impl TokenStream {
     }
 
     /// The stream at `path`, if there is a readable one.
-    fn open(path: &Path) -> Result<Option<TokenStream>> {
+    pub fn open(path: &Path) -> Result<Option<TokenStream>> {
         let path = path.to_path_buf();
         let Ok(file) = File::open(&path) else {
             return Ok(None);
@@ -464,8 +585,15 @@ impl TokenStream {
             return Ok(None);
         };
         let size = file.metadata().map_err(|c| IoError::read(&path, c))?.len();
+        let mut tail = [0u8; 8];
+        let id_bytes = match header.layout {
+            Layout::Pairs if size >= 8 && file.read_exact_at(&mut tail, size - 8).is_ok() => {
+                u64::from_le_bytes(tail)
+            }
+            _ => 0,
+        };
         let mut raw = vec![0u8; 8 * header.vocab as usize];
-        if size != header.file_size() || file.read_exact_at(&mut raw, HEADER).is_err() {
+        if size != header.file_size(id_bytes) || file.read_exact_at(&mut raw, HEADER).is_err() {
             return Ok(None);
         }
         let counts = raw
@@ -480,12 +608,48 @@ impl TokenStream {
         }))
     }
 
-    /// Rows: how many.
+    /// Rows (or pairs): how many.
     pub fn rows(&self) -> u64 {
         match self.header.layout {
-            Layout::Rows => self.header.documents,
+            Layout::Rows | Layout::Pairs => self.header.documents,
             Layout::Docs => 0,
         }
+    }
+
+    /// Pairs: calls `f` with each pair's number and index entry, in order, reading the index in chunks.
+    pub fn for_each_pair(&self, mut f: impl FnMut(u64, PairIndex) -> Result<()>) -> Result<()> {
+        const CHUNK: u64 = 1 << 15;
+        let mut at = 0;
+        while at < self.rows() {
+            let n = CHUNK.min(self.rows() - at);
+            let start = self.header.index_offset() + at * PAIR_ENTRY;
+            let raw = self.read_bytes(start, (n * PAIR_ENTRY) as usize)?;
+            for (k, c) in raw.chunks_exact(PAIR_ENTRY as usize).enumerate() {
+                f(at + k as u64, parse_pair_entry(c))?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Pairs: pair `i`, read back whole.
+    pub fn pair(&self, i: u64) -> Result<PairRow> {
+        let start = self.header.index_offset() + i * PAIR_ENTRY;
+        let e = parse_pair_entry(&self.read_bytes(start, PAIR_ENTRY as usize)?);
+        let id_raw = self.read_bytes(self.header.ids_offset() + e.id_offset, e.id_len as usize)?;
+        let id = String::from_utf8(id_raw).map_err(|_| DataError::BadFile {
+            path: self.path.clone(),
+            msg: format!("pair {i}'s id is not UTF-8; delete the stream to rebuild it"),
+        })?;
+        let (p, c) = (e.prompt as usize, e.chosen as usize);
+        let mut ids = Vec::with_capacity(p + c + e.rejected as usize);
+        self.read(e.token, p + c + e.rejected as usize, &mut ids)?;
+        Ok(PairRow {
+            id,
+            rejected: ids.split_off(p + c),
+            chosen: ids.split_off(p),
+            prompt: ids,
+        })
     }
 
     /// Rows: calls `f` with each row's number and index entry, in order, reading the index in chunks.
@@ -542,7 +706,7 @@ impl TokenStream {
         &self.counts
     }
 
-    /// Docs: appends tokens `start .. start + len` of the stream to `out`.
+    /// Docs and pairs: appends tokens `start .. start + len` of the stream to `out`.
     pub fn read(&self, start: u64, len: usize, out: &mut Vec<u32>) -> Result<()> {
         let w = self.header.width as usize;
         let raw = self.read_bytes(self.header.data_offset() + start * w as u64, len * w)?;

@@ -766,6 +766,61 @@ fn tokenize_pretrain_writes_the_token_stream_a_stage_reads_without_the_parquet_r
 }
 
 #[test]
+fn tokenize_dpo_writes_a_pair_stream_that_reads_back_every_pair() {
+    use zerolm_data::stream::{self, Layout, TokenStream};
+    let (rows, _) = run(Kind::Dpo, &["dpo/article.jsonl"], |_| {}, "pairs.parquet");
+    let parquet = tmp("pairs.parquet");
+    assert!(stream::path_for(&parquet).is_file(), "tokenize writes it");
+    let t = tok();
+    let (s, _) =
+        TokenStream::open_or_build(&parquet, Layout::Pairs, t.eos_id, t.vocab_size()).unwrap();
+    assert_eq!(s.rows(), rows.len() as u64);
+    let mut lengths = Vec::new();
+    s.for_each_pair(|_, e| {
+        lengths.push((e.prompt, e.chosen, e.rejected));
+        Ok(())
+    })
+    .unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let TokenRow::Dpo {
+            id,
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+        } = row
+        else {
+            panic!()
+        };
+        let p = s.pair(i as u64).unwrap();
+        assert_eq!(
+            (&p.id, &p.prompt, &p.chosen, &p.rejected),
+            (id, prompt_ids, chosen_ids, rejected_ids)
+        );
+        let lens = (
+            prompt_ids.len() as u32,
+            chosen_ids.len() as u32,
+            rejected_ids.len() as u32,
+        );
+        assert_eq!(lengths[i], lens);
+    }
+    // a stream cut short is not trusted: it is built again
+    let bin = stream::path_for(&parquet);
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() - 3]).unwrap();
+    let (s, _) =
+        TokenStream::open_or_build(&parquet, Layout::Pairs, t.eos_id, t.vocab_size()).unwrap();
+    let TokenRow::Dpo { id, .. } = &rows[0] else {
+        panic!()
+    };
+    assert_eq!(&s.pair(0).unwrap().id, id);
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        bytes,
+        "rebuilt to the same bytes"
+    );
+}
+
+#[test]
 fn sharded_output_is_a_directory_of_complete_token_files() {
     let out = tmp("sft-shards");
     let mut cfg = EncodeConfig::new(Kind::Sft);

@@ -22,11 +22,10 @@ use zerolm_model::Model;
 use zerolm_train::collective::{self, Collective};
 use zerolm_train::TrainError;
 
-use crate::common::read_token_files;
-use crate::common::setup::{check_model_completion_end, common_completion_end};
+use crate::common::setup::{check_model_completion_end, common_completion_end, open_streams};
 use crate::common::start::start_tokenizer;
 use crate::preference::cache::{
-    self, compute, concat, keys, write_cache, RefLogps, FORMAT_VERSION,
+    self, compute, keys, write_cache, CacheWriter, RefLogps, FORMAT_VERSION,
 };
 use crate::preference::pairs::PairSet;
 
@@ -83,16 +82,16 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
         keys::REF_MODEL.to_string(),
         args.model.display().to_string(),
     );
-    let parts = Parts::new(&args.out, pairs.pairs.len(), args.batch_size)?;
+    let parts = Parts::new(&args.out, pairs.len(), args.batch_size)?;
     eprintln!(
         "ref-logprobs: {} pairs ({} with an empty completion and {} with a prompt too long for --max-len {} skipped, \
          {} truncated) in {} parts, batch {}",
-        pairs.pairs.len(), pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len, pairs.truncated,
+        pairs.len(), pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len, pairs.truncated,
         parts.count, args.batch_size
     );
     let reused = parts.compute(&model, &pairs, &meta, &args)?;
     let report = RefReport {
-        rows: pairs.pairs.len(),
+        rows: pairs.len(),
         parts_reused: reused,
         skipped_empty: pairs.skipped_empty,
         skipped_long_prompt: pairs.skipped_long_prompt,
@@ -102,13 +101,13 @@ pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     if !collective::is_writer() {
         return Ok(report);
     }
-    let logps = parts.merge()?;
+
     let counts = json!({
-        "pairs": pairs.pairs.len(), "skipped_empty": pairs.skipped_empty,
+        "pairs": pairs.len(), "skipped_empty": pairs.skipped_empty,
         "skipped_long_prompt": pairs.skipped_long_prompt, "truncated": pairs.truncated, "threads": args.threads,
     });
     meta.insert(artifact::keys::COUNTS.to_string(), counts.to_string());
-    write_cache(&args.out, &pairs, 0..pairs.pairs.len(), &logps, meta)?;
+    parts.merge_into(&args.out, &pairs, meta)?;
     parts.remove()?;
     Ok(RefReport {
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -124,18 +123,19 @@ fn read_pairs(args: &RefArgs) -> Result<(PairSet, BTreeMap<String, String>), Tra
             "no --input token file given (make one with `tokenize dpo`)".into(),
         ));
     }
-    let (files, inputs) = read_token_files(&args.inputs, Kind::Dpo, &tokenizer, "dpo")?;
-    let completion_end = common_completion_end(&files)?;
+    let opened = open_streams(&args.inputs, Kind::Dpo, &tokenizer, "dpo")?;
+    let completion_end = common_completion_end(&opened.headers)?;
+    let inputs = opened.prints;
     check_model_completion_end(&args.model, completion_end.as_deref())?;
-    let pairs = PairSet::new(&files, args.max_len, tokenizer.pad_id);
-    if pairs.pairs.is_empty() {
+    let pairs = PairSet::new(opened.streams, args.max_len, tokenizer.pad_id)?;
+    if pairs.is_empty() {
         return Err(TrainError::Config(format!(
             "no usable pair: {} with an empty completion, {} whose prompt leaves no room within --max-len {}",
             pairs.skipped_empty, pairs.skipped_long_prompt, args.max_len
         )));
     }
     let mut meta = BTreeMap::new();
-    meta.insert(keys::ROWS_FINGERPRINT.to_string(), pairs.fingerprint());
+    meta.insert(keys::ROWS_FINGERPRINT.to_string(), pairs.fingerprint()?);
     meta.insert(keys::MAX_LEN.to_string(), args.max_len.to_string());
     meta.insert(
         artifact::keys::TOKENIZER_FINGERPRINT.to_string(),
@@ -272,7 +272,7 @@ impl Parts {
 
     /// Whether part `k` exists with exactly this metadata (the command line may differ).
     fn is_done(&self, k: usize, part_meta: &BTreeMap<String, String>) -> bool {
-        let Ok(existing) = artifact::read(&self.path(k), Kind::Dpo) else {
+        let Ok(existing) = artifact::read_header(&self.path(k), Kind::Dpo) else {
             return false;
         };
         part_meta
@@ -280,17 +280,23 @@ impl Parts {
             .all(|(key, v)| key == artifact::keys::COMMAND || existing.metadata.get(key) == Some(v))
     }
 
-    /// The parts' log-probs, in pair order.
-    fn merge(&self) -> Result<RefLogps, TrainError> {
-        let mut parts = Vec::with_capacity(self.count);
+    /// Writes the cache at `out`: the pairs with their parts' log-probs, part by part.
+    fn merge_into(
+        &self,
+        out: &Path,
+        pairs: &PairSet,
+        meta: BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
+        let mut w = CacheWriter::create(out)?;
         for k in 0..self.count {
             let path = self.path(k);
-            let part = artifact::read(&path, Kind::Dpo)?;
-            parts.push(RefLogps::of_file(&part).ok_or_else(|| {
+            let part = artifact::read_f32_columns(&path, Kind::Dpo)?;
+            let logps = RefLogps::of_file(&part).ok_or_else(|| {
                 TrainError::Internal(format!("{} has no log-prob columns", path.display()))
-            })?);
+            })?;
+            w.append(pairs, self.range(k), &logps)?;
         }
-        Ok(concat(&parts))
+        w.finish(meta)
     }
 
     fn remove(self) -> Result<(), TrainError> {

@@ -141,46 +141,64 @@ pub struct StreamInputs {
     pub completion_end: Option<String>,
 }
 
-/// Opens `--input` (at least one) and `--eval-input` of `kind` (pretraining or SFT) as streams, each path
-/// a file, a directory of shards or a glob; a missing or stale stream is built once.
+/// Opens `--input` (at least one) and `--eval-input` of `kind` as streams, each path a file, a directory
+/// of shards or a glob; a missing or stale stream is built once.
 pub fn stream_inputs(
     args: &StageArgs,
     kind: Kind,
     tokenizer: &TokenizerDir,
 ) -> Result<StreamInputs, TrainError> {
     require_input(args, kind)?;
-    let layout = Layout::of(kind).ok_or_else(|| {
-        TrainError::Internal(format!("{} token files have no stream", kind.name()))
-    })?;
-    let mut headers = Vec::new();
-    let mut open = |paths: &[PathBuf], role: &str| -> Result<Vec<TokenStream>, TrainError> {
-        let mut streams = Vec::new();
-        for path in &zerolm_data::output::expand_inputs(paths)? {
-            let header = artifact::read_header(path, kind)?;
-            header.check_tokenizer(&tokenizer.fingerprint)?;
-            let (stream, blake3) =
-                TokenStream::open_or_build(path, layout, tokenizer.eos_id, tokenizer.vocab_size())?;
-            headers.push((header, role.to_string(), blake3));
-            streams.push(stream);
-        }
-        Ok(streams)
-    };
-    let train = open(&args.inputs, "train")?;
-    let eval = open(&args.eval_inputs, "eval")?;
-    let completion_end = common_completion_end(headers.iter().map(|(h, _, _)| h))?;
-    let prints = (headers.into_iter())
-        .map(|(h, role, blake3)| InputFingerprint {
-            role,
-            path: h.path.display().to_string(),
-            blake3,
-        })
-        .collect();
+    let train = open_streams(&args.inputs, kind, tokenizer, "train")?;
+    let eval = open_streams(&args.eval_inputs, kind, tokenizer, "eval")?;
+    let completion_end = common_completion_end(train.headers.iter().chain(&eval.headers))?;
+    let mut prints = train.prints;
+    prints.extend(eval.prints);
     Ok(StreamInputs {
-        train,
-        eval,
+        train: train.streams,
+        eval: eval.streams,
         prints,
         completion_end,
     })
+}
+
+/// Token files opened as streams, with their headers and fingerprints.
+pub struct OpenStreams {
+    pub streams: Vec<TokenStream>,
+    pub headers: Vec<TokenFile>,
+    pub prints: Vec<InputFingerprint>,
+}
+
+/// Opens the token files of `kind` at `paths` (files, directories of shards, globs) as streams, each
+/// checked from its header (schema, kind, tokenizer) and fingerprinted under `role`.
+pub fn open_streams(
+    paths: &[PathBuf],
+    kind: Kind,
+    tokenizer: &TokenizerDir,
+    role: &str,
+) -> Result<OpenStreams, TrainError> {
+    let layout = Layout::of(kind).ok_or_else(|| {
+        TrainError::Internal(format!("{} token files have no stream", kind.name()))
+    })?;
+    let mut out = OpenStreams {
+        streams: Vec::new(),
+        headers: Vec::new(),
+        prints: Vec::new(),
+    };
+    for path in &zerolm_data::output::expand_inputs(paths)? {
+        let header = artifact::read_header(path, kind)?;
+        header.check_tokenizer(&tokenizer.fingerprint)?;
+        let (stream, blake3) =
+            TokenStream::open_or_build(path, layout, tokenizer.eos_id, tokenizer.vocab_size())?;
+        out.prints.push(InputFingerprint {
+            role: role.to_string(),
+            path: path.display().to_string(),
+            blake3,
+        });
+        out.headers.push(header);
+        out.streams.push(stream);
+    }
+    Ok(out)
 }
 
 /// A training stage ready to run: what it is, on what, and what it records besides the common keys.

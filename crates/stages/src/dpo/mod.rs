@@ -76,13 +76,16 @@ fn check_tails(split: &task::Split) -> Result<(), TrainError> {
 
 pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let cfg = &args.stage.cfg;
-    let (start, files) = StartModel::with_inputs(&args.model, &args.stage, Kind::Dpo)?;
+    let (start, files) = StartModel::with_streams(&args.model, &args.stage, Kind::Dpo)?;
     let tokenizer = &start.tokenizer;
     let mut inputs = files.prints;
     let completion_end = files.completion_end;
-    let pair_set = |files| PairSet::new(files, cfg.seq_len, tokenizer.pad_id);
-    let train_pairs = pair_set(&files.train);
-    let eval_pairs = (!files.eval.is_empty()).then(|| pair_set(&files.eval));
+    let pair_set = |streams| PairSet::new(streams, cfg.seq_len, tokenizer.pad_id);
+    let eval_pairs = match files.eval.is_empty() {
+        true => None,
+        false => Some(pair_set(files.eval)?),
+    };
+    let train_pairs = pair_set(files.train)?;
     let policy = start.weights.blake3.clone();
     let refs = References::new(&args.reference, tokenizer, policy, cfg.batch_size);
     let resolved_refs = refs.resolve(args.loss.needs_reference(), train_pairs, eval_pairs)?;
@@ -101,8 +104,8 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         .as_ref()
         .map(|a| a.load(tokenizer))
         .transpose()?;
-    let total = trainer::total_steps(cfg, train.pairs.pairs.len())?;
-    let pairs = train.pairs.pairs.len();
+    let total = trainer::total_steps(cfg, train.pairs.len())?;
+    let pairs = train.pairs.len();
     eprintln!(
         "dpo: {pairs} pairs ({} with an empty completion and {} with a prompt too long for --max-len {} skipped, \
          {} truncated); eval {} pairs; loss {:?} β {}; reference: {}; {total} steps",
@@ -110,7 +113,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
         train.pairs.skipped_long_prompt,
         cfg.seq_len,
         train.pairs.truncated,
-        eval.as_ref().map_or(0, |e| e.pairs.pairs.len()),
+        eval.as_ref().map_or(0, |e| e.pairs.len()),
         args.loss.0,
         args.loss_params.beta,
         reference,

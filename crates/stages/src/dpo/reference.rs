@@ -160,6 +160,6 @@ impl<'a> References<'a> {
         let model = self.model.as_ref().expect("loaded");
         self.lines
             .push(format!("{role}: computed at start from {}", dir.display()));
-        cache::compute(model, pairs, 0..pairs.pairs.len(), self.batch_size, None)
+        cache::compute(model, pairs, 0..pairs.len(), self.batch_size, None)
     }
 }

@@ -143,7 +143,7 @@ fn token_metrics(t: &TokenStats, lens: &[f64], b: usize) -> BTreeMap<String, f64
 
 impl Task for DpoTask<'_> {
     fn num_samples(&self) -> usize {
-        self.train.pairs.pairs.len()
+        self.train.pairs.len()
     }
 
     fn batch_loss(&self, model: &Model, samples: &[usize]) -> Result<BatchLoss, TrainError> {
@@ -156,7 +156,7 @@ impl Task for DpoTask<'_> {
     }
 
     fn eval_rows(&self) -> usize {
-        self.eval.as_ref().map_or(0, |e| e.pairs.pairs.len())
+        self.eval.as_ref().map_or(0, |e| e.pairs.len())
     }
 
     /// Pair-weighted: the eval loss and metrics are means over pairs.

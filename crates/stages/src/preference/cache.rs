@@ -141,45 +141,65 @@ pub fn compute(
     Ok(out)
 }
 
-/// Merges the log-probs of consecutive ranges.
-pub fn concat(parts: &[RefLogps]) -> RefLogps {
-    let mut out = RefLogps::default();
-    for p in parts {
-        out.extend(p);
-    }
-    out
-}
-
+/// Writes the cache of `pairs[range]` with their log-probs `logps` at `path`.
 pub fn write_cache(
     path: &Path,
     pairs: &PairSet,
     range: std::ops::Range<usize>,
     logps: &RefLogps,
-    mut meta: BTreeMap<String, String>,
+    meta: BTreeMap<String, String>,
 ) -> Result<(), TrainError> {
-    let rows: Vec<TokenRow> = pairs.pairs[range]
-        .iter()
-        .map(|p| TokenRow::Dpo {
-            id: p.id.clone(),
-            prompt_ids: p.prompt.clone(),
-            chosen_ids: p.chosen.clone(),
-            rejected_ids: p.rejected.clone(),
+    let mut w = CacheWriter::create(path)?;
+    w.append(pairs, range, logps)?;
+    w.finish(meta)
+}
+
+/// A cache written range by range (the pairs of a range and their log-probs held only while written).
+pub struct CacheWriter {
+    w: TokenWriter,
+}
+
+impl CacheWriter {
+    pub fn create(path: &Path) -> Result<CacheWriter, TrainError> {
+        let columns = [CHOSEN, REJECTED, CHOSEN_TAIL, REJECTED_TAIL];
+        Ok(CacheWriter {
+            w: TokenWriter::create_with_extra(path, Kind::Dpo, &columns)?,
         })
-        .collect();
-    meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
-    let columns = [CHOSEN, REJECTED, CHOSEN_TAIL, REJECTED_TAIL];
-    let mut w = TokenWriter::create_with_extra(path, Kind::Dpo, &columns)?;
-    w.write_with_extra(
-        &rows,
-        &[
+    }
+
+    /// Appends the pairs `pairs[range]` with their log-probs `logps`.
+    pub fn append(
+        &mut self,
+        pairs: &PairSet,
+        range: std::ops::Range<usize>,
+        logps: &RefLogps,
+    ) -> Result<(), TrainError> {
+        let rows: Vec<TokenRow> = (range.map(|i| pairs.get(i)))
+            .map(|p| {
+                p.map(|p| TokenRow::Dpo {
+                    id: p.id,
+                    prompt_ids: p.prompt,
+                    chosen_ids: p.chosen,
+                    rejected_ids: p.rejected,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let columns: [&[f32]; 4] = [
             &logps.chosen,
             &logps.rejected,
             &logps.chosen_tail,
             &logps.rejected_tail,
-        ],
-    )?;
-    w.finish(meta)?;
-    Ok(())
+        ];
+        self.w.write_with_extra(&rows, &columns)?;
+        Ok(())
+    }
+
+    /// Records `meta` (and the cache format) and renames the cache into place.
+    pub fn finish(self, mut meta: BTreeMap<String, String>) -> Result<(), TrainError> {
+        meta.insert(keys::FORMAT.to_string(), FORMAT_VERSION.to_string());
+        self.w.finish(meta)?;
+        Ok(())
+    }
 }
 
 /// A reference cache read back and checked against the pairs a `dpo` run trains on.
@@ -202,7 +222,7 @@ pub fn load_checked(
     } else {
         "--input"
     };
-    let file = artifact::read(path, Kind::Dpo)?;
+    let file = artifact::read_f32_columns(path, Kind::Dpo)?;
     let refuse =
         |m: String| TrainError::Config(format!("{role} reference cache {}: {m}", path.display()));
     let Some(logps) = RefLogps::of_file(&file) else {
@@ -219,12 +239,11 @@ pub fn load_checked(
             pairs.max_len
         )));
     }
-    if get(keys::ROWS_FINGERPRINT) != pairs.fingerprint() || logps.chosen.len() != pairs.pairs.len()
-    {
+    if logps.chosen.len() != pairs.len() || get(keys::ROWS_FINGERPRINT) != pairs.fingerprint()? {
         return Err(refuse(format!(
             "it was computed for other DPO rows ({} pairs) than {data_flag} gives ({} pairs); rerun `ref-logprobs` on that data",
             logps.chosen.len(),
-            pairs.pairs.len()
+            pairs.len()
         )));
     }
     let recorded = get(keys::REF_MODEL_FINGERPRINT);

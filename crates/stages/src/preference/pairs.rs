@@ -5,9 +5,12 @@
 //! Length rule (the same in `ref-logprobs` and `dpo`, and part of the rows' fingerprint): a pair whose
 //! prompt alone leaves no room for a completion token within `max_len` is skipped; a completion that
 //! does not fit is cut (counted); a pair with an empty completion is skipped.
+//!
+//! The pairs stay on disk in the token files' pair streams (see `zerolm_data::stream`); a set holds the
+//! numbers of the pairs it keeps (8 bytes a pair) and reads each batch's pairs when it is built.
 
 use candle_core::{Device, Tensor};
-use zerolm_data::artifact::{TokenFile, TokenRow};
+use zerolm_data::stream::{PairRow, TokenStream};
 use zerolm_model::Model;
 
 use zerolm_train::TrainError;
@@ -20,8 +23,13 @@ pub struct Pair {
     pub rejected: Vec<u32>,
 }
 
+/// The pairs of some token files under a length rule.
 pub struct PairSet {
-    pub pairs: Vec<Pair>,
+    streams: Vec<TokenStream>,
+    /// Where each stream's pairs start in the concatenation.
+    starts: Vec<u64>,
+    /// The kept pairs, by number in the concatenation.
+    kept: Vec<u64>,
     pub max_len: usize,
     pub pad_id: u32,
     pub skipped_empty: usize,
@@ -30,55 +38,83 @@ pub struct PairSet {
 }
 
 impl PairSet {
-    pub fn new(files: &[TokenFile], max_len: usize, pad_id: u32) -> PairSet {
+    /// The pairs of `streams` (DPO pair streams) that the length rule for `max_len` keeps, reading only
+    /// the streams' indexes.
+    pub fn new(
+        streams: Vec<TokenStream>,
+        max_len: usize,
+        pad_id: u32,
+    ) -> Result<PairSet, TrainError> {
         let mut set = PairSet {
-            pairs: Vec::new(),
+            starts: Vec::with_capacity(streams.len()),
+            streams: Vec::new(),
+            kept: Vec::new(),
             max_len,
             pad_id,
             skipped_empty: 0,
             skipped_long_prompt: 0,
             truncated: 0,
         };
-        for row in files.iter().flat_map(|f| &f.rows) {
-            let TokenRow::Dpo {
-                id,
-                prompt_ids,
-                chosen_ids,
-                rejected_ids,
-            } = row
-            else {
-                continue;
-            };
-            if prompt_ids.is_empty() || chosen_ids.is_empty() || rejected_ids.is_empty() {
-                set.skipped_empty += 1;
-                continue;
-            }
-            if prompt_ids.len() >= max_len {
-                set.skipped_long_prompt += 1;
-                continue;
-            }
-            let room = max_len - prompt_ids.len();
-            let (mut chosen, mut rejected) = (chosen_ids.clone(), rejected_ids.clone());
-            if chosen.len() > room || rejected.len() > room {
-                chosen.truncate(room);
-                rejected.truncate(room);
-                set.truncated += 1;
-            }
-            set.pairs.push(Pair {
-                id: id.clone(),
-                prompt: prompt_ids.clone(),
-                chosen,
-                rejected,
-            });
+        let mut at = 0u64;
+        for stream in &streams {
+            set.starts.push(at);
+            stream.for_each_pair(|i, e| {
+                let (p, c, r) = (e.prompt as usize, e.chosen as usize, e.rejected as usize);
+                if p == 0 || c == 0 || r == 0 {
+                    set.skipped_empty += 1;
+                } else if p >= max_len {
+                    set.skipped_long_prompt += 1;
+                } else {
+                    set.truncated += usize::from(c.max(r) > max_len - p);
+                    set.kept.push(at + i);
+                }
+                Ok(())
+            })?;
+            at += stream.rows();
         }
-        set
+        set.streams = streams;
+        Ok(set)
     }
 
-    /// blake3 over the length rule and every kept pair: what a reference cache must have been made from.
-    pub fn fingerprint(&self) -> String {
+    /// Kept pairs.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Kept pair `i`, its completions cut to the room the prompt leaves within `max_len`.
+    pub fn get(&self, i: usize) -> Result<Pair, TrainError> {
+        let n = self.kept[i];
+        let k = self.starts.partition_point(|&s| s <= n) - 1;
+        let PairRow {
+            id,
+            prompt,
+            mut chosen,
+            mut rejected,
+        } = self.streams[k].pair(n - self.starts[k])?;
+        let room = self.max_len - prompt.len();
+        if chosen.len() > room || rejected.len() > room {
+            chosen.truncate(room);
+            rejected.truncate(room);
+        }
+        Ok(Pair {
+            id,
+            prompt,
+            chosen,
+            rejected,
+        })
+    }
+
+    /// blake3 over the length rule and every kept pair: what a reference cache must have been made from
+    /// (one pass over the pairs).
+    pub fn fingerprint(&self) -> Result<String, TrainError> {
         let mut h = blake3::Hasher::new();
         h.update(&(self.max_len as u64).to_le_bytes());
-        for p in &self.pairs {
+        for i in 0..self.len() {
+            let p = self.get(i)?;
             h.update(&(p.id.len() as u64).to_le_bytes());
             h.update(p.id.as_bytes());
             for ids in [&p.prompt, &p.chosen, &p.rejected] {
@@ -88,21 +124,21 @@ impl PairSet {
                 }
             }
         }
-        h.finalize().to_hex().to_string()
+        Ok(h.finalize().to_hex().to_string())
     }
 
     /// The batch of pairs `idx`: the chosen sequences first, then the rejected ones in the same order.
     pub fn batch(&self, idx: &[usize], device: &Device) -> Result<PairBatch, TrainError> {
+        let pairs: Vec<Pair> = idx.iter().map(|&i| self.get(i)).collect::<Result<_, _>>()?;
         let pick = |i: usize, chosen: bool| {
-            let p = &self.pairs[i];
+            let p = &pairs[i];
             let shared = p.chosen.len().min(p.rejected.len());
             let c = if chosen { &p.chosen } else { &p.rejected };
             (p.prompt.as_slice(), c.as_slice(), shared)
         };
-        let seqs: Vec<(&[u32], &[u32], usize)> = idx
-            .iter()
-            .map(|&i| pick(i, true))
-            .chain(idx.iter().map(|&i| pick(i, false)))
+        let seqs: Vec<(&[u32], &[u32], usize)> = (0..pairs.len())
+            .map(|i| pick(i, true))
+            .chain((0..pairs.len()).map(|i| pick(i, false)))
             .collect();
         let len = seqs
             .iter()
@@ -286,60 +322,57 @@ fn position_stats(row: &[f32], target: u32, wpo: bool) -> PositionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use zerolm_data::formats::Kind;
+    use zerolm_data::stream::{Layout, Source, StreamWriter};
 
     /// (id, prompt, chosen, rejected)
     type Row<'a> = (&'a str, Vec<u32>, Vec<u32>, Vec<u32>);
 
-    fn file(rows: Vec<Row>) -> TokenFile {
-        TokenFile {
-            path: "x".into(),
-            kind: Kind::Dpo,
-            metadata: BTreeMap::new(),
-            rows: rows
-                .into_iter()
-                .map(|(id, p, c, r)| TokenRow::Dpo {
-                    id: id.into(),
-                    prompt_ids: p,
-                    chosen_ids: c,
-                    rejected_ids: r,
-                })
-                .collect(),
-            extra: BTreeMap::new(),
+    /// A pair stream of `rows` (named `name` in the temp directory).
+    fn stream(name: &str, rows: Vec<Row>) -> TokenStream {
+        let dir = std::env::temp_dir().join(format!("zerolm-pairs-{}", std::process::id()));
+        let parquet = dir.join(format!("{name}.parquet"));
+        let mut w = StreamWriter::create(&parquet, Layout::Pairs, 2, 16).unwrap();
+        for (id, p, c, r) in rows {
+            w.push_pair(id, &p, &c, &r).unwrap();
         }
+        w.finish(Source::default()).unwrap();
+        TokenStream::open(&zerolm_data::stream::path_for(&parquet))
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn length_rule_skips_and_truncates_with_counts() {
-        let f = file(vec![
-            ("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2]),
-            ("empty", vec![1], vec![], vec![4]),
-            ("long-prompt", vec![1, 2, 3, 4, 5], vec![5], vec![6]),
-            ("cut", vec![1, 2], vec![3, 3, 3, 3], vec![4]),
-        ]);
-        let s = PairSet::new(&[f], 5, 0);
+        let f = stream(
+            "rule",
+            vec![
+                ("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2]),
+                ("empty", vec![1], vec![], vec![4]),
+                ("long-prompt", vec![1, 2, 3, 4, 5], vec![5], vec![6]),
+                ("cut", vec![1, 2], vec![3, 3, 3, 3], vec![4]),
+            ],
+        );
+        let s = PairSet::new(vec![f], 5, 0).unwrap();
         assert_eq!(
             (s.skipped_empty, s.skipped_long_prompt, s.truncated),
             (1, 1, 1)
         );
-        assert_eq!(s.pairs.len(), 2);
-        assert_eq!(s.pairs[1].chosen, vec![3, 3, 3]);
-        let t = PairSet::new(
-            &[file(vec![("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2])])],
-            6,
-            0,
-        );
-        assert_ne!(s.fingerprint(), t.fingerprint());
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get(1).unwrap().chosen, vec![3, 3, 3]);
+        assert_eq!(s.get(1).unwrap().id, "cut");
+        let one = || stream("one", vec![("ok", vec![1, 2], vec![3, 2], vec![4, 5, 2])]);
+        let t = PairSet::new(vec![one()], 6, 0).unwrap();
+        assert_ne!(s.fingerprint().unwrap(), t.fingerprint().unwrap());
+        // two streams are one concatenation
+        let two = PairSet::new(vec![one(), one()], 6, 0).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two.get(1).unwrap(), t.get(0).unwrap());
     }
 
     #[test]
     fn batch_puts_chosen_then_rejected_and_weights_the_completion_only() {
-        let s = PairSet::new(
-            &[file(vec![("a", vec![1, 7], vec![3, 2], vec![4, 5, 2])])],
-            16,
-            0,
-        );
+        let f = stream("batch", vec![("a", vec![1, 7], vec![3, 2], vec![4, 5, 2])]);
+        let s = PairSet::new(vec![f], 16, 0).unwrap();
         let b = s.batch(&[0], &Device::Cpu).unwrap();
         assert_eq!(
             b.x.to_vec2::<u32>().unwrap(),
