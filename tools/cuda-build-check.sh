@@ -14,7 +14,10 @@
 #   3. Links against a stub libcuda (every driver call answers CUDA_ERROR_NO_DEVICE) that it generates
 #      from the symbols the build needs, because the driver library only comes with a GPU driver.
 #   4. Runs `pretrain --device cuda` and expects "cannot open GPU 0".
-#   5. With --tests: `cargo test --release --workspace --features zerolm-train/cuda` on the same build,
+#   5. Builds the four training stages with `--features zerolm-train/nccl` (data parallel on GPUs: NCCL
+#      from PyPI's nvidia-nccl-cu13, Open MPI from the distribution) into target/cuda-nccl, and runs
+#      `mpirun -np 2 pretrain --device cuda`: both ranks start MPI and report the missing GPU.
+#   6. With --tests: `cargo test --release --workspace --features zerolm-train/cuda` on the same build,
 #      to show the CUDA feature changes nothing on the CPU (the device test then sees "cannot open GPU 0").
 # On a machine with a GPU, install the CUDA toolkit and build normally instead (docs/training.md).
 set -euo pipefail
@@ -29,7 +32,7 @@ fi
 # One CUDA release throughout: mixing releases fails in ptxas ("Unsupported .version").
 "$venv/bin/pip" install -q "nvidia-cuda-nvcc==13.2.*" "nvidia-nvvm==13.2.*" "nvidia-cuda-crt==13.2.*" \
   "nvidia-cuda-runtime==13.2.*" "nvidia-cuda-cccl==13.2.*" "nvidia-cuda-nvrtc==13.2.*" \
-  "nvidia-cublas==13.*" "nvidia-curand==10.*"
+  "nvidia-cublas==13.*" "nvidia-curand==10.*" "nvidia-nccl-cu13==2.*"
 cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 [ -x "$cu/bin/nvcc" ] || { echo "no nvcc under $cu/bin" >&2; exit 1; }
 
@@ -69,6 +72,25 @@ if [ $rc -ne 0 ] && grep -q 'cannot open GPU 0' <<<"$msg" && [ ! -e "$out/never"
   echo "cuda build check: built and linked; --device cuda reports the missing GPU (exit $rc)"
 else
   echo "cuda build check: unexpected result (exit $rc)" >&2
+  exit 1
+fi
+# Data parallel on GPUs: the nccl feature (NCCL for gradients, MPI for the ranks).
+tools/install-mpi.sh
+nccl=$("$venv/bin/python" -c 'import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], "lib"))')
+ln -sf "$nccl/libnccl.so.2" "$stub/libnccl.so"
+LIBRARY_PATH=$PWD/$stub CARGO_TARGET_DIR=target/cuda-nccl cargo build --release \
+  -p pretrain -p sft -p dpo -p ref-logprobs --features zerolm-train/nccl
+set +e
+msg=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LD_LIBRARY_PATH=$stub:$cu/lib:$nccl RUST_BACKTRACE=0 \
+  mpirun -np 2 --oversubscribe target/cuda-nccl/release/pretrain --device cuda --preset tiny \
+  --tokenizer tests/fixtures/tokenizer --input /nonexistent.parquet --out target/cuda-nccl/never 2>&1)
+rc=$?
+set -e
+echo "$msg"
+if [ $rc -ne 0 ] && grep -q 'cannot open GPU' <<<"$msg" && [ ! -e target/cuda-nccl/never ]; then
+  echo "nccl build check: built and linked; under mpirun each rank reports the missing GPU (exit $rc)"
+else
+  echo "nccl build check: unexpected result (exit $rc)" >&2
   exit 1
 fi
 if [ "${1:-}" = "--tests" ]; then

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs Open MPI (launcher and headers) and clang (the `mpi` crate generates its bindings with it) from
-# the distribution when they are missing: what the `mpi` build and its data-parallel tests need.
+# the distribution when they are missing: what the `mpi` build and its data-parallel tests need (and
+# iproute2, for the test that makes two hosts with network namespaces).
 set -euo pipefail
 need=()
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/mpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] \
   || need+=(libopenmpi-dev)
 command -v clang >/dev/null || need+=(clang)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -632,15 +632,56 @@ impl TokenStream {
         Ok(())
     }
 
+    /// Pairs: calls `f` with every pair, in order, reading the index, the tokens and the ids in large
+    /// sequential chunks (a pass over the whole stream).
+    pub fn for_each_pair_row(&self, mut f: impl FnMut(u64, PairRow) -> Result<()>) -> Result<()> {
+        const CHUNK: u64 = 1 << 12;
+        let mut at = 0;
+        while at < self.rows() {
+            let n = CHUNK.min(self.rows() - at);
+            let start = self.header.index_offset() + at * PAIR_ENTRY;
+            let raw = self.read_bytes(start, (n * PAIR_ENTRY) as usize)?;
+            let entries: Vec<PairIndex> = raw
+                .chunks_exact(PAIR_ENTRY as usize)
+                .map(parse_pair_entry)
+                .collect();
+            let (first, last) = (entries[0], entries[entries.len() - 1]);
+            let tokens = (last.token - first.token) as usize
+                + (last.prompt + last.chosen + last.rejected) as usize;
+            let mut ids = Vec::with_capacity(tokens);
+            self.read(first.token, tokens, &mut ids)?;
+            let id_bytes = (last.id_offset - first.id_offset + last.id_len as u64) as usize;
+            let names = self.read_bytes(self.header.ids_offset() + first.id_offset, id_bytes)?;
+            for (k, e) in entries.iter().enumerate() {
+                let t = (e.token - first.token) as usize;
+                let (p, c, r) = (e.prompt as usize, e.chosen as usize, e.rejected as usize);
+                let o = (e.id_offset - first.id_offset) as usize;
+                let row = PairRow {
+                    id: self.id_text(at + k as u64, &names[o..o + e.id_len as usize])?,
+                    prompt: ids[t..t + p].to_vec(),
+                    chosen: ids[t + p..t + p + c].to_vec(),
+                    rejected: ids[t + p + c..t + p + c + r].to_vec(),
+                };
+                f(at + k as u64, row)?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn id_text(&self, i: u64, raw: &[u8]) -> Result<String> {
+        String::from_utf8(raw.to_vec()).map_err(|_| DataError::BadFile {
+            path: self.path.clone(),
+            msg: format!("pair {i}'s id is not UTF-8; delete the stream to rebuild it"),
+        })
+    }
+
     /// Pairs: pair `i`, read back whole.
     pub fn pair(&self, i: u64) -> Result<PairRow> {
         let start = self.header.index_offset() + i * PAIR_ENTRY;
         let e = parse_pair_entry(&self.read_bytes(start, PAIR_ENTRY as usize)?);
         let id_raw = self.read_bytes(self.header.ids_offset() + e.id_offset, e.id_len as usize)?;
-        let id = String::from_utf8(id_raw).map_err(|_| DataError::BadFile {
-            path: self.path.clone(),
-            msg: format!("pair {i}'s id is not UTF-8; delete the stream to rebuild it"),
-        })?;
+        let id = self.id_text(i, &id_raw)?;
         let (p, c) = (e.prompt as usize, e.chosen as usize);
         let mut ids = Vec::with_capacity(p + c + e.rejected as usize);
         self.read(e.token, p + c + e.rejected as usize, &mut ids)?;

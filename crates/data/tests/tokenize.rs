@@ -803,6 +803,15 @@ fn tokenize_dpo_writes_a_pair_stream_that_reads_back_every_pair() {
         );
         assert_eq!(lengths[i], lens);
     }
+    let mut sequential = Vec::new();
+    s.for_each_pair_row(|i, p| {
+        sequential.push(p);
+        assert_eq!(i as usize + 1, sequential.len());
+        Ok(())
+    })
+    .unwrap();
+    let one_by_one: Vec<_> = (0..s.rows()).map(|i| s.pair(i).unwrap()).collect();
+    assert_eq!(sequential, one_by_one);
     // a stream cut short is not trusted: it is built again
     let bin = stream::path_for(&parquet);
     let bytes = std::fs::read(&bin).unwrap();

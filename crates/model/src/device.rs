@@ -3,7 +3,7 @@
 //! zerolm-train/cuda`), where candle's CUDA backend runs the composed ops (`zerolm_model::ops`).
 //!
 //! Initial weights are always drawn on the CPU and then moved, so a seed gives the same start on any
-//! device.
+//! device. Under a launcher, `cuda` alone means the rank's own GPU: its local rank on its machine.
 
 use std::sync::OnceLock;
 
@@ -13,12 +13,25 @@ use crate::ModelError;
 
 static DEVICE: OnceLock<Device> = OnceLock::new();
 
+/// The rank's number on its machine as launchers set it (Open MPI, MPICH, Slurm, torchrun), else 0.
+fn local_rank(env: impl Fn(&str) -> Option<String>) -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+        "LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| env(v).and_then(|x| x.trim().parse().ok()))
+    .unwrap_or(0)
+}
+
 /// Parses `spec` (`cpu`, `cuda`, `cuda:N`) into a device, or a user error saying what is possible.
 pub fn parse(spec: &str) -> Result<Device, ModelError> {
     let s = spec.trim().to_ascii_lowercase();
     let ordinal = match s.as_str() {
         "cpu" => return Ok(Device::Cpu),
-        "cuda" | "gpu" => 0,
+        "cuda" | "gpu" => local_rank(|v| std::env::var(v).ok()),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
             _ => {
@@ -73,6 +86,15 @@ pub fn current() -> Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_alone_is_the_ranks_local_gpu() {
+        assert_eq!(local_rank(|_| None), 0);
+        let ompi = |v: &str| (v == "OMPI_COMM_WORLD_LOCAL_RANK").then(|| "3".to_string());
+        assert_eq!(local_rank(ompi), 3);
+        let slurm = |v: &str| (v == "SLURM_LOCALID").then(|| "1".to_string());
+        assert_eq!(local_rank(slurm), 1);
+    }
 
     #[test]
     fn cpu_parses_and_bad_or_unavailable_devices_are_user_errors() {

@@ -89,42 +89,47 @@ impl PairSet {
     pub fn get(&self, i: usize) -> Result<Pair, TrainError> {
         let n = self.kept[i];
         let k = self.starts.partition_point(|&s| s <= n) - 1;
+        Ok(self.cut(self.streams[k].pair(n - self.starts[k])?))
+    }
+
+    /// blake3 over the length rule and every kept pair: what a reference cache must have been made from
+    /// (one sequential pass over the pairs).
+    pub fn fingerprint(&self) -> Result<String, TrainError> {
+        let mut h = blake3::Hasher::new();
+        h.update(&(self.max_len as u64).to_le_bytes());
+        let mut next = 0;
+        for (k, stream) in self.streams.iter().enumerate() {
+            stream.for_each_pair_row(|i, row| {
+                if self.kept.get(next) != Some(&(self.starts[k] + i)) {
+                    return Ok(());
+                }
+                next += 1;
+                hash_pair(&mut h, &self.cut(row));
+                Ok(())
+            })?;
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// A kept pair with its completions cut to the room the prompt leaves within `max_len`.
+    fn cut(&self, row: PairRow) -> Pair {
         let PairRow {
             id,
             prompt,
             mut chosen,
             mut rejected,
-        } = self.streams[k].pair(n - self.starts[k])?;
+        } = row;
         let room = self.max_len - prompt.len();
         if chosen.len() > room || rejected.len() > room {
             chosen.truncate(room);
             rejected.truncate(room);
         }
-        Ok(Pair {
+        Pair {
             id,
             prompt,
             chosen,
             rejected,
-        })
-    }
-
-    /// blake3 over the length rule and every kept pair: what a reference cache must have been made from
-    /// (one pass over the pairs).
-    pub fn fingerprint(&self) -> Result<String, TrainError> {
-        let mut h = blake3::Hasher::new();
-        h.update(&(self.max_len as u64).to_le_bytes());
-        for i in 0..self.len() {
-            let p = self.get(i)?;
-            h.update(&(p.id.len() as u64).to_le_bytes());
-            h.update(p.id.as_bytes());
-            for ids in [&p.prompt, &p.chosen, &p.rejected] {
-                h.update(&(ids.len() as u64).to_le_bytes());
-                for t in ids.iter() {
-                    h.update(&t.to_le_bytes());
-                }
-            }
         }
-        Ok(h.finalize().to_hex().to_string())
     }
 
     /// The batch of pairs `idx`: the chosen sequences first, then the rejected ones in the same order.
@@ -171,6 +176,18 @@ impl PairSet {
             tail: Tensor::from_vec(tail, (rows, len), device)?,
             tokens: seqs.iter().map(|(p, c, _)| p.len() + c.len()).sum(),
         })
+    }
+}
+
+/// Adds a pair (id, prompt, chosen, rejected, each with its length) to a rows fingerprint.
+fn hash_pair(h: &mut blake3::Hasher, p: &Pair) {
+    h.update(&(p.id.len() as u64).to_le_bytes());
+    h.update(p.id.as_bytes());
+    for ids in [&p.prompt, &p.chosen, &p.rejected] {
+        h.update(&(ids.len() as u64).to_le_bytes());
+        for t in ids.iter() {
+            h.update(&t.to_le_bytes());
+        }
     }
 }
 
@@ -367,6 +384,13 @@ mod tests {
         let two = PairSet::new(vec![one(), one()], 6, 0).unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(two.get(1).unwrap(), t.get(0).unwrap());
+        // the sequential pass hashes exactly the kept pairs as `get` reads them
+        let mut h = blake3::Hasher::new();
+        h.update(&5u64.to_le_bytes());
+        for i in 0..s.len() {
+            hash_pair(&mut h, &s.get(i).unwrap());
+        }
+        assert_eq!(s.fingerprint().unwrap(), h.finalize().to_hex().to_string());
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! How the ranks of a data-parallel run talk: one small interface ([`Collective`]: all-reduce,
 //! all-gather, broadcast, barrier) that the training loop uses without knowing the engine behind it —
-//! [`Single`] (one process, every call a no-op), Open MPI through the `mpi` crate (feature `mpi`).
+//! [`Single`] (one process, every call a no-op), Open MPI through the `mpi` crate (feature `mpi`), and
+//! NCCL for the gradients of runs on GPUs with MPI for the rest (feature `nccl`).
 //!
 //! A process holds one world: [`world`] answers [`Single`] until a binary installs another with
 //! [`install`] (see `zerolm_cli::main_ranks`, which starts MPI when `mpirun`/`srun` launched it).
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::sync::OnceLock;
 
@@ -97,6 +100,8 @@ pub fn start_engine(ranks: usize, launcher: &str) -> Result<(), TrainError> {
                  talk (under Slurm, use `srun --mpi=pmix`, or start the ranks with Open MPI's own mpirun)"
             )));
         }
+        #[cfg(feature = "nccl")]
+        let w = nccl::NcclWorld::new(w);
         install(Box::new(w))
     }
     #[cfg(not(feature = "mpi"))]
