@@ -87,16 +87,7 @@ impl<'a> Run<'a> {
             false => resume(&root, &device, &params, &mut opt, &mut state)?,
         };
         agree_at_start(world, &state, &params, &opt)?;
-        if world.size() > 1 {
-            eprintln!(
-                "data parallel: {} ranks over {}; global batch {} rows ({batch} a micro-batch × grad_accum {} × {} ranks)",
-                world.size(),
-                world.engine(),
-                batch * cfg.grad_accum * world.size(),
-                cfg.grad_accum,
-                world.size()
-            );
-        }
+        announce_ranks(world, batch, cfg.grad_accum);
         let metrics_path = spec.out.join("metrics.jsonl");
         let metrics = match writer {
             true => start_outputs(spec, &state, total, &metrics_path, resumed_from)?,
@@ -168,6 +159,19 @@ fn trainable(
         );
     }
     Ok(params)
+}
+
+/// Says how a run on several ranks splits its global batch.
+fn announce_ranks(world: &dyn Collective, batch: usize, grad_accum: usize) {
+    let n = world.size();
+    if n > 1 {
+        eprintln!(
+            "data parallel: {n} ranks over {}; global batch {} rows ({batch} a micro-batch × grad_accum \
+             {grad_accum} × {n} ranks)",
+            world.engine(),
+            batch * grad_accum * n,
+        );
+    }
 }
 
 /// The writer's outputs of a run that starts: `resolved_config.json`, no stale model, the metrics log.
