@@ -145,7 +145,7 @@ fn a_killed_rank_stops_the_job_and_the_rerun_resumes_to_the_uninterrupted_weight
     let _job = one_job();
     let dir = workdir("pretrain-ranks", "kill");
     let (train, eval, tok) = token_files(&dir);
-    let args = |name: &str| micro(&train, &eval, &tok, &dir.join(name), 40);
+    let args = |name: &str| micro(&train, &eval, &tok, &dir.join(name), 300);
     run_ranks(2, "pretrain", &args("whole")).assert_ok();
     let out = dir.join("killed");
     let job = mpirun()
