@@ -618,15 +618,27 @@ impl TokenStream {
 
     /// Pairs: calls `f` with each pair's number and index entry, in order, reading the index in chunks.
     pub fn for_each_pair(&self, mut f: impl FnMut(u64, PairIndex) -> Result<()>) -> Result<()> {
-        const CHUNK: u64 = 1 << 15;
-        let mut at = 0;
-        while at < self.rows() {
-            let n = CHUNK.min(self.rows() - at);
-            let start = self.header.index_offset() + at * PAIR_ENTRY;
-            let raw = self.read_bytes(start, (n * PAIR_ENTRY) as usize)?;
+        self.index_chunks(PAIR_ENTRY, 1 << 15, |at, raw| {
             for (k, c) in raw.chunks_exact(PAIR_ENTRY as usize).enumerate() {
                 f(at + k as u64, parse_pair_entry(c))?;
             }
+            Ok(())
+        })
+    }
+
+    /// Rows and pairs: calls `f` with the number of a chunk's first entry and the chunk's raw index
+    /// entries (`entry` bytes each, at most `chunk` of them), in order.
+    fn index_chunks(
+        &self,
+        entry: u64,
+        chunk: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut at = 0;
+        while at < self.rows() {
+            let n = chunk.min(self.rows() - at);
+            let start = self.header.index_offset() + at * entry;
+            f(at, &self.read_bytes(start, (n * entry) as usize)?)?;
             at += n;
         }
         Ok(())
@@ -635,12 +647,7 @@ impl TokenStream {
     /// Pairs: calls `f` with every pair, in order, reading the index, the tokens and the ids in large
     /// sequential chunks (a pass over the whole stream).
     pub fn for_each_pair_row(&self, mut f: impl FnMut(u64, PairRow) -> Result<()>) -> Result<()> {
-        const CHUNK: u64 = 1 << 12;
-        let mut at = 0;
-        while at < self.rows() {
-            let n = CHUNK.min(self.rows() - at);
-            let start = self.header.index_offset() + at * PAIR_ENTRY;
-            let raw = self.read_bytes(start, (n * PAIR_ENTRY) as usize)?;
+        self.index_chunks(PAIR_ENTRY, 1 << 12, |at, raw| {
             let entries: Vec<PairIndex> = raw
                 .chunks_exact(PAIR_ENTRY as usize)
                 .map(parse_pair_entry)
@@ -664,9 +671,8 @@ impl TokenStream {
                 };
                 f(at + k as u64, row)?;
             }
-            at += n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn id_text(&self, i: u64, raw: &[u8]) -> Result<String> {
@@ -695,18 +701,12 @@ impl TokenStream {
 
     /// Rows: calls `f` with each row's number and index entry, in order, reading the index in chunks.
     pub fn for_each_row(&self, mut f: impl FnMut(u64, RowIndex) -> Result<()>) -> Result<()> {
-        const CHUNK: u64 = 1 << 16;
-        let mut at = 0;
-        while at < self.rows() {
-            let n = CHUNK.min(self.rows() - at);
-            let start = self.header.index_offset() + at * INDEX_ENTRY;
-            let raw = self.read_bytes(start, (n * INDEX_ENTRY) as usize)?;
+        self.index_chunks(INDEX_ENTRY, 1 << 16, |at, raw| {
             for (k, c) in raw.chunks_exact(INDEX_ENTRY as usize).enumerate() {
                 f(at + k as u64, parse_entry(c))?;
             }
-            at += n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Rows: row `i`'s index entry.

@@ -9,6 +9,6 @@ pub mod summary;
 
 pub use args::StageArgs;
 pub use export::{export_model_dir, Provenance};
-pub use setup::{read_inputs, read_token_files, StageRun, TokenInputs};
+pub use setup::{StageRun, StreamInputs};
 pub use start::StartModel;
 pub use summary::closing_line;

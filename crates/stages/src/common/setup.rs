@@ -17,25 +17,6 @@ use zerolm_train::TrainError;
 use super::args::StageArgs;
 use super::export::{export_model_dir, Provenance};
 
-/// Reads token files of `kind` (each path a file, a directory of shards or a glob), refusing any made
-/// with another tokenizer; returns them with their content fingerprints under `role`.
-pub fn read_token_files(
-    paths: &[PathBuf],
-    kind: Kind,
-    tokenizer: &TokenizerDir,
-    role: &str,
-) -> Result<(Vec<TokenFile>, Vec<InputFingerprint>), TrainError> {
-    let mut files = Vec::new();
-    let mut prints = Vec::new();
-    for path in &zerolm_data::output::expand_inputs(paths)? {
-        let file = artifact::read(path, kind)?;
-        file.check_tokenizer(&tokenizer.fingerprint)?;
-        prints.push(fingerprint(path, role)?);
-        files.push(file);
-    }
-    Ok((files, prints))
-}
-
 /// A file a run depends on, by content, under `role`.
 pub fn fingerprint(path: &Path, role: &str) -> Result<InputFingerprint, TrainError> {
     Ok(InputFingerprint {
@@ -43,15 +24,6 @@ pub fn fingerprint(path: &Path, role: &str) -> Result<InputFingerprint, TrainErr
         path: path.display().to_string(),
         blake3: zerolm_io::hash_file(path)?.0,
     })
-}
-
-/// A stage's train and eval token files, read and checked, with their fingerprints (train, then eval).
-pub struct TokenInputs {
-    pub train: Vec<TokenFile>,
-    pub eval: Vec<TokenFile>,
-    pub prints: Vec<InputFingerprint>,
-    /// Where their chat completions end (`template`/`eos`; all agree), `None` for pretraining files.
-    pub completion_end: Option<String>,
 }
 
 /// The completion end every file in `files` was tokenized with, refusing a mix: a model trained on
@@ -110,25 +82,6 @@ fn require_input(args: &StageArgs, kind: Kind) -> Result<(), TrainError> {
         )));
     }
     Ok(())
-}
-
-/// Reads `--input` (at least one) and `--eval-input` files of `kind`.
-pub fn read_inputs(
-    args: &StageArgs,
-    kind: Kind,
-    tokenizer: &TokenizerDir,
-) -> Result<TokenInputs, TrainError> {
-    require_input(args, kind)?;
-    let (train, mut prints) = read_token_files(&args.inputs, kind, tokenizer, "train")?;
-    let (eval, eval_prints) = read_token_files(&args.eval_inputs, kind, tokenizer, "eval")?;
-    prints.extend(eval_prints);
-    let completion_end = common_completion_end(train.iter().chain(&eval))?;
-    Ok(TokenInputs {
-        train,
-        eval,
-        prints,
-        completion_end,
-    })
 }
 
 /// A stage's train and eval token files as on-disk streams (see `zerolm_data::stream`): each checked from

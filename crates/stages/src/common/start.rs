@@ -13,9 +13,7 @@ use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_train::{TrainConfig, TrainError};
 
 use super::args::StageArgs;
-use super::setup::{
-    check_model_completion_end, read_inputs, stream_inputs, StreamInputs, TokenInputs,
-};
+use super::setup::{check_model_completion_end, stream_inputs, StreamInputs};
 
 /// The model config with `vocab_size` taken from the tokenizer, unless the user set a larger
 /// vocabulary explicitly (rows past the tokenizer's are then never used).
@@ -78,21 +76,8 @@ impl StartModel {
         })
     }
 
-    /// Opens `dir` for a stage run with `args` and reads the run's token files of `kind`; the model's
-    /// weights join the files' fingerprints as a run input.
-    pub fn with_inputs(
-        dir: &Path,
-        args: &StageArgs,
-        kind: Kind,
-    ) -> Result<(StartModel, TokenInputs), TrainError> {
-        let start = StartModel::open(dir, args.tokenizer.as_deref(), &args.cfg)?;
-        let mut files = read_inputs(args, kind, &start.tokenizer)?;
-        check_model_completion_end(dir, files.completion_end.as_deref())?;
-        files.prints.push(start.weights.clone());
-        Ok((start, files))
-    }
-
-    /// Like [`StartModel::with_inputs`], with the token files opened as streams (SFT).
+    /// Opens `dir` for a stage run with `args` and opens the run's token files of `kind` as streams; the
+    /// model's weights join the files' fingerprints as a run input.
     pub fn with_streams(
         dir: &Path,
         args: &StageArgs,

@@ -10,18 +10,12 @@
 //! numbers of the pairs it keeps (8 bytes a pair) and reads each batch's pairs when it is built.
 
 use candle_core::{Device, Tensor};
+/// A pair as a batch uses it: [`PairRow`], its completions cut by the length rule.
+pub use zerolm_data::stream::PairRow as Pair;
 use zerolm_data::stream::{PairRow, TokenStream};
 use zerolm_model::Model;
 
 use zerolm_train::TrainError;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pair {
-    pub id: String,
-    pub prompt: Vec<u32>,
-    pub chosen: Vec<u32>,
-    pub rejected: Vec<u32>,
-}
 
 /// The pairs of some token files under a length rule.
 pub struct PairSet {
@@ -112,24 +106,13 @@ impl PairSet {
     }
 
     /// A kept pair with its completions cut to the room the prompt leaves within `max_len`.
-    fn cut(&self, row: PairRow) -> Pair {
-        let PairRow {
-            id,
-            prompt,
-            mut chosen,
-            mut rejected,
-        } = row;
-        let room = self.max_len - prompt.len();
-        if chosen.len() > room || rejected.len() > room {
-            chosen.truncate(room);
-            rejected.truncate(room);
+    fn cut(&self, mut pair: PairRow) -> Pair {
+        let room = self.max_len - pair.prompt.len();
+        if pair.chosen.len() > room || pair.rejected.len() > room {
+            pair.chosen.truncate(room);
+            pair.rejected.truncate(room);
         }
-        Pair {
-            id,
-            prompt,
-            chosen,
-            rejected,
-        }
+        pair
     }
 
     /// The batch of pairs `idx`: the chosen sequences first, then the rejected ones in the same order.

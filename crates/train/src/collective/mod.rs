@@ -113,6 +113,20 @@ pub fn start_engine(ranks: usize, launcher: &str) -> Result<(), TrainError> {
     }
 }
 
+/// Every rank's `mine` (a small value: step sums, eval sums), in rank order, on every rank.
+pub fn gather_values<T: serde::Serialize + serde::de::DeserializeOwned>(
+    world: &dyn Collective,
+    mine: &T,
+) -> Result<Vec<T>, TrainError> {
+    let bytes = serde_json::to_vec(mine).expect("json");
+    (world.all_gather(&bytes)?.iter())
+        .map(|part| {
+            serde_json::from_slice(part)
+                .map_err(|e| TrainError::Internal(format!("a rank sent an unreadable value: {e}")))
+        })
+        .collect()
+}
+
 /// Whether this process is the rank that writes (checkpoints, metrics, exports, the progress bar).
 pub fn is_writer() -> bool {
     world().rank() == 0

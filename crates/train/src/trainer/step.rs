@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::plan::epoch_order;
 use super::resume::diverged;
 use super::run::Run;
-use super::task::Task;
-use crate::collective::Collective;
+use super::task::{add_metrics, Task};
+use crate::collective::{gather_values, Collective};
 use crate::params::Grads;
 use crate::schedule::lr_at;
 use crate::TrainError;
@@ -43,9 +43,7 @@ impl Partial {
     fn add(&mut self, other: Partial) {
         self.loss_sum += other.loss_sum;
         self.tokens += other.tokens;
-        for (k, v) in other.metrics {
-            *self.metrics.entry(k).or_default() += v;
-        }
+        add_metrics(&mut self.metrics, other.metrics);
     }
 }
 
@@ -115,10 +113,13 @@ impl Run<'_> {
         let mut grads: Option<Grads> = None;
         let mut mine = Partial::default();
         for k in 0..self.micro_per_step() {
-            let samples = self.next_samples();
+            let at = self.advance_cursor();
             if k / accum != rank {
                 continue;
             }
+            let samples: Vec<usize> = (self.order[at..at + self.batch].iter())
+                .map(|&i| i as usize)
+                .collect();
             let (part, g) = self.micro_batch(task, &samples)?;
             match grads.as_mut() {
                 None => grads = Some(g),
@@ -129,9 +130,9 @@ impl Run<'_> {
         Ok((mine, grads))
     }
 
-    /// The next micro-batch's samples; advances the data cursor, into the next epoch's order when this
-    /// one is done.
-    fn next_samples(&mut self) -> Vec<usize> {
+    /// Moves the data cursor past the next micro-batch, into the next epoch's order when this one is
+    /// done; returns where in `order` that micro-batch's samples start.
+    fn advance_cursor(&mut self) -> usize {
         let cursor = &mut self.state.cursor;
         if cursor.batch_in_epoch == self.batches_per_epoch {
             cursor.epoch += 1;
@@ -141,9 +142,7 @@ impl Run<'_> {
         let at = cursor.batch_in_epoch * self.batch;
         cursor.batch_in_epoch += 1;
         cursor.micro_batches += 1;
-        (self.order[at..at + self.batch].iter())
-            .map(|&i| i as usize)
-            .collect()
+        at
     }
 
     /// A micro-batch's loss value, target tokens and metrics (each metric already divided by the
@@ -185,13 +184,9 @@ fn sum_over_ranks(
         return Ok(mine);
     }
     all_reduce_buckets(world, grads)?;
-    let bytes = serde_json::to_vec(&mine).expect("json");
     let mut total = Partial::default();
-    for part in world.all_gather(&bytes)? {
-        let p: Partial = serde_json::from_slice(&part).map_err(|e| {
-            TrainError::Internal(format!("a rank sent unreadable step values: {e}"))
-        })?;
-        total.add(p);
+    for part in gather_values(world, &mine)? {
+        total.add(part);
     }
     Ok(total)
 }

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use serde_json::{Map, Value};
 use zerolm_model::Model;
 
+use crate::collective::gather_values;
 use crate::TrainError;
 
 /// A micro-batch's loss (mean over its target tokens) and how many target tokens it covered, plus
@@ -85,13 +86,9 @@ pub fn evaluate(
     let sums = if world.size() == 1 {
         mine
     } else {
-        let bytes = serde_json::to_vec(&mine).expect("json");
         let mut total = EvalSums::default();
-        for part in world.all_gather(&bytes)? {
-            let p: EvalSums = serde_json::from_slice(&part).map_err(|e| {
-                TrainError::Internal(format!("a rank sent unreadable eval sums: {e}"))
-            })?;
-            total.merge(p);
+        for part in gather_values(world, &mine)? {
+            total.merge(part);
         }
         total
     };
@@ -132,8 +129,13 @@ impl EvalSums {
         self.weight += o.weight;
         self.tokens += o.tokens;
         self.rows += o.rows;
-        for (k, v) in o.metrics {
-            *self.metrics.entry(k).or_default() += v;
-        }
+        add_metrics(&mut self.metrics, o.metrics);
+    }
+}
+
+/// Adds `more` into `sums`, metric by metric.
+pub(super) fn add_metrics(sums: &mut BTreeMap<String, f64>, more: BTreeMap<String, f64>) {
+    for (k, v) in more {
+        *sums.entry(k).or_default() += v;
     }
 }
