@@ -5,12 +5,16 @@
 //! stage stops the run and reports; a held lock refuses a second run; every validation error names the
 //! file, line and stage; the committed Makefile.stages is what `pipeline makefile` writes.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use zerolm_testkit::{has_checkpoint, kill_when, repo, workdir, Run};
+use zerolm_testkit::pipeline::{project as new_project, ran, set, ALL};
+use zerolm_testkit::{has_checkpoint, kill_when, repo, Run};
+
+fn project(name: &str) -> PathBuf {
+    new_project("pipeline", name)
+}
 
 /// The stage binaries sit next to `pipeline`; build any that are missing (e.g. under `cargo test -p`).
 fn binaries() -> PathBuf {
@@ -18,128 +22,6 @@ fn binaries() -> PathBuf {
         env!("CARGO_BIN_EXE_pipeline"),
         &["tokenize", "pretrain", "sft", "ref-logprobs", "dpo"],
     )
-}
-
-const PIPELINE: &str = r#"vars:
-  data: ../data
-  out: ../runs
-run_dir: ${vars.out}/pipeline
-stages:
-  tokenizer:
-    cmd: tokenize train-tokenizer
-    args: {input: "${vars.data}/pretrain.jsonl", out: "${vars.out}/tokenizer", vocab-size: 600}
-  tok-pretrain:
-    cmd: tokenize pretrain
-    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/pretrain.jsonl", out: "${vars.out}/tokens/pretrain.parquet"}
-  tok-pretrain-eval:
-    cmd: tokenize pretrain
-    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/pretrain_eval.jsonl", out: "${vars.out}/tokens/pretrain_eval.parquet"}
-  tok-sft:
-    cmd: tokenize sft
-    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/sft.jsonl", out: "${vars.out}/tokens/sft.parquet", max-len: 256}
-  tok-dpo:
-    cmd: tokenize dpo
-    args: {tokenizer: "${stages.tokenizer.outs[0]}", input: "${vars.data}/dpo.jsonl", out: "${vars.out}/tokens/dpo.parquet", max-len: 256}
-  pretrain:
-    cmd: pretrain
-    args:
-      preset: micro
-      tokenizer: ${stages.tokenizer.outs[0]}
-      input: ${stages.tok-pretrain.outs[0]}
-      eval-input: ${stages.tok-pretrain-eval.outs[0]}
-      out: ${vars.out}/pretrain
-      max-steps: 300
-      batch-size: 4
-      max-len: 32
-      lr: 3e-3
-      save-every: 10
-      eval-every: 100
-      threads: 1
-      no-progress: true
-      set: {eval_batches: 4}
-  sft:
-    cmd: sft
-    args:
-      model: ${stages.pretrain.outs[0]}/model
-      input: ${stages.tok-sft.outs[0]}
-      out: ${vars.out}/sft
-      max-steps: 6
-      batch-size: 4
-      lr: 1e-3
-      answer-check: ${vars.data}/sft_eval.jsonl
-      answer-max: 3
-      answer-max-new-tokens: 8
-      threads: 1
-      no-progress: true
-  ref:
-    cmd: ref-logprobs
-    args: {model: "${stages.sft.outs[0]}/model", input: "${stages.tok-dpo.outs[0]}", out: "${vars.out}/ref/dpo.parquet", threads: 1}
-  dpo:
-    cmd: dpo
-    args:
-      model: ${stages.sft.outs[0]}/model
-      input: ${stages.tok-dpo.outs[0]}
-      ref-cache: ${stages.ref.outs[0]}
-      out: ${vars.out}/dpo
-      max-steps: 4
-      batch-size: 2
-      lr: 1e-4
-      threads: 1
-      no-progress: true
-  report:
-    cmd: pipeline report ${vars.out}/pipeline
-    args: {out: "${vars.out}/report"}
-    deps: ["${stages.pretrain.outs[0]}", "${stages.sft.outs[0]}", "${stages.dpo.outs[0]}"]
-results:
-  final model: ${vars.out}/dpo/model
-"#;
-
-const ALL: [&str; 10] = [
-    "tokenizer",
-    "tok-pretrain",
-    "tok-pretrain-eval",
-    "tok-sft",
-    "tok-dpo",
-    "pretrain",
-    "sft",
-    "ref",
-    "dpo",
-    "report",
-];
-
-/// A fresh project directory: data/ (a slice of the shipped data) and pipes/tiny.yaml.
-fn project(name: &str) -> PathBuf {
-    let dir = workdir("pipeline", name);
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::create_dir_all(dir.join("pipes")).unwrap();
-    for (file, lines) in [
-        ("pretrain.jsonl", 2000),
-        ("pretrain_eval.jsonl", 64),
-        ("sft.jsonl", 200),
-        ("sft_eval.jsonl", 10),
-        ("dpo.jsonl", 32),
-    ] {
-        let text = std::fs::read_to_string(repo().join("data").join(file)).unwrap();
-        let part: Vec<&str> = text.lines().take(lines).collect();
-        std::fs::write(dir.join("data").join(file), part.join("\n") + "\n").unwrap();
-    }
-    std::fs::write(dir.join("pipes/tiny.yaml"), PIPELINE).unwrap();
-    dir
-}
-
-/// The stages a run started.
-fn ran(r: &Run) -> BTreeSet<String> {
-    r.stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix('['))
-        .filter_map(|l| l.split_once("] "))
-        .filter_map(|(_, rest)| rest.split_once(": running"))
-        .map(|(name, _)| name.to_string())
-        .collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
 }
 
 fn pipeline_in(cwd: &Path, args: &[&str]) -> Run {

@@ -1,6 +1,7 @@
 //! A pipeline stage with `ranks: 2` runs through `mpirun -np 2` (the `mpi` build of `pipeline` and the
 //! stages) and gives the weights of one rank with grad-accum 2; the rank count is part of the stage's
-//! identity, so changing it reruns the stage.
+//! identity, so changing it reruns the stage. Under the Slurm executor the stage is one job of two tasks
+//! whose binary `srun` starts, with the same weights.
 
 use std::process::Command;
 
@@ -82,6 +83,24 @@ fn a_stage_with_ranks_runs_through_mpirun_like_one_rank_with_grad_accum() {
         "up to date: {}",
         again.stderr
     );
+    // Through Slurm: one job of 2 tasks, the binary started by srun; the same weights.
+    zerolm_testkit::slurm::require();
+    let on_slurm = [
+        "run",
+        "two.yaml",
+        "--executor",
+        "slurm",
+        "--force",
+        "pretrain",
+    ];
+    let dry = pipeline(&[&on_slurm[..], &["--dry-run"]].concat());
+    dry.assert_ok();
+    for needle in ["--ntasks=2 --cpus-per-task=1", "(the job runs: srun /"] {
+        assert!(dry.stderr.contains(needle), "{needle}: {}", dry.stderr);
+    }
+    pipeline(&on_slurm).assert_ok();
+    let w = worst_weight_difference(&dir.join("runs/pretrain"), &dir.join("one/pretrain"));
+    assert_eq!(w, 0.0, "2 ranks under srun = 1 rank with grad_accum 2");
     let rescaled = pipeline(&[
         "run",
         "two.yaml",

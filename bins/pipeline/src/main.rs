@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use zerolm_pipeline::{makefile, report, Graph, Pipeline, RunOptions, Selection, Verdict};
+use zerolm_pipeline::{
+    makefile, report, ExecutorKind, Graph, Pipeline, RunOptions, Selection, Verdict,
+};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,29 @@ impl Select {
     }
 }
 
+/// Where and how many stages run at once.
+#[derive(clap::Args)]
+struct How {
+    /// Run up to N independent stages at once (local and Slurm stages together).
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// Cores the local stages may use together (a stage needs ranks × its `resources.cpus` or
+    /// `--threads`); default: all of this machine's.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Where stages without their own `executor:` run (default: the pipeline's `executor:`, else local).
+    #[arg(long, value_enum)]
+    executor: Option<Executor>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Executor {
+    /// Child processes of `pipeline run`.
+    Local,
+    /// One `sbatch` job per stage.
+    Slurm,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -79,6 +104,8 @@ enum Cmd {
         /// Do not echo the stages' output (it is still in RUN_DIR/logs/).
         #[arg(long, short)]
         quiet: bool,
+        #[command(flatten)]
+        how: How,
     },
     /// For every stage: up to date, or will run and why.
     Status {
@@ -118,7 +145,8 @@ fn run(cli: Cli) -> Result<()> {
             select,
             dry_run,
             quiet,
-        } => run_pipeline(target, select, dry_run, quiet),
+            how,
+        } => run_pipeline(target, select, dry_run, quiet, how),
         Cmd::Status { target } => status(target),
         Cmd::Dag { target, format } => dag(target, format),
         Cmd::Makefile { target, bin } => makefile(target, bin),
@@ -132,12 +160,29 @@ impl Target {
     }
 }
 
-fn run_pipeline(target: Target, select: Select, dry_run: bool, quiet: bool) -> Result<()> {
+fn run_pipeline(
+    target: Target,
+    select: Select,
+    dry_run: bool,
+    quiet: bool,
+    how: How,
+) -> Result<()> {
+    if how.jobs == 0 || how.cores == Some(0) {
+        anyhow::bail!(zerolm_cli::UsageError(
+            "--jobs and --cores take a whole number ≥ 1".into()
+        ));
+    }
     let p = target.load()?;
     let opts = RunOptions {
         selection: select.selection(),
         dry_run,
         quiet,
+        jobs: how.jobs,
+        cores: how.cores.unwrap_or(0),
+        executor: how.executor.map(|e| match e {
+            Executor::Local => ExecutorKind::Local,
+            Executor::Slurm => ExecutorKind::Slurm,
+        }),
     };
     zerolm_pipeline::run(&p, &opts)?;
     Ok(())

@@ -19,6 +19,9 @@ pub enum PipelineError {
     /// A file that cannot be read or written (names the path).
     #[error(transparent)]
     Io(#[from] zerolm_io::IoError),
+    /// The run was stopped by SIGINT or SIGTERM (what it cancelled).
+    #[error("{0}")]
+    Interrupted(String),
     /// A bug rather than bad input.
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,8 +1,8 @@
 //! What a pipeline remembers between runs, all in its run directory:
 //! - `lock.json`: for each stage that last finished successfully, the fingerprint it finished under
 //!   (binary hash, argument vector, dep hashes) and the hashes of the outputs it wrote;
-//! - `state.json`: the hash memo, and the fingerprint each unfinished stage was started under (so a
-//!   killed stage's partial outputs are resumed only by the same command);
+//! - `state.json`: the hash memo, the fingerprint each unfinished stage was started under (so a
+//!   killed stage's partial outputs are resumed only by the same command), and the Slurm jobs in flight;
 //! - `pid.lock`: held while a run is in progress; a lock left by a dead process is taken over.
 
 use crate::error::{PipelineError, Result};
@@ -29,6 +29,9 @@ pub struct LockEntry {
     pub fingerprint: String,
     pub wall_s: f64,
     pub finished_unix: u64,
+    /// The Slurm job that ran it, when it ran under Slurm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -91,6 +94,18 @@ pub struct RunState {
     pub hashes: HashCache,
     /// Stage → the fingerprint it was started under and has not finished.
     pub started: BTreeMap<String, String>,
+    /// Stage → the Slurm job submitted for it and not yet seen to end: a runner started again
+    /// re-attaches to it instead of submitting another.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobRecord>,
+}
+
+/// A submitted Slurm job, as the run state remembers it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    /// The stage's fingerprint when it was submitted.
+    pub fingerprint: String,
 }
 
 impl RunState {
@@ -110,6 +125,14 @@ impl RunState {
         self.hashes.prune();
         write_json(&RunState::path(run_dir), self)
     }
+}
+
+/// Seconds since 1970 (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and a rename.
@@ -244,6 +267,7 @@ mod tests {
                 fingerprint: "f".into(),
                 wall_s: 1.5,
                 finished_unix: 7,
+                slurm_job: None,
             },
         );
         lock.save(dir.path()).unwrap();

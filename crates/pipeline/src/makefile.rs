@@ -4,7 +4,7 @@
 //! stage's outputs are missing.
 
 use crate::graph::Graph;
-use crate::runner::shell_line;
+use crate::shell::{shell_line, shell_quote};
 use crate::spec::Pipeline;
 use std::path::Path;
 
@@ -86,7 +86,7 @@ pub fn makefile(p: &Pipeline, g: &Graph, base: &Path, bin: &str, invoked_as: &st
         let cd = if dir == "." {
             String::new()
         } else {
-            format!("cd {} && ", crate::runner::shell_quote(&dir))
+            format!("cd {} && ", shell_quote(&dir))
         };
         m.push_str(&format!("\t{cd}{program}{line}\n"));
     }

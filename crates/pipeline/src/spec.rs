@@ -23,6 +23,7 @@
 //! working directory, and deps and outs are resolved against it.
 
 use crate::error::{PipelineError, Result};
+use crate::resources::{ExecutorKind, RawResources, Resources};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -53,6 +54,12 @@ struct RawPipeline {
     run_dir: Option<String>,
     #[serde(default)]
     results: IndexMap<String, String>,
+    /// Where stages without their own `executor:` run (`local` when absent).
+    #[serde(default)]
+    executor: Option<String>,
+    /// Resources of stages that do not name their own.
+    #[serde(default)]
+    resources: RawResources,
     stages: IndexMap<String, RawStage>,
 }
 
@@ -71,6 +78,11 @@ struct RawStage {
     /// Ranks to launch the stage on (`mpirun -np N`); 1 when absent.
     #[serde(default)]
     ranks: Option<Value>,
+    /// `local` or `slurm`; the pipeline's (or `--executor`'s) when absent.
+    #[serde(default)]
+    executor: Option<Value>,
+    #[serde(default)]
+    resources: RawResources,
 }
 
 /// A path as the pipeline file wrote it (after interpolation) and resolved against the file's directory.
@@ -93,8 +105,26 @@ pub struct Stage {
     pub argv: Vec<String>,
     pub deps: Vec<PathRef>,
     pub outs: Vec<PathRef>,
-    /// Ranks the stage runs on: more than one launches it through `mpirun -np N`.
+    /// Ranks the stage runs on: more than one launches it through `mpirun -np N` (`srun` under Slurm).
     pub ranks: usize,
+    /// Its own `executor:`, if it names one.
+    pub executor: Option<ExecutorKind>,
+    pub resources: Resources,
+}
+
+impl Stage {
+    /// Cores each rank uses: `resources.cpus`, else the value of its `--threads`, else 1.
+    pub fn cpus_per_rank(&self) -> usize {
+        self.resources.cpus.unwrap_or_else(|| {
+            self.argv
+                .iter()
+                .position(|a| a == "--threads")
+                .and_then(|k| self.argv.get(k + 1))
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(1)
+        })
+    }
 }
 
 /// A loaded, interpolated pipeline (not yet checked as a graph: see `graph::Graph::build`).
@@ -111,6 +141,8 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     /// Labelled paths printed after a run (`results:`).
     pub results: Vec<(String, PathBuf)>,
+    /// The pipeline's `executor:`, if it names one.
+    pub executor: Option<ExecutorKind>,
 }
 
 impl Pipeline {
@@ -144,7 +176,14 @@ impl Pipeline {
         let name = pipeline_name(file);
         let run_dir = src.run_dir(raw.run_dir.as_deref(), &ctx, dir, &name)?;
         let results = src.results(&raw.results, &ctx, dir)?;
+        let executor = raw
+            .executor
+            .as_deref()
+            .map(ExecutorKind::parse)
+            .transpose()
+            .map_err(|e| src.invalid(format!("executor: {e}")))?;
         Ok(Pipeline {
+            executor,
             file: file.to_path_buf(),
             dir: dir.to_path_buf(),
             name,
@@ -302,7 +341,13 @@ impl Source {
         let outs = ctx.outs.expect("the stages' outs are known");
         raw.stages
             .iter()
-            .map(|(name, st)| self.resolve_stage(name, st, outs[name].clone(), ctx, dir))
+            .map(|(name, st)| {
+                let mut stage = self.resolve_stage(name, st, outs[name].clone(), ctx, dir)?;
+                stage.resources =
+                    Resources::resolve(&st.resources, &raw.resources, &|t| interpolate(t, ctx))
+                        .map_err(|e| self.stage_invalid(name, e))?;
+                Ok(stage)
+            })
             .collect()
     }
 
@@ -320,7 +365,20 @@ impl Source {
             .map_err(|e| PipelineError::Invalid(format!("{here}: deps: {e}")))?;
         push_args(&here, &st.args, ctx, &mut argv, &mut deps)?;
         let ranks = ranks(&here, st.ranks.as_ref(), ctx)?;
+        let executor = st
+            .executor
+            .as_ref()
+            .map(|v| {
+                scalar(v)
+                    .ok_or_else(|| "expected `local` or `slurm`".to_string())
+                    .and_then(|t| interpolate(&t, ctx))
+                    .and_then(|t| ExecutorKind::parse(&t))
+            })
+            .transpose()
+            .map_err(|e| PipelineError::Invalid(format!("{here}: executor: {e}")))?;
         Ok(Stage {
+            executor,
+            resources: Resources::default(),
             name: name.to_string(),
             line: self.line_of(name),
             desc: st.desc.clone(),
@@ -431,7 +489,6 @@ fn resolve_paths(dir: &Path, written: Vec<String>) -> Vec<PathRef> {
     v
 }
 
-/// Applies `--set` overrides to the raw file.
 /// A stage's `ranks:` (interpolated), a whole number ≥ 1; 1 when absent.
 fn ranks(here: &str, written: Option<&Value>, ctx: &Context) -> Result<usize> {
     let Some(v) = written else {
@@ -452,6 +509,7 @@ fn ranks(here: &str, written: Option<&Value>, ctx: &Context) -> Result<usize> {
         })
 }
 
+/// Applies `--set` overrides to the raw file.
 fn apply_sets(raw: &mut RawPipeline, sets: &[String]) -> Result<()> {
     for set in sets {
         let bad = |why: &str| PipelineError::Usage(format!("--set {set}: {why}"));
@@ -485,6 +543,10 @@ fn apply_sets(raw: &mut RawPipeline, sets: &[String]) -> Result<()> {
             })?;
             if key == "ranks" {
                 stage.ranks = Some(value);
+            } else if key == "executor" {
+                stage.executor = Some(value);
+            } else if let Some(res) = key.strip_prefix("resources.") {
+                stage.resources.set(res, value).map_err(|e| bad(&e))?;
             } else {
                 stage.args.insert(key.to_string(), value);
             }

@@ -3,7 +3,9 @@
 //! tests start from — token files made with the fixture tokenizer and untrained model directories.
 
 mod inputs;
+pub mod pipeline;
 pub mod ranks;
+pub mod slurm;
 pub mod trl;
 
 pub use inputs::{fixture_tokenizer, micro_model, token_file, token_file_with};
