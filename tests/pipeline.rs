@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use zerolm_testkit::pipeline::{project as new_project, ran, set, ALL};
-use zerolm_testkit::{has_checkpoint, kill_when, repo, Run};
+use zerolm_testkit::{has_checkpoint, kill_when, repo, workdir, Run};
 
 fn project(name: &str) -> PathBuf {
     new_project("pipeline", name)
@@ -330,4 +330,54 @@ fn shipped_pipelines_validate_and_the_makefile_is_generated_from_full_yaml() {
         "{}",
         r.stderr
     );
+}
+
+const NAPS: &str = "stages:
+  a: {cmd: /bin/sleep 1, resources: {cpus: CPUS}}
+  b: {cmd: /bin/sleep 1, resources: {cpus: CPUS}}
+";
+
+/// Whether the two naps of [`NAPS`] ran at once: the second started before the first was done.
+fn naps_overlapped(stderr: &str) -> bool {
+    let starts: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with('[') && (l.contains(": running") || l.contains(": done")))
+        .collect();
+    starts.len() == 4 && starts[1].contains(": running")
+}
+
+#[test]
+fn jobs_run_side_by_side_within_the_core_budget() {
+    let dir = workdir("pipeline", "naps");
+    for (cpus, overlap) in [("1", true), ("2", false)] {
+        std::fs::write(dir.join("naps.yaml"), NAPS.replace("CPUS", cpus)).unwrap();
+        let r = pipeline_in(
+            &dir,
+            &[
+                "run",
+                "naps.yaml",
+                "--jobs",
+                "2",
+                "--cores",
+                "2",
+                "--force-all",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            naps_overlapped(&r.stderr),
+            overlap,
+            "cpus {cpus}: {}",
+            r.stderr
+        );
+    }
+    let r = pipeline_in(&dir, &["run", "naps.yaml", "--jobs", "0"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--jobs and --cores take a whole number ≥ 1"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -342,6 +342,13 @@ pub fn status_of(
                 }
             };
         }
+        if let (Verdict::Run(why), Some(job)) = (&mut v, state.jobs.get(&st.name)) {
+            why.push(format!(
+                "Slurm job {} was submitted for it by an earlier run; the next run follows that job if it \
+                 still runs",
+                job.id
+            ));
+        }
         if matches!(v, Verdict::Run(_)) {
             will_run.insert(i);
         }

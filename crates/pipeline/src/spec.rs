@@ -849,6 +849,46 @@ stages:
     }
 
     #[test]
+    fn executors_and_resources_come_from_the_pipeline_the_stage_or_set() {
+        let text = TWO.replacen(
+            "stages:",
+            "executor: slurm\nresources: {time: 60, cpus: 2}\nstages:",
+            1,
+        );
+        let p = parse(&text, &["b.executor=local", "b.resources.mem=8G"]).unwrap();
+        assert_eq!(p.executor, Some(ExecutorKind::Slurm));
+        assert_eq!(p.stages[0].executor, None);
+        assert_eq!(p.stages[1].executor, Some(ExecutorKind::Local));
+        assert_eq!(p.stages[1].resources.mem.as_deref(), Some("8G"));
+        assert_eq!(p.stages[1].resources.time.as_deref(), Some("60"));
+        assert_eq!(p.stages[0].cpus_per_rank(), 2);
+        assert_eq!(parse(TWO, &[]).unwrap().stages[0].cpus_per_rank(), 1);
+        let threads = parse(TWO, &["a.threads=4"]).unwrap();
+        assert_eq!(threads.stages[0].cpus_per_rank(), 4);
+        let e = parse(TWO, &["b.executor=pbs"]).unwrap_err().to_string();
+        assert!(
+            e.contains("p/x.yaml:")
+                && e.contains("stage `b`: executor: executor `pbs` is not known"),
+            "{e}"
+        );
+        let e = parse(TWO, &["b.resources.time=1h"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stage `b`: resources.time: `1h` is not a Slurm time limit"),
+            "{e}"
+        );
+        let e = parse(TWO, &["b.resources.cores=2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`resources.cores` is not a resource"), "{e}");
+        let e = parse(&TWO.replacen("stages:", "executor: pbs\nstages:", 1), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p/x.yaml: executor: executor `pbs`"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_name_the_file_and_line() {
         let text = "stages:\n  a:\n    cmd: x\n    argz: {}\n";
         let e = parse(text, &[]).unwrap_err().to_string();
