@@ -3,7 +3,8 @@
 //! byte, as the local run, and `--jobs 2` the same as `--jobs 1`; a runner killed with SIGKILL while its
 //! pretraining job runs re-attaches to that job when started again (no second submission); an up-to-date
 //! rerun asks Slurm nothing; a failing job and a job past its time limit are named with their exit status
-//! and log; SIGTERM cancels the run's Slurm jobs and stops its local stages.
+//! and log; SIGTERM cancels the run's Slurm jobs and stops its local stages; a job left running under other
+//! settings is cancelled before its stage starts afresh.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -264,5 +265,43 @@ fn sigterm_cancels_the_runs_jobs_and_stops_its_local_stages() {
     );
     assert_eq!(job_state(&id), "CANCELLED");
     assert_eq!(recorded_job(&run_dir, "nap"), None);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+const NAP: &str = r#"vars:
+  seconds: 600
+executor: slurm
+stages:
+  nap:
+    cmd: sleep ${vars.seconds}
+"#;
+
+#[test]
+fn a_job_left_running_under_other_settings_is_cancelled_before_the_stage_starts_afresh() {
+    require();
+    let dir = zerolm_testkit::workdir(SUITE, "changed");
+    std::fs::write(dir.join("nap.yaml"), NAP).unwrap();
+    let run_dir = dir.join(".zerolm/nap");
+    kill_when(&mut pipeline(&dir, &["run", "nap.yaml"], None), || {
+        std::thread::sleep(Duration::from_millis(50));
+        recorded_job(&run_dir, "nap").is_some_and(|id| job_state(&id) == "RUNNING")
+    });
+    let old = recorded_job(&run_dir, "nap").unwrap();
+    assert_eq!(job_state(&old), "RUNNING", "the job died with its runner");
+    let r = Run::of(&mut pipeline(
+        &dir,
+        &["run", "nap.yaml", "--set", "vars.seconds=1"],
+        None,
+    ));
+    r.assert_ok();
+    assert!(
+        r.stderr.contains(&format!(
+            "cancelling Slurm job {old}: an earlier run submitted it under other settings"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(job_state(&old), "CANCELLED");
+    assert!(r.stderr.contains("nap: done"), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
