@@ -40,6 +40,9 @@ struct Cli {
     /// The PyTorch side.
     #[arg(long, default_value = "benches/pretrain_py.py")]
     script: PathBuf,
+    /// Time the matrix-product kernels alone (f32 and bf16) on the preset's linear layers and exit.
+    #[arg(long)]
+    kernels: bool,
     /// Internal: measure one side (`train` or `forward`) in this process and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -63,6 +66,14 @@ fn worker(cli: &Cli, what: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     if let Some(w) = &cli.worker {
         return worker(&cli, w);
+    }
+    if cli.kernels {
+        zerolm_cli::threads::set_threads(Some(cli.threads))?;
+        let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
+        cfg.vocab_size = cli.vocab_size;
+        let rows = bench::kernels::measure(&cfg, cli.batch_size * cli.seq_len, cli.steps.max(3))?;
+        print!("{}", bench::kernels::table(&rows, cli.threads));
+        return Ok(());
     }
     let python = (cli.python.clone())
         .or_else(|| std::env::var("PYTHON").ok())

@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 mod attention;
+pub mod gemm16;
 mod linear;
 mod logprobs;
 mod rowwise;

@@ -1,0 +1,371 @@
+//! Matrix products with bf16 operands and f32 accumulation, as PyTorch's bf16 autocast computes linear
+//! layers and attention products. Operands arrive as f32 (weights, activations, gradients) and are
+//! rounded to bf16 (to nearest, ties to even, as `tensor.to(torch.bfloat16)` does) while they are packed
+//! into the kernel's layout: panels of [`MR`] rows of A or [`NR`] columns of B, holding for each pair of
+//! k indices the two bf16 values of every row (column) side by side in one `u32`.
+//!
+//! The kernel keeps an MR × NR tile of f32 sums in registers. On a CPU with AVX512_BF16 each step is one
+//! `vdpbf16ps` per 16 columns (two bf16 products and their sum into each f32 lane); elsewhere the pairs
+//! are widened to f32 and multiplied and added in plain arithmetic that the compiler vectorises for the
+//! widest unit the CPU has (AVX-512F, AVX2, SSE2), chosen at run time. [`force_portable`] selects the
+//! second path on any CPU, to measure and test it.
+//!
+//! Deterministic for any thread count: every output tile is computed by one task, over the whole k range,
+//! in order.
+
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Rows of A per panel and per tile.
+pub const MR: usize = 12;
+/// Columns of B per panel and per tile.
+pub const NR: usize = 32;
+/// Bytes of B a thread works through before moving to the next row panel (about half of a Zen 4 L2).
+const B_BLOCK_BYTES: usize = 256 << 10;
+
+static PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Uses the portable kernel even where AVX512_BF16 is available (to measure and test it).
+pub fn force_portable(on: bool) {
+    PORTABLE.store(on, Ordering::Relaxed);
+}
+
+/// Which kernel [`gemm`] runs on this CPU now.
+pub fn kernel_name() -> &'static str {
+    if has_bf16_dot() {
+        "avx512_bf16"
+    } else {
+        "portable (bf16 widened to f32)"
+    }
+}
+
+fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if PORTABLE.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The bf16 bits nearest to `x` (ties to even); NaN stays NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of bf16 bits `h`.
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// A matrix operand rounded to bf16 and packed for the kernel: `len` rows (of A) or columns (of B), each
+/// of length `k`, in panels of `width` (= [`MR`] or [`NR`]); a panel holds, for each k pair, `width`
+/// `u32`s (low half: the even k, high half: the odd one). Padding rows/columns and the odd k are zero.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    len: usize,
+    k: usize,
+    width: usize,
+    data: Vec<u32>,
+}
+
+impl Packed {
+    /// Packs the `len` × `k` matrix whose element (i, kk) is `src[i * strides.0 + kk * strides.1]`.
+    pub fn new(
+        src: &[f32],
+        (len, k): (usize, usize),
+        strides: (usize, usize),
+        width: usize,
+    ) -> Packed {
+        let kp = k.div_ceil(2);
+        let panels = len.div_ceil(width);
+        let mut data = vec![0u32; panels * kp * width];
+        if kp > 0 {
+            data.par_chunks_mut(kp * width)
+                .enumerate()
+                .for_each(|(p, panel)| pack_panel(src, (len, k), strides, width, p, panel));
+        }
+        Packed {
+            len,
+            k,
+            width,
+            data,
+        }
+    }
+
+    fn kp(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    fn panel(&self, p: usize) -> &[u32] {
+        let size = self.kp() * self.width;
+        &self.data[p * size..(p + 1) * size]
+    }
+}
+
+fn pack_panel(
+    src: &[f32],
+    (len, k): (usize, usize),
+    (s_row, s_k): (usize, usize),
+    width: usize,
+    p: usize,
+    panel: &mut [u32],
+) {
+    let rows = (p * width)..((p + 1) * width).min(len);
+    for (w, i) in rows.enumerate() {
+        let base = i * s_row;
+        for q in 0..k.div_ceil(2) {
+            let lo = to_bf16(src[base + 2 * q * s_k]) as u32;
+            let hi = if 2 * q + 1 < k {
+                to_bf16(src[base + (2 * q + 1) * s_k]) as u32
+            } else {
+                0
+            };
+            panel[q * width + w] = lo | (hi << 16);
+        }
+    }
+}
+
+/// `c[m, n] = a · b` (row stride `ldc`; every element written, none read) for `a` packed with width
+/// [`MR`] (its `len` is m) and `b` with width [`NR`] (its `len` is n), over the same k.
+pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
+    gemm_on(has_bf16_dot(), a, b, c, ldc)
+}
+
+/// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel.
+fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
+    assert!(
+        a.width == MR && b.width == NR && a.k == b.k,
+        "gemm16: operands do not fit"
+    );
+    let (m, n) = (a.len, b.len);
+    assert!(
+        ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n,
+        "gemm16: output too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = if bf16_dot && has_bf16_dot() {
+        tile_bf16_dot
+    } else {
+        tile_portable
+    };
+    let col_panels = n.div_ceil(NR);
+    let per_block = (B_BLOCK_BYTES / (a.kp().max(1) * NR * 4)).max(1);
+    for first in (0..col_panels).step_by(per_block) {
+        let cols = first..(first + per_block).min(col_panels);
+        c.par_chunks_mut(MR * ldc)
+            .enumerate()
+            .for_each(|(rp, rows)| {
+                for cp in cols.clone() {
+                    let mut tile = [0f32; MR * NR];
+                    kernel(a.kp(), a.panel(rp), b.panel(cp), &mut tile);
+                    store(
+                        &tile,
+                        rows,
+                        ldc,
+                        (m - rp * MR).min(MR),
+                        cp * NR,
+                        (n - cp * NR).min(NR),
+                    );
+                }
+            });
+    }
+}
+
+/// Copies the valid `rows` × `cols` of a tile into the output rows at column `col`.
+fn store(tile: &[f32; MR * NR], out: &mut [f32], ldc: usize, rows: usize, col: usize, cols: usize) {
+    for r in 0..rows {
+        out[r * ldc + col..r * ldc + col + cols].copy_from_slice(&tile[r * NR..r * NR + cols]);
+    }
+}
+
+/// The tile through `vdpbf16ps`, on a CPU that has it (or the portable kernel otherwise).
+fn tile_bf16_dot(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_bf16_dot() {
+        // SAFETY: the CPU has AVX512_BF16 and AVX-512F (checked above); the panels hold kp·MR and kp·NR
+        // values (asserted by the caller's layout), which is all the kernel reads.
+        unsafe { avx512::tile(kp, a, b, tile) };
+        return;
+    }
+    tile_portable(kp, a, b, tile)
+}
+
+super::simd::multiversion! {
+    /// The tile in plain arithmetic: each pair widened to two f32 products, added in the order
+    /// `vdpbf16ps` adds them.
+    fn tile_portable(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+        let mut acc = [[0f32; NR]; MR];
+        for q in 0..kp {
+            let bq = &b[q * NR..(q + 1) * NR];
+            let mut b_lo = [0f32; NR];
+            let mut b_hi = [0f32; NR];
+            for c in 0..NR {
+                b_lo[c] = f32::from_bits(bq[c] << 16);
+                b_hi[c] = f32::from_bits(bq[c] & 0xffff_0000);
+            }
+            for r in 0..MR {
+                let x = a[q * MR + r];
+                let (x_lo, x_hi) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
+                for c in 0..NR {
+                    acc[r][c] += x_lo * b_lo[c] + x_hi * b_hi[c];
+                }
+            }
+        }
+        for r in 0..MR {
+            tile[r * NR..(r + 1) * NR].copy_from_slice(&acc[r]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// MR × NR sums in 2·MR registers; per k pair: two loads of B, MR broadcasts of A, 2·MR `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+        debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+        for _ in 0..kp {
+            // SAFETY: pa and pb stay within the panels (kp steps of MR and NR values).
+            let (b0, b1) = unsafe {
+                (
+                    as_bh(_mm512_loadu_si512(pb.cast())),
+                    as_bh(_mm512_loadu_si512(pb.add(16).cast())),
+                )
+            };
+            for r in 0..MR {
+                // SAFETY: as above.
+                let x = as_bh(_mm512_set1_epi32(unsafe { *pa.add(r) } as i32));
+                acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], x, b0);
+                acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], x, b1);
+            }
+            // SAFETY: one step further within (or just past the end of) the panels.
+            unsafe {
+                pa = pa.add(MR);
+                pb = pb.add(NR);
+            }
+        }
+        for r in 0..MR {
+            // SAFETY: the tile holds MR rows of NR floats.
+            unsafe {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), acc[2 * r]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), acc[2 * r + 1]);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn as_bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 512 bits of plain data.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SplitMix64;
+
+    fn random(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+            .collect()
+    }
+
+    /// The product of the bf16-rounded operands, summed in f64: what the kernel approximates.
+    fn reference(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|kk| r(a[i * k + kk]) * r(b[kk * n + j])).sum();
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn both_kernels_match_the_rounded_product_for_ragged_shapes_and_strides() {
+        let mut rng = SplitMix64::new(16);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 33, 7),
+            (25, 70, 64),
+            (12, 32, 129),
+            (40, 100, 300),
+        ] {
+            let a = random(&mut rng, m * k);
+            let b = random(&mut rng, k * n);
+            let want = reference(&a, &b, (m, n, k));
+            // A row-major [m, k]; B given as [k, n] row-major, so its column j has stride 1 per j, n per k.
+            let pa = Packed::new(&a, (m, k), (k, 1), MR);
+            let pb = Packed::new(&b, (n, k), (1, n), NR);
+            for portable in [false, true] {
+                let mut c = vec![f32::NAN; m * (n + 3)];
+                gemm_on(!portable, &pa, &pb, &mut c, n + 3);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (got, w) = (c[i * (n + 3) + j], want[i * n + j]);
+                        assert!(
+                            (got - w).abs() <= 1e-5 * (1.0 + w.abs()) * (k as f32).sqrt(),
+                            "{m}×{n}×{k} portable={portable} ({i},{j}): {got} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_result_does_not_depend_on_the_thread_count() {
+        let mut rng = SplitMix64::new(17);
+        let (m, n, k) = (50, 90, 80);
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, k * n);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let pa = Packed::new(&a, (m, k), (k, 1), MR);
+                let pb = Packed::new(&b, (n, k), (1, n), NR);
+                let mut c = vec![0f32; m * n];
+                gemm(&pa, &pb, &mut c, n);
+                c
+            })
+        };
+        let one = run(1);
+        assert!(one
+            .iter()
+            .zip(run(3))
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
