@@ -40,6 +40,9 @@ struct Cli {
     /// The PyTorch side.
     #[arg(long, default_value = "benches/pretrain_py.py")]
     script: PathBuf,
+    /// Precision of zerolm's matrix products: f32, or bf16 operands with f32 sums.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    precision: String,
     /// Time the matrix-product kernels alone (f32 and bf16) on the preset's linear layers and exit.
     #[arg(long)]
     kernels: bool,
@@ -51,6 +54,7 @@ struct Cli {
 /// Measures one side in this process and prints it as a JSON line.
 fn worker(cli: &Cli, what: &str) -> Result<()> {
     zerolm_cli::threads::set_threads(Some(cli.threads))?;
+    zerolm_model::fused::set_bf16_matmuls(cli.precision == "bf16");
     let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
     cfg.vocab_size = cli.vocab_size;
     let (b, t, w, s) = (cli.batch_size, cli.seq_len, cli.warmup, cli.steps);

@@ -200,9 +200,13 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 /// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in].
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, fused::Linear { transposed: false });
+        return x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            fused::Linear {
+                transposed: false,
+                bf16: fused::bf16_matmuls(),
+            },
+        );
     }
     linear_composed(x, w)
 }
@@ -210,9 +214,13 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `x @ wt` for x [.., in] and a Linear weight given transposed, wt [in, out] (see [`transposed`]).
 pub fn linear_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x
-            .contiguous()?
-            .apply_op2(&wt.contiguous()?, fused::Linear { transposed: true });
+        return x.contiguous()?.apply_op2(
+            &wt.contiguous()?,
+            fused::Linear {
+                transposed: true,
+                bf16: fused::bf16_matmuls(),
+            },
+        );
     }
     linear_composed(x, &wt.t()?)
 }

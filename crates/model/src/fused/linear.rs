@@ -1,5 +1,6 @@
 //! Linear layers: one gemm node per projection, forward and backward on all of rayon's threads.
 
+use super::gemm16::{self, Packed, MR, NR};
 use super::storage::{gemm_raw, grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 
@@ -7,9 +8,32 @@ use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 /// reshape → transpose → matmul → reshape, each of which costs a zero-filled gradient and an add in
 /// backward. The products run on rayon's threads inside the gemm kernel. With `transposed` the weight is
 /// given as wᵀ [in, out] row-major instead, the layout the kernel reads fastest (10–25% faster on these
-/// shapes): inference keeps such a copy of each weight.
+/// shapes): inference keeps such a copy of each weight. With `bf16` every product (forward and both
+/// of the backward) takes bf16-rounded operands and sums in f32 ([`gemm16`]), as under PyTorch's bf16
+/// autocast; inputs, outputs and gradients stay f32.
 pub struct Linear {
     pub transposed: bool,
+    pub bf16: bool,
+}
+
+/// `a · b` for a [m, k] and b [k, n] given by strides (as for [`par_gemm`]), in f32 or bf16.
+fn product(
+    bf16: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) -> Vec<f32> {
+    if !bf16 {
+        return par_gemm((m, n, k), a, (a_rs, a_cs), b, (b_rs, b_cs));
+    }
+    let pa = Packed::new(a, (m, k), (a_rs, a_cs), MR);
+    // Column j of b, element kk: b[kk · b_rs + j · b_cs].
+    let pb = Packed::new(b, (n, k), (b_cs, b_rs), NR);
+    let mut c = vec![0f32; m * n];
+    gemm16::gemm(&pa, &pb, &mut c, n);
+    c
 }
 
 /// A new row-major [m, n] matrix `a · b`, computed on all of rayon's threads when it is big enough.
@@ -67,10 +91,11 @@ impl Linear {
 
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        if self.transposed {
-            "zerolm-linear-t"
-        } else {
-            "zerolm-linear"
+        match (self.transposed, self.bf16) {
+            (false, false) => "zerolm-linear",
+            (true, false) => "zerolm-linear-t",
+            (false, true) => "zerolm-linear-bf16",
+            (true, true) => "zerolm-linear-t-bf16",
         }
     }
 
@@ -91,7 +116,7 @@ impl CustomOp2 for Linear {
         }
         let rows = x.len() / inp.max(1);
         // y[rows, out] = x[rows, in] · W[in, out]
-        let y = par_gemm((rows, out, inp), x, (inp, 1), w, ws);
+        let y = product(self.bf16, (rows, out, inp), x, (inp, 1), w, ws);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -108,13 +133,20 @@ impl CustomOp2 for Linear {
         let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
         let rows = xv.len() / inp.max(1);
         // dx[rows, in] = dy[rows, out] · Wᵀ[out, in]
-        let dx = par_gemm((rows, inp, out), &dy, (out, 1), &wv, (w_cs, w_rs));
+        let dx = product(
+            self.bf16,
+            (rows, inp, out),
+            &dy,
+            (out, 1),
+            &wv,
+            (w_cs, w_rs),
+        );
         let dw = if self.transposed {
             // dwt[in, out] = xᵀ[in, rows] · dy[rows, out]
-            par_gemm((inp, out, rows), &xv, (1, inp), &dy, (out, 1))
+            product(self.bf16, (inp, out, rows), &xv, (1, inp), &dy, (out, 1))
         } else {
             // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
-            par_gemm((out, inp, rows), &dy, (1, out), &xv, (inp, 1))
+            product(self.bf16, (out, inp, rows), &dy, (1, out), &xv, (inp, 1))
         };
         grads2(x, dx, w, dw)
     }
@@ -122,7 +154,7 @@ impl CustomOp2 for Linear {
 
 #[cfg(test)]
 mod tests {
-    use crate::fused::tests_support::{check, randn};
+    use crate::fused::tests_support::{check, check_within, randn};
     use crate::ops;
     use crate::SplitMix64;
 
@@ -146,5 +178,41 @@ mod tests {
             |x| ops::linear_t(&x[0], &x[1]),
             |x| ops::linear_composed(&x[0], &x[1].t()?),
         );
+    }
+
+    /// x rounded to bf16 and back, as autocast's cast of an operand.
+    fn bf16(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        x.to_dtype(candle_core::DType::BF16)?
+            .to_dtype(candle_core::DType::F32)
+    }
+
+    #[test]
+    fn bf16_linear_is_the_product_of_bf16_rounded_operands() {
+        let mut rng = SplitMix64::new(5);
+        for transposed in [false, true] {
+            let x = randn(&mut rng, &[3, 70, 40], 1.0);
+            let w = randn(
+                &mut rng,
+                if transposed { &[40, 50] } else { &[50, 40] },
+                0.3,
+            );
+            let op = super::Linear {
+                transposed,
+                bf16: true,
+            };
+            // Values: the rounded operands' product (f32 sums in another order: 1e-5). Gradients: also
+            // from rounded operands, where the composed version rounds the output gradient a little
+            // differently (bf16's 2⁻⁸ relative step bounds the difference).
+            check_within(
+                "linear bf16",
+                &[x, w],
+                |x| x[0].apply_op2(&x[1], super::Linear { ..op }),
+                |x| {
+                    let w = if transposed { x[1].t()? } else { x[1].clone() };
+                    ops::linear_composed(&bf16(&x[0])?, &bf16(&w)?)
+                },
+                (1e-5, 1e-2),
+            );
+        }
     }
 }

@@ -37,6 +37,19 @@ pub fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && !COMPOSED_ONLY.with(std::cell::Cell::get)
 }
 
+static BF16_MATMULS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the precision of the linear layers' products for this process: bf16 operands with f32 sums
+/// (`--precision bf16`) or f32.
+pub fn set_bf16_matmuls(on: bool) {
+    BF16_MATMULS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the linear layers' products take bf16 operands (see [`set_bf16_matmuls`]).
+pub fn bf16_matmuls() -> bool {
+    BF16_MATMULS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 thread_local! {
     static COMPOSED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -36,6 +36,17 @@ pub(super) fn check(
     fast: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
     slow: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 ) {
+    check_within(name, inputs, fast, slow, (1e-5, 1e-4))
+}
+
+/// [`check`] with the tolerances (relative to the largest element) of the values and the gradients.
+pub(super) fn check_within(
+    name: &str,
+    inputs: &[Tensor],
+    fast: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    slow: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    (value_tol, grad_tol): (f32, f32),
+) {
     let mut rng = SplitMix64::new(99);
     let run = |f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>| {
         let vars: Vec<Var> = inputs
@@ -48,14 +59,14 @@ pub(super) fn check(
     };
     let (fv, fo) = run(&fast);
     let (sv, so) = run(&slow);
-    close(&fo, &so, 1e-5, &format!("{name} value"));
+    close(&fo, &so, value_tol, &format!("{name} value"));
     let r = randn(&mut rng, fo.dims(), 1.0);
     let fg = (&fo * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let sg = (&so * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for (i, (a, b)) in fv.iter().zip(&sv).enumerate() {
         let ga = fg.get(a.as_tensor()).expect("fused gradient");
         let gb = sg.get(b.as_tensor()).expect("composed gradient");
-        close(ga, gb, 1e-4, &format!("{name} gradient of input {i}"));
+        close(ga, gb, grad_tol, &format!("{name} gradient of input {i}"));
     }
 }
 
