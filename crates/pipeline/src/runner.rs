@@ -12,7 +12,7 @@ use crate::judge::{locate_stage, select, status_of, Selection, Verdict};
 use crate::lockfile::PidLock;
 use crate::resources::ExecutorKind;
 use crate::schedule::{Limits, Scheduler};
-use crate::shell::{relative, shell_line, shell_quote};
+use crate::shell::{relative, shell_line};
 use crate::spec::Pipeline;
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -187,11 +187,10 @@ fn print_dry_run(
             "",
             slurm::sbatch_line(&l, &p.name, &script)
         );
-        let srun = if st.ranks > 1 { "srun " } else { "" };
         eprintln!(
-            "  {:<16}     (the job runs: {srun}{})",
+            "  {:<16}     (the job runs: {})",
             "",
-            shell_line(&shell_quote(&binary.display().to_string()), &st.argv)
+            slurm::job_command(st, &binary)
         );
     }
     Ok(())

@@ -49,8 +49,6 @@ pub struct Scheduler<'a> {
     slurm: Slurm,
     slurm_checked: bool,
     running: BTreeMap<usize, Running>,
-    /// Stages done in this run (ran or up to date).
-    done: BTreeSet<usize>,
     decided: usize,
     total: usize,
     failure: Option<PipelineError>,
@@ -78,7 +76,6 @@ impl<'a> Scheduler<'a> {
             slurm: Slurm::default(),
             slurm_checked: false,
             running: BTreeMap::new(),
-            done: BTreeSet::new(),
             decided: 0,
             total,
             failure: None,
@@ -158,7 +155,6 @@ impl<'a> Scheduler<'a> {
             Verdict::UpToDate => {
                 eprintln!("{tag}: up to date");
                 self.up_to_date.push(st.name.clone());
-                self.done.insert(i);
                 return Ok(());
             }
             Verdict::Run(why) => why,
@@ -261,9 +257,25 @@ impl<'a> Scheduler<'a> {
         let mut ended = self.local.wait(timeout);
         match self.slurm.poll() {
             Ok(mut e) => ended.append(&mut e),
-            Err(e) => self.fail(e),
+            Err(e) => self.lose_slurm(e),
         }
         ended
+    }
+
+    /// Slurm has not answered for a while: its jobs are no longer followed (they keep running, and the
+    /// run state keeps their ids, so the next run re-attaches to them).
+    fn lose_slurm(&mut self, e: PipelineError) {
+        for (i, id) in self.slurm.forget_all() {
+            let r = self
+                .running
+                .remove(&i)
+                .expect("a followed job's stage runs");
+            eprintln!(
+                "{}: left running as Slurm job {id}; the next run re-attaches to it",
+                r.tag
+            );
+        }
+        self.fail(e);
     }
 
     /// Records a stage that ended well; notes a failure otherwise.
@@ -299,7 +311,6 @@ impl<'a> Scheduler<'a> {
         let note = e.note.map(|n| format!(" ({n})")).unwrap_or_default();
         eprintln!("{}: done in {wall_s:.1}s{note}", r.tag);
         self.ran.push(st.name.clone());
-        self.done.insert(i);
     }
 
     /// Notes a failure: the first one ends the run once the running stages have finished; later ones

@@ -9,6 +9,7 @@ use super::log::{Echo, Follower};
 use super::{describe_wait_status, Ended, Launch};
 use crate::error::{PipelineError, Result};
 use crate::shell::{shell_line, shell_quote};
+use crate::spec::Stage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 /// Fastest and slowest polling of `squeue`: fast after a change, backing off while nothing changes.
 const POLL_MIN: Duration = Duration::from_millis(250);
 const POLL_MAX: Duration = Duration::from_secs(5);
+/// Polls in a row that may fail (Slurm's controller busy or restarting) before the jobs are given up.
+const POLL_FAILURES: usize = 12;
 
 /// States in which a job has ended (Slurm's `squeue`/`sacct` names).
 const ENDED: &[&str] = &[
@@ -67,6 +70,8 @@ pub struct Slurm {
     jobs: BTreeMap<usize, Job>,
     interval: Duration,
     next_poll: Instant,
+    /// Polls that failed since the last one that worked.
+    failures: usize,
 }
 
 impl Default for Slurm {
@@ -75,6 +80,7 @@ impl Default for Slurm {
             jobs: BTreeMap::new(),
             interval: POLL_MIN,
             next_poll: Instant::now(),
+            failures: 0,
         }
     }
 }
@@ -97,14 +103,21 @@ pub fn job_name(pipeline: &str, stage: &str) -> String {
     format!("zerolm.{pipeline}.{stage}")
 }
 
-/// The job script: the stage's command with absolute paths (`srun` in front for several ranks).
+/// What a stage's job runs: its binary by absolute path with its arguments, `srun` in front for
+/// several ranks.
+pub fn job_command(stage: &Stage, binary: &Path) -> String {
+    let srun = if stage.ranks > 1 { "srun " } else { "" };
+    let binary = shell_quote(&binary.display().to_string());
+    format!("{srun}{}", shell_line(&binary, &stage.argv))
+}
+
+/// The job script: [`job_command`] after a comment naming the pipeline, the stage and the log.
 pub fn script(l: &Launch, pipeline: &str) -> String {
-    let srun = if l.stage.ranks > 1 { "srun " } else { "" };
     format!(
-        "#!/bin/sh\n# zerolm pipeline `{pipeline}`, stage `{}`, written by `pipeline run`; its output goes to {}\nexec {srun}{}\n",
+        "#!/bin/sh\n# zerolm pipeline `{pipeline}`, stage `{}`, written by `pipeline run`; its output goes to {}\nexec {}\n",
         l.stage.name,
         l.log.display(),
-        shell_line(&shell_quote(&l.binary.display().to_string()), &l.stage.argv)
+        job_command(l.stage, l.binary)
     )
 }
 
@@ -206,13 +219,29 @@ impl Slurm {
         (!self.jobs.is_empty()).then(|| self.next_poll.saturating_duration_since(Instant::now()))
     }
 
-    /// When due: echoes new log lines and reports the jobs that ended.
+    /// When due: echoes new log lines and reports the jobs that ended. A failing `squeue` is retried at
+    /// the slowest pace; after [`POLL_FAILURES`] in a row its error is returned.
     pub fn poll(&mut self) -> Result<Vec<Ended>> {
         if self.due_in().is_none_or(|d| !d.is_zero()) {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = self.jobs.values().map(|j| j.id.clone()).collect();
-        let infos = query(&ids)?;
+        let infos = match query(&ids) {
+            Ok(infos) => infos,
+            Err(e) => {
+                self.failures += 1;
+                self.next_poll = Instant::now() + POLL_MAX;
+                if self.failures >= POLL_FAILURES {
+                    return Err(e);
+                }
+                eprintln!(
+                    "pipeline: {e} (try {} of {POLL_FAILURES}; trying again)",
+                    self.failures
+                );
+                return Ok(Vec::new());
+            }
+        };
+        self.failures = 0;
         let mut ended = Vec::new();
         for (&index, job) in self.jobs.iter_mut() {
             let info = infos.get(&job.id);
@@ -232,6 +261,14 @@ impl Slurm {
         };
         self.next_poll = Instant::now() + self.interval;
         Ok(ended)
+    }
+
+    /// Stops following every job (they keep running); `(stage index, job id)` of each.
+    pub fn forget_all(&mut self) -> Vec<(usize, String)> {
+        std::mem::take(&mut self.jobs)
+            .into_iter()
+            .map(|(i, j)| (i, j.id))
+            .collect()
     }
 
     /// Cancels every job followed and waits until Slurm says they ended; `(stage index, job id)` of each.
@@ -474,7 +511,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 mod tests {
     use super::*;
     use crate::resources::Resources;
-    use crate::spec::Stage;
 
     fn stage(ranks: usize) -> Stage {
         Stage {
