@@ -6,11 +6,12 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use zerolm_model::fused::gemm16::{self, Packed, MR, NR};
+use zerolm_model::fused::matmul;
 use zerolm_model::ModelConfig;
 
 /// One product `[m, k] · [k, n]`, and how fast each path computed it.
 pub struct Row {
-    pub name: &'static str,
+    pub name: String,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -22,16 +23,48 @@ pub struct Row {
     pub portable_gflops: f64,
 }
 
-/// The linear layers' products for `tokens` rows of `cfg`.
-fn shapes(cfg: &ModelConfig, tokens: usize) -> Vec<(&'static str, usize, usize, usize)> {
+/// The linear layers of `cfg` as (name, out, in).
+fn layers(cfg: &ModelConfig) -> Vec<(&'static str, usize, usize)> {
     let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let kv = cfg.num_key_value_heads * (h / cfg.num_attention_heads);
     vec![
-        ("q/o projection", tokens, h, h),
-        ("k/v projection", tokens, kv, h),
-        ("gate/up", tokens, f, h),
-        ("down", tokens, h, f),
-        ("lm head", tokens, v, h),
+        ("q/o", h, h),
+        ("k/v", kv, h),
+        ("gate/up", f, h),
+        ("down", h, f),
+        ("lm head", v, h),
+    ]
+}
+
+/// A product as a Linear layer computes it: [m, k] · [k, n] over operands read through strides.
+struct Product<'a> {
+    name: String,
+    mnk: (usize, usize, usize),
+    a: &'a [f32],
+    a_strides: (usize, usize),
+    b: &'a [f32],
+    b_strides: (usize, usize),
+}
+
+/// The three products of a Linear layer w [out, in] over `tokens` rows: the forward y = x·wᵀ and the
+/// backward dx = dy·w and dw = dyᵀ·x, over x [tokens, in], w and dy [tokens, out].
+fn products<'a>(
+    name: &str,
+    (tokens, out, inp): (usize, usize, usize),
+    (x, w, dy): (&'a [f32], &'a [f32], &'a [f32]),
+) -> [Product<'a>; 3] {
+    let p = |what: &str, mnk, a, a_strides, b, b_strides| Product {
+        name: format!("{name} {what}"),
+        mnk,
+        a,
+        a_strides,
+        b,
+        b_strides,
+    };
+    [
+        p("y = x·wᵀ", (tokens, out, inp), x, (inp, 1), w, (1, inp)),
+        p("dx = dy·w", (tokens, inp, out), dy, (out, 1), w, (inp, 1)),
+        p("dw = dyᵀ·x", (out, inp, tokens), dy, (1, out), x, (inp, 1)),
     ]
 }
 
@@ -49,46 +82,52 @@ fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Every shape of `cfg` at `tokens` rows, each path timed `reps` times.
+fn random(len: usize, std: f32) -> Result<Vec<f32>> {
+    Ok(Tensor::randn(0f32, std, len, &Device::Cpu)?.to_vec1::<f32>()?)
+}
+
+/// Every product of every linear layer of `cfg` at `tokens` rows, each path timed `reps` times.
 pub fn measure(cfg: &ModelConfig, tokens: usize, reps: usize) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (name, m, n, k) in shapes(cfg, tokens) {
-        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu)?;
-        let (xv, wv) = (
-            x.flatten_all()?.to_vec1::<f32>()?,
-            w.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let gflops = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
-        let f32_s = median_secs(reps, || {
-            let _ = zerolm_model::ops::linear(&x, &w).expect("f32 linear");
-        });
-        let mut c = vec![0f32; m * n];
-        let bf16_s = median_secs(reps, || {
-            let a = Packed::new(&xv, (m, k), (k, 1), MR);
-            let b = Packed::new(&wv, (n, k), (k, 1), NR);
-            gemm16::gemm(&a, &b, &mut c, n);
-        });
-        let (a, b) = (
-            Packed::new(&xv, (m, k), (k, 1), MR),
-            Packed::new(&wv, (n, k), (k, 1), NR),
-        );
-        let kernel_s = median_secs(reps, || gemm16::gemm(&a, &b, &mut c, n));
-        gemm16::force_portable(true);
-        let portable_s = median_secs(reps, || gemm16::gemm(&a, &b, &mut c, n));
-        gemm16::force_portable(false);
-        rows.push(Row {
-            name,
-            m,
-            n,
-            k,
-            f32_gflops: gflops(f32_s),
-            bf16_gflops: gflops(bf16_s),
-            bf16_kernel_gflops: gflops(kernel_s),
-            portable_gflops: gflops(portable_s),
-        });
+    for (name, out, inp) in layers(cfg) {
+        let x = random(tokens * inp, 1.0)?;
+        let w = random(out * inp, 0.05)?;
+        let dy = random(tokens * out, 0.01)?;
+        for p in products(name, (tokens, out, inp), (&x, &w, &dy)) {
+            rows.push(time(&p, reps));
+        }
     }
     Ok(rows)
+}
+
+/// Times one product on each path.
+fn time(p: &Product, reps: usize) -> Row {
+    let (m, n, k) = p.mnk;
+    let gflops = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
+    let run = |bf16: bool| {
+        median_secs(reps, || {
+            let c = matmul(bf16, p.mnk, p.a, p.a_strides, p.b, p.b_strides);
+            std::hint::black_box(c);
+        })
+    };
+    let (f32_s, bf16_s) = (run(false), run(true));
+    let a = Packed::new(p.a, (m, k), p.a_strides, MR);
+    let b = Packed::new(p.b, (n, k), (p.b_strides.1, p.b_strides.0), NR);
+    let mut c = vec![0f32; m * n];
+    let kernel_s = median_secs(reps, || gemm16::gemm(&a, &b, &mut c, n));
+    gemm16::force_portable(true);
+    let portable_s = median_secs(reps, || gemm16::gemm(&a, &b, &mut c, n));
+    gemm16::force_portable(false);
+    Row {
+        name: p.name.clone(),
+        m,
+        n,
+        k,
+        f32_gflops: gflops(f32_s),
+        bf16_gflops: gflops(bf16_s),
+        bf16_kernel_gflops: gflops(kernel_s),
+        portable_gflops: gflops(portable_s),
+    }
 }
 
 /// The table `bench --kernels` prints.

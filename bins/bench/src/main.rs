@@ -41,8 +41,8 @@ struct Cli {
     #[arg(long, default_value = "benches/pretrain_py.py")]
     script: PathBuf,
     /// Precision of zerolm's matrix products: f32, or bf16 operands with f32 sums.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    precision: String,
+    #[arg(long, default_value = "f32")]
+    precision: zerolm_model::Precision,
     /// Time the matrix-product kernels alone (f32 and bf16) on the preset's linear layers and exit.
     #[arg(long)]
     kernels: bool,
@@ -54,13 +54,12 @@ struct Cli {
 /// Measures one side in this process and prints it as a JSON line.
 fn worker(cli: &Cli, what: &str) -> Result<()> {
     zerolm_cli::threads::set_threads(Some(cli.threads))?;
-    zerolm_model::fused::set_bf16_matmuls(cli.precision == "bf16");
     let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
     cfg.vocab_size = cli.vocab_size;
     let (b, t, w, s) = (cli.batch_size, cli.seq_len, cli.warmup, cli.steps);
     let m = match what {
-        "train" => measure::train_steps(&cfg, b, t, w, s)?,
-        "forward" => measure::forward_steps(&cfg, b, t, w, s)?,
+        "train" => measure::train_steps(&cfg, cli.precision, b, t, w, s)?,
+        "forward" => measure::forward_steps(&cfg, cli.precision, b, t, w, s)?,
         other => return Err(UsageError(format!("unknown worker `{other}`")).into()),
     };
     println!("{}", serde_json::to_string(&m)?);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use zerolm_model::{Model, ModelConfig};
+use zerolm_model::{Model, ModelConfig, Precision};
 use zerolm_train::adamw::{AdamW, AdamWConfig};
 use zerolm_train::params::{Grads, Params};
 use zerolm_train::TrainError;
@@ -63,6 +63,7 @@ fn batch(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Result<(Tensor, Te
 /// AdamW updates in place) and times the last `steps`.
 pub fn train_steps(
     cfg: &ModelConfig,
+    precision: Precision,
     b: usize,
     t: usize,
     warmup: usize,
@@ -80,7 +81,8 @@ pub fn train_steps(
             weight_decay: 0.1,
         },
     );
-    let model = Model::new(cfg.clone(), params.tensors())?;
+    let mut model = Model::new(cfg.clone(), params.tensors())?;
+    model.set_precision(precision);
     let mut step_s = Vec::new();
     let mut phase = [0f64; 4];
     for i in 0..warmup + steps {
@@ -96,6 +98,7 @@ pub fn train_steps(
         let t3 = Instant::now();
         grads.clip(1.0);
         opt.update(&params, &grads, 1e-3)?;
+        model.weights_changed();
         let t4 = Instant::now();
         if i >= warmup {
             step_s.push((t4 - t0).as_secs_f64());
@@ -119,13 +122,16 @@ pub fn train_steps(
 /// Forward-only passes (logits over every position and the loss, no graph), timed like `train_steps`.
 pub fn forward_steps(
     cfg: &ModelConfig,
+    precision: Precision,
     b: usize,
     t: usize,
     warmup: usize,
     steps: usize,
 ) -> Result<Measured, TrainError> {
     let init = zerolm_model::params::init_parameters(cfg, 0, &Device::Cpu)?;
-    let model = Model::new(cfg.clone(), init)?.for_inference()?;
+    let mut model = Model::new(cfg.clone(), init)?;
+    model.set_precision(precision);
+    let model = model.for_inference()?;
     let mut step_s = Vec::new();
     for i in 0..warmup + steps {
         let (x, y) = batch(cfg, b, t, i as u64)?;
@@ -152,12 +158,16 @@ mod tests {
     fn a_micro_benchmark_runs_and_times_every_step() {
         let mut cfg = ModelConfig::preset("micro").unwrap();
         cfg.vocab_size = 64;
-        let m = train_steps(&cfg, 2, 8, 1, 3).unwrap();
+        for p in [Precision::F32, Precision::Bf16] {
+            let m = train_steps(&cfg, p, 2, 8, 1, 3).unwrap();
+            assert_eq!(m.step_s.len(), 3);
+        }
+        let m = train_steps(&cfg, Precision::F32, 2, 8, 1, 3).unwrap();
         assert_eq!(m.step_s.len(), 3);
         assert!(m.step_s.iter().all(|s| *s > 0.0));
         assert_eq!(m.phases.len(), 4);
         assert!(m.peak_rss_mb > 1.0);
-        let f = forward_steps(&cfg, 2, 8, 0, 2).unwrap();
+        let f = forward_steps(&cfg, Precision::Bf16, 2, 8, 0, 2).unwrap();
         assert_eq!(f.step_s.len(), 2);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);

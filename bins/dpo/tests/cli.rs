@@ -60,6 +60,7 @@ fn ref_cache(model: &Path, input: &Path, out: &Path, max_len: usize) -> ref_logp
         threads: 1,
         progress: false,
         command: "test".into(),
+        precision: zerolm_model::Precision::F32,
     })
     .unwrap()
 }

@@ -37,6 +37,9 @@ struct Cli {
     /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
     #[arg(long)]
     device: Option<String>,
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
+    #[arg(long, default_value = "f32")]
+    precision: zerolm_model::Precision,
     #[arg(long)]
     no_progress: bool,
 }
@@ -53,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
         threads,
         progress: !cli.no_progress,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        precision: cli.precision,
     })?;
     eprintln!("{}", r.summary(&cli.out));
     Ok(())

@@ -74,6 +74,10 @@ pub struct TrainArgs {
     /// the rest stay frozen. Default: all.
     #[arg(long, value_name = "REGEX")]
     pub train_only: Option<String>,
+    /// Precision of the matrix products: f32 (default), or bf16 mixed precision (bf16 operands, f32
+    /// sums; weights, gradients, optimizer state, softmax, norms and the loss stay f32).
+    #[arg(long)]
+    pub precision: Option<zerolm_model::Precision>,
     /// Ignore existing checkpoints and start over (they are deleted).
     #[arg(long)]
     pub no_resume: bool,
@@ -131,6 +135,7 @@ impl TrainArgs {
                 save_every: self.save_every,
                 eval_every: self.eval_every,
                 train_only: self.train_only.clone(),
+                precision: self.precision,
             },
             sets: self.sets.clone(),
         }

@@ -12,9 +12,11 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod precision;
 pub mod sample;
 
 pub use config::{ModelConfig, ModelType, PRESETS};
 pub use error::ModelError;
 pub use model::{KvCache, Model};
 pub use params::{init_parameters, parameter_shapes, SplitMix64};
+pub use precision::Precision;

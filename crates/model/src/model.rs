@@ -7,25 +7,40 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Tensor, D};
+
+use crate::fused::WeightPacks;
+use crate::Precision;
 
 use crate::ops::{self, linear, rms_norm};
 use crate::params::parameter_shapes;
 use crate::{ModelConfig, ModelError};
 
-/// A Linear weight w [out, in] and, once [`Model::for_inference`] has run on the CPU, a transposed
-/// copy [in, out] that the matmul reads faster. Training uses `w` itself, so autograd reaches it.
+/// A Linear weight w [out, in] and, once [`Model::for_inference`] has run on the CPU in f32, a transposed
+/// copy [in, out] that the matmul reads faster. Training uses `w` itself, so autograd reaches it. In bf16
+/// the weight's bf16 copies live in `packs`, renewed by [`Model::weights_changed`].
 struct Proj {
     w: Tensor,
     t: Option<Tensor>,
+    packs: Option<Mutex<Arc<WeightPacks>>>,
 }
 
 impl Proj {
     fn new(w: Tensor) -> Proj {
-        Proj { w, t: None }
+        Proj {
+            w,
+            t: None,
+            packs: None,
+        }
     }
 
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(packs) = &self.packs {
+            let packs = packs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            return ops::linear_in(x, &self.w, false, Some(&packs));
+        }
         match &self.t {
             Some(t) => ops::linear_t(x, t),
             None => linear(x, &self.w),
@@ -33,10 +48,23 @@ impl Proj {
     }
 
     fn prepare(&mut self) -> candle_core::Result<()> {
-        if crate::fused::cpu_f32(&self.w) {
+        if self.packs.is_none() && crate::fused::cpu_f32(&self.w) {
             self.t = Some(ops::transposed(&self.w)?);
         }
         Ok(())
+    }
+
+    fn set_precision(&mut self, p: Precision) {
+        self.packs = p.is_bf16().then(|| Mutex::new(Arc::default()));
+        if p.is_bf16() {
+            self.t = None; // the packed copies serve inference too
+        }
+    }
+
+    fn renew(&self) {
+        if let Some(packs) = &self.packs {
+            *packs.lock().unwrap_or_else(|e| e.into_inner()) = Arc::default();
+        }
     }
 }
 
@@ -91,6 +119,7 @@ pub struct Model {
     norm: Tensor,
     lm_head: Proj,
     device: Device,
+    precision: Precision,
 }
 
 impl Model {
@@ -178,6 +207,7 @@ impl Model {
             blocks,
             lm_head,
             device,
+            precision: Precision::F32,
         })
     }
 
@@ -186,21 +216,40 @@ impl Model {
     /// ≈ 1× the weights' size in extra memory. Gradients still flow, but to the copies, so a model
     /// being trained must not be built this way.
     pub fn for_inference(mut self) -> Result<Model, ModelError> {
-        for b in &mut self.blocks {
-            for p in [
-                &mut b.attn.q,
-                &mut b.attn.k,
-                &mut b.attn.v,
-                &mut b.attn.o,
-                &mut b.gate,
-                &mut b.up,
-                &mut b.down,
-            ] {
-                p.prepare()?;
+        for p in self.projs_mut() {
+            p.prepare()?;
+        }
+        Ok(self)
+    }
+
+    /// Computes in `p` from now on (see [`Precision`]).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+        for proj in self.projs_mut() {
+            proj.set_precision(p);
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Tells the model its weights were changed in place (an optimizer step): the bf16 copies made from
+    /// the old values are dropped and made again on next use. Without this call a bf16 forward refuses
+    /// to run on a changed weight.
+    pub fn weights_changed(&self) {
+        for b in &self.blocks {
+            for p in b.projs() {
+                p.renew();
             }
         }
-        self.lm_head.prepare()?;
-        Ok(self)
+        self.lm_head.renew();
+    }
+
+    fn projs_mut(&mut self) -> impl Iterator<Item = &mut Proj> {
+        (self.blocks.iter_mut())
+            .flat_map(|b| b.projs_mut())
+            .chain(std::iter::once(&mut self.lm_head))
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -246,7 +295,7 @@ impl Model {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, &self.cfg, &cos, &sin, slot)?;
+            x = block.forward(&x, &self.cfg, (&cos, &sin), self.precision, slot)?;
         }
         Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
@@ -304,16 +353,34 @@ impl Model {
 }
 
 impl Block {
+    fn projs(&self) -> [&Proj; 7] {
+        let a = &self.attn;
+        [&a.q, &a.k, &a.v, &a.o, &self.gate, &self.up, &self.down]
+    }
+
+    fn projs_mut(&mut self) -> [&mut Proj; 7] {
+        let a = &mut self.attn;
+        [
+            &mut a.q,
+            &mut a.k,
+            &mut a.v,
+            &mut a.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+
     fn forward(
         &self,
         x: &Tensor,
         cfg: &ModelConfig,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: (&Tensor, &Tensor),
+        precision: Precision,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
-        let x = (x + self.attn.forward(&h, cfg, cos, sin, cache)?)?;
+        let x = (x + self.attn.forward(&h, cfg, rope, precision, cache)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
         let act = ops::swiglu(&self.gate.apply(&h)?, &self.up.apply(&h)?)?;
         let mlp = self.down.apply(&act)?;
@@ -326,8 +393,8 @@ impl Attention {
         &self,
         x: &Tensor,
         cfg: &ModelConfig,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        precision: Precision,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -357,7 +424,8 @@ impl Attention {
                 kv
             }
         };
-        let out = ops::causal_attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?.reshape((
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = ops::causal_attention_in(&q, &k, &v, scale, precision.is_bf16())?.reshape((
             b,
             t,
             nh * hd,

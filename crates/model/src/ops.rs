@@ -8,6 +8,7 @@
 
 use crate::fused::{self, cpu_f32};
 use candle_core::{DType, Device, Result, Tensor, D};
+use std::sync::Arc;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (HF Llama/Qwen3 order).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -60,20 +61,36 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Causal attention `softmax(q kᵀ · scale + mask) v` for q [B, Tq, NH, D] and k, v [B, Tk, NKV, D]
 /// (grouped-query: query head h reads KV head h / (NH / NKV)); query i sees keys 0..=i + Tk − Tq.
-/// Returns [B, Tq, NH, D].
+/// Returns [B, Tq, NH, D]. In f32; see [`causal_attention_in`] for bf16 products.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    causal_attention_in(q, k, v, scale, false)
+}
+
+/// [`causal_attention`], with `bf16` products (bf16 operands, f32 sums; the softmax in f32).
+pub fn causal_attention_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bf16: bool,
+) -> Result<Tensor> {
     if cpu_f32(q) {
         return q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &v.contiguous()?,
-            fused::CausalAttention::new(scale as f32),
+            fused::CausalAttention::new(scale as f32, bf16),
         );
     }
-    causal_attention_composed(q, k, v, scale)
+    attention_composed(q, k, v, scale, bf16)
 }
 
-/// [`causal_attention`] from candle primitives (heads moved to axis 1 and back).
+/// [`causal_attention`] from candle primitives.
 pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_composed(q, k, v, scale, false)
+}
+
+/// The composed attention (heads moved to axis 1 and back), its two products in bf16 when asked.
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bf16: bool) -> Result<Tensor> {
     let (q, k, v) = (
         q.transpose(1, 2)?.contiguous()?,
         k.transpose(1, 2)?.contiguous()?,
@@ -83,9 +100,14 @@ pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64)
     let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
     let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
     let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&causal_mask(tq, tk, q.device())?)?;
-    softmax_last_dim(&scores)?
-        .matmul(&v)?
+    let mm = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+        if !bf16 {
+            return a.matmul(b);
+        }
+        (a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?))?.to_dtype(DType::F32)
+    };
+    let scores = (mm(&q, &k.t()?)? * scale)?.broadcast_add(&causal_mask(tq, tk, q.device())?)?;
+    mm(&softmax_last_dim(&scores)?, &v)?
         .transpose(1, 2)?
         .contiguous()
 }
@@ -197,32 +219,49 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     Tensor::cat(&vec![x; n_rep], 2)?.reshape((b, kvh * n_rep, t, d))
 }
 
-/// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in].
+/// `x @ wᵀ` for x [.., in] and a Linear weight w [out, in], in f32.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if cpu_f32(x) {
-        return x.contiguous()?.apply_op2(
-            &w.contiguous()?,
-            fused::Linear {
-                transposed: false,
-                bf16: fused::bf16_matmuls(),
-            },
-        );
-    }
-    linear_composed(x, w)
+    linear_in(x, w, false, None)
 }
 
 /// `x @ wt` for x [.., in] and a Linear weight given transposed, wt [in, out] (see [`transposed`]).
 pub fn linear_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    linear_in(x, wt, true, None)
+}
+
+/// [`linear`] (or [`linear_t`] when `transposed`), in f32, or with `bf16` in mixed precision: operands
+/// rounded to bf16, sums and result in f32, the weight's bf16 copy taken from (and kept in) the packs.
+pub fn linear_in(
+    x: &Tensor,
+    w: &Tensor,
+    transposed: bool,
+    bf16: Option<&Arc<fused::WeightPacks>>,
+) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x.contiguous()?.apply_op2(
-            &wt.contiguous()?,
-            fused::Linear {
-                transposed: true,
-                bf16: fused::bf16_matmuls(),
-            },
-        );
+        let op = fused::Linear {
+            transposed,
+            bf16: bf16.cloned(),
+        };
+        return x.contiguous()?.apply_op2(&w.contiguous()?, op);
     }
-    linear_composed(x, &wt.t()?)
+    let w = if transposed { w.t()? } else { w.clone() };
+    match bf16 {
+        None => linear_composed(x, &w),
+        Some(packs) => linear_bf16_composed(x, &w, packs),
+    }
+}
+
+/// [`linear_composed`] with bf16 operands: x and w cast to bf16 (w once, kept in `packs`), the product
+/// in bf16 on the device (which sums in f32), the result cast back to f32.
+fn linear_bf16_composed(x: &Tensor, w: &Tensor, packs: &fused::WeightPacks) -> Result<Tensor> {
+    let wb = match packs.cast.get() {
+        Some(t) => t.clone(),
+        None => {
+            let t = w.to_dtype(DType::BF16)?;
+            packs.cast.get_or_init(|| t).clone()
+        }
+    };
+    linear_composed(&x.to_dtype(DType::BF16)?, &wb)?.to_dtype(DType::F32)
 }
 
 /// A Linear weight w [out, in] stored transposed, [in, out] row-major, for [`linear_t`].

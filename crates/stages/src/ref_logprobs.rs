@@ -20,6 +20,7 @@ use zerolm_data::artifact;
 use zerolm_data::formats::Kind;
 use zerolm_model::Model;
 use zerolm_train::collective::{self, Collective};
+use zerolm_model::Precision;
 use zerolm_train::TrainError;
 
 use crate::common::setup::{check_model_completion_end, common_completion_end, open_streams};
@@ -41,6 +42,7 @@ pub struct RefArgs {
     pub threads: usize,
     pub progress: bool,
     pub command: String,
+    pub precision: Precision,
 }
 
 pub struct RefReport {
@@ -72,8 +74,10 @@ impl RefReport {
 pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     let started = std::time::Instant::now();
     let (pairs, mut meta) = read_pairs(&args)?;
-    let model = zerolm_model::io::load_model_dir(&args.model, &zerolm_model::device::current())?
-        .for_inference()?;
+    let mut model = zerolm_model::io::load_model_dir(&args.model, &zerolm_model::device::current())?;
+    model.set_precision(args.precision);
+    let model = model.for_inference()?;
+    meta.insert(keys::PRECISION.to_string(), args.precision.to_string());
     meta.insert(
         keys::REF_MODEL_FINGERPRINT.to_string(),
         cache::model_fingerprint(&args.model)?,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use zerolm_model::ModelConfig;
+use zerolm_model::{ModelConfig, Precision};
 
 use crate::TrainError;
 
@@ -54,6 +54,10 @@ pub struct TrainConfig {
     /// or `^model\.norm\.weight$`); the rest stay frozen and get no optimizer state. `null`: all.
     #[serde(default)]
     pub train_only: Option<String>,
+    /// Precision of the matrix products: `f32`, or `bf16` mixed precision (bf16 operands, f32 sums;
+    /// weights, gradients, optimizer state, softmax, norms and the loss in f32), as PyTorch's autocast.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Settings that may change between a run and its resume without changing the result.
@@ -86,6 +90,7 @@ impl TrainConfig {
             eval_batches: 0,
             log_every: 10,
             train_only: None,
+            precision: Precision::F32,
         })
     }
 
@@ -157,6 +162,7 @@ pub struct Overrides {
     pub save_every: Option<usize>,
     pub eval_every: Option<usize>,
     pub train_only: Option<String>,
+    pub precision: Option<Precision>,
 }
 
 impl Overrides {
@@ -174,6 +180,7 @@ impl Overrides {
         if let Some(p) = &self.train_only {
             cfg.train_only = Some(p.clone());
         }
+        cfg.precision = self.precision.unwrap_or(cfg.precision);
     }
 }
 

@@ -2,6 +2,7 @@
 //! matrix, in row blocks that see only the keys they may.
 
 use super::simd::{dot, exp, fold3, max_of, multiversion};
+use super::gemm16::{self, Packed, MR, NR};
 use super::storage::{gemm_raw, slice, values};
 use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -13,23 +14,30 @@ use rayon::prelude::*;
 /// Rows are processed in blocks of [`ROW_BLOCK`] queries, each against only the keys it may see, so the
 /// masked half of the score matrix is never computed. The forward keeps the probabilities (B·NH·Tq·Tk
 /// floats) for the backward.
+///
+/// With `bf16` every product (Q Kᵀ, P V and the four of the backward) takes operands rounded to bf16 and
+/// sums in f32, as under PyTorch's bf16 autocast; the softmax and its backward stay in f32.
 pub struct CausalAttention {
     pub scale: f32,
+    pub bf16: bool,
     probs: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 const ROW_BLOCK: usize = 64;
 
 impl CausalAttention {
-    pub fn new(scale: f32) -> Self {
+    pub fn new(scale: f32, bf16: bool) -> Self {
         CausalAttention {
             scale,
+            bf16,
             probs: std::sync::Mutex::new(None),
         }
     }
 }
 
 struct Dims {
+    /// Products with bf16 operands (see [`CausalAttention`]).
+    bf16: bool,
     b: usize,
     nh: usize,
     nkv: usize,
@@ -39,7 +47,7 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+    fn of(bf16: bool, q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
         let (b, tq, nh, d) = q.shape().dims4()?;
         let (b2, tk, nkv, d2) = k.shape().dims4()?;
         if b2 != b || d2 != d || v.shape() != k.shape() || nkv == 0 || nh % nkv != 0 || tk < tq {
@@ -51,6 +59,7 @@ impl Dims {
             )));
         }
         Ok(Dims {
+            bf16,
             b,
             nh,
             nkv,
@@ -129,10 +138,11 @@ impl Dims {
     }
 }
 
-/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart, single-threaded
-/// (the attention kernels parallelise over heads).
+/// `c[i·c_rs + j] (+)= scale · Σ_l a[i, l] b[l, j]` with `c` rows `c_rs` apart, in f32 on this thread
+/// (the attention kernels parallelise over heads), or with `bf16` operands ([`gemm16`]).
 #[allow(clippy::too_many_arguments)]
 fn gemm_rs(
+    bf16: bool,
     c: &mut [f32],
     c_rs: usize,
     mnk: (usize, usize, usize),
@@ -143,6 +153,9 @@ fn gemm_rs(
     accumulate: bool,
     scale: f32,
 ) {
+    if bf16 {
+        return gemm_rs16(c, c_rs, mnk, (a, a_strides), (b, b_strides), (accumulate, scale));
+    }
     // SAFETY: `c` is an initialised slice of `c.len()` floats.
     unsafe {
         gemm_raw(
@@ -158,6 +171,26 @@ fn gemm_rs(
             scale,
             gemm::Parallelism::None,
         )
+    }
+}
+
+/// [`gemm_rs`] with bf16 operands: both packed (rounded), multiplied, and the [m, n] product written or
+/// added into `c`.
+fn gemm_rs16(
+    c: &mut [f32],
+    c_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    (a, (a_rs, a_cs)): (&[f32], (usize, usize)),
+    (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
+    (accumulate, scale): (bool, f32),
+) {
+    let pa = Packed::new(a, (m, k), (a_rs, a_cs), MR);
+    let pb = Packed::new(b, (n, k), (b_cs, b_rs), NR);
+    let prod = gemm16::product(&pa, &pb);
+    for (row, p) in c.chunks_mut(c_rs).zip(prod.chunks(n.max(1))).take(m) {
+        for (x, &y) in row[..n].iter_mut().zip(p) {
+            *x = if accumulate { *x + scale * y } else { scale * y };
+        }
     }
 }
 
@@ -211,6 +244,7 @@ impl CausalAttention {
             let pb = &mut p[r0 * rep * dm.tk..][..rows * rep * dm.tk];
             // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1, column stride kv_rs.
             gemm_rs(
+                dm.bf16,
                 pb,
                 dm.tk,
                 (rows * rep, keys, dm.d),
@@ -240,7 +274,7 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dm = Dims::of(l1, l2, l3)?;
+        let dm = Dims::of(self.bf16, l1, l2, l3)?;
         let (q, k, v) = (
             slice(s1, l1, "attention q")?,
             slice(s2, l2, "attention k")?,
@@ -262,6 +296,7 @@ impl CustomOp3 for CausalAttention {
                 let mut o = vec![0f32; dm.tq * rep * dm.d];
                 for (r0, rows, keys) in dm.blocks() {
                     gemm_rs(
+                        dm.bf16,
                         &mut o[r0 * rep * dm.d..],
                         dm.d,
                         (rows * rep, dm.d, keys),
@@ -291,7 +326,7 @@ impl CustomOp3 for CausalAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dm = Dims::of(q.layout(), k.layout(), v.layout())?;
+        let dm = Dims::of(self.bf16, q.layout(), k.layout(), v.layout())?;
         let (qv, kv, vv, go) = (values(q)?, values(k)?, values(v)?, values(grad)?);
         let gn = dm.group_probs_len();
         let cached = self
@@ -408,6 +443,7 @@ impl GroupInputs<'_> {
         let dob = &self.dog[r0 * rep * dm.d..];
         // dV += Pᵀ dO
         gemm_rs(
+            dm.bf16,
             dv,
             dm.d,
             (keys, dm.d, n),
@@ -420,6 +456,7 @@ impl GroupInputs<'_> {
         );
         // dP = dO Vᵀ
         gemm_rs(
+            dm.bf16,
             dpb,
             dm.tk,
             (n, keys, dm.d),
@@ -444,6 +481,7 @@ impl GroupInputs<'_> {
         let n = rows * rep;
         // dQ = dS K, dK += dSᵀ Q
         gemm_rs(
+            dm.bf16,
             &mut dq[r0 * rep * dm.d..],
             dm.d,
             (n, dm.d, keys),
@@ -455,6 +493,7 @@ impl GroupInputs<'_> {
             1.0,
         );
         gemm_rs(
+            dm.bf16,
             dk,
             dm.d,
             (keys, dm.d, n),
@@ -470,7 +509,7 @@ impl GroupInputs<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::fused::tests_support::{check, close, grads_on_threads, randn};
+    use crate::fused::tests_support::{check, check_within, close, grads_on_threads, randn};
     use crate::ops;
     use crate::SplitMix64;
     use candle_core::Var;
@@ -515,16 +554,48 @@ mod tests {
     }
 
     #[test]
+    fn bf16_attention_matches_the_composed_product_of_bf16_operands() {
+        let mut rng = SplitMix64::new(2);
+        for (b, nh, nkv, tq, tk, d) in [(2, 4, 2, 7, 7, 8), (1, 4, 2, 130, 141, 16)] {
+            let q = randn(&mut rng, &[b, tq, nh, d], 1.0);
+            let k = randn(&mut rng, &[b, tk, nkv, d], 1.0);
+            let v = randn(&mut rng, &[b, tk, nkv, d], 1.0);
+            let scale = 1.0 / (d as f64).sqrt();
+            let bf16 = |x: &[candle_core::Tensor]| {
+                ops::causal_attention_in(&x[0], &x[1], &x[2], scale, true)
+            };
+            // The composed version rounds the same operands (and, in backward, its gradients a little
+            // differently): both within bf16's 2⁻⁸ relative step.
+            check_within(
+                "attention bf16",
+                &[q.clone(), k.clone(), v.clone()],
+                bf16,
+                |x| crate::fused::with_composed_ops(|| bf16(x)),
+                (1e-2, 3e-2),
+            );
+            // And it is not the f32 attention: the rounding shows.
+            let (f, h) = (
+                ops::causal_attention(&q, &k, &v, scale).unwrap(),
+                bf16(&[q, k, v]).unwrap(),
+            );
+            let d = (f - h).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() > 1e-4);
+        }
+    }
+
+    #[test]
     fn attention_gives_the_same_bits_for_any_thread_count() {
         let mut rng = SplitMix64::new(3);
         let q = randn(&mut rng, &[2, 100, 4, 16], 1.0);
         let k = randn(&mut rng, &[2, 100, 2, 16], 1.0);
         let v = randn(&mut rng, &[2, 100, 2, 16], 1.0);
-        let run = |threads| {
-            grads_on_threads(threads, &[q.clone(), k.clone(), v.clone()], |x| {
-                ops::causal_attention(&x[0], &x[1], &x[2], 0.25)
-            })
-        };
-        assert_eq!(run(1), run(3));
+        for bf16 in [false, true] {
+            let run = |threads| {
+                grads_on_threads(threads, &[q.clone(), k.clone(), v.clone()], |x| {
+                    ops::causal_attention_in(&x[0], &x[1], &x[2], 0.25, bf16)
+                })
+            };
+            assert_eq!(run(1), run(3), "bf16 {bf16}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! in order.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows of A per panel and per tile.
@@ -52,14 +53,19 @@ fn has_bf16_dot() -> bool {
     false
 }
 
-/// The bf16 bits nearest to `x` (ties to even); NaN stays NaN.
+/// The bf16 bits nearest to `x` (ties to even); NaN stays NaN. Branch-free, so loops of it vectorise.
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
+}
+
+/// Two values rounded to bf16 and paired in one `u32` (`lo` in the low half).
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | ((to_bf16(hi) as u32) << 16)
 }
 
 /// The f32 value of bf16 bits `h`.
@@ -113,6 +119,7 @@ impl Packed {
     }
 }
 
+/// Panel `p` of the matrix: its rows `p·width ..` (at most `width`), by the fastest loop for the layout.
 fn pack_panel(
     src: &[f32],
     (len, k): (usize, usize),
@@ -121,17 +128,81 @@ fn pack_panel(
     p: usize,
     panel: &mut [u32],
 ) {
-    let rows = (p * width)..((p + 1) * width).min(len);
-    for (w, i) in rows.enumerate() {
-        let base = i * s_row;
-        for q in 0..k.div_ceil(2) {
-            let lo = to_bf16(src[base + 2 * q * s_k]) as u32;
-            let hi = if 2 * q + 1 < k {
-                to_bf16(src[base + (2 * q + 1) * s_k]) as u32
+    let first = p * width;
+    let rows = width.min(len - first);
+    if s_row == 1 {
+        pack_k_major(&src[first..], rows, k, s_k, width, panel)
+    } else if s_k == 1 {
+        pack_row_major(&src[first * s_row..], rows, k, s_row, width, panel)
+    } else {
+        pack_strided(&src[first * s_row..], (rows, k), (s_row, s_k), width, panel)
+    }
+}
+
+super::simd::multiversion! {
+    /// A panel whose rows are adjacent in memory for each k (element (i, kk) at `src[i + kk·s_k]`): each
+    /// k pair is two contiguous runs, rounded and interleaved in one vector loop.
+    fn pack_k_major(src: &[f32], rows: usize, k: usize, s_k: usize, width: usize, panel: &mut [u32]) {
+        for (q, out) in panel.chunks_exact_mut(width).enumerate() {
+            let lo = &src[2 * q * s_k..][..rows];
+            if 2 * q + 1 < k {
+                let hi = &src[(2 * q + 1) * s_k..][..rows];
+                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = pair(l, h);
+                }
             } else {
-                0
+                for (o, &l) in out.iter_mut().zip(lo) {
+                    *o = pair(l, 0.0);
+                }
+            }
+        }
+    }
+}
+
+/// k pairs per block of [`pack_row_major`]'s rows.
+const PAIR_BLOCK: usize = 32;
+
+super::simd::multiversion! {
+    /// A panel whose rows are contiguous along k (element (i, kk) at `src[i·s_row + kk]`): each row is
+    /// rounded into pairs a block at a time in a vector loop, then the pairs are spread over the panel.
+    fn pack_row_major(src: &[f32], rows: usize, k: usize, s_row: usize, width: usize, panel: &mut [u32]) {
+        let full = k / 2;
+        let mut block = [0u32; PAIR_BLOCK];
+        for w in 0..rows {
+            let row = &src[w * s_row..][..k];
+            for q0 in (0..full).step_by(PAIR_BLOCK) {
+                let n = PAIR_BLOCK.min(full - q0);
+                for (o, two) in block[..n].iter_mut().zip(row[2 * q0..].chunks_exact(2)) {
+                    *o = pair(two[0], two[1]);
+                }
+                for (j, &v) in block[..n].iter().enumerate() {
+                    panel[(q0 + j) * width + w] = v;
+                }
+            }
+            if k % 2 == 1 {
+                panel[full * width + w] = pair(row[k - 1], 0.0);
+            }
+        }
+    }
+}
+
+/// Any other layout, element by element.
+fn pack_strided(
+    src: &[f32],
+    (rows, k): (usize, usize),
+    (s_row, s_k): (usize, usize),
+    width: usize,
+    panel: &mut [u32],
+) {
+    for w in 0..rows {
+        for q in 0..k.div_ceil(2) {
+            let lo = src[w * s_row + 2 * q * s_k];
+            let hi = if 2 * q + 1 < k {
+                src[w * s_row + (2 * q + 1) * s_k]
+            } else {
+                0.0
             };
-            panel[q * width + w] = lo | (hi << 16);
+            panel[q * width + w] = pair(lo, hi);
         }
     }
 }
@@ -139,11 +210,23 @@ fn pack_panel(
 /// `c[m, n] = a · b` (row stride `ldc`; every element written, none read) for `a` packed with width
 /// [`MR`] (its `len` is m) and `b` with width [`NR`] (its `len` is n), over the same k.
 pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the kernel only writes through it.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
     gemm_on(has_bf16_dot(), a, b, c, ldc)
 }
 
+/// A new row-major [m, n] matrix `a · b` (see [`gemm`]), never zero-filled: the kernel writes every element.
+pub fn product(a: &Packed, b: &Packed) -> Vec<f32> {
+    let (m, n) = (a.len, b.len);
+    let mut c = Vec::with_capacity(m * n);
+    gemm_on(has_bf16_dot(), a, b, &mut c.spare_capacity_mut()[..m * n], n);
+    // SAFETY: `gemm_on` wrote all m·n elements of the [m, n] output (row stride n).
+    unsafe { c.set_len(m * n) };
+    c
+}
+
 /// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel.
-fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
+fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [MaybeUninit<f32>], ldc: usize) {
     assert!(
         a.width == MR && b.width == NR && a.k == b.k,
         "gemm16: operands do not fit"
@@ -184,10 +267,20 @@ fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
     }
 }
 
-/// Copies the valid `rows` × `cols` of a tile into the output rows at column `col`.
-fn store(tile: &[f32; MR * NR], out: &mut [f32], ldc: usize, rows: usize, col: usize, cols: usize) {
+/// Writes the valid `rows` × `cols` of a tile into the output rows at column `col`.
+fn store(
+    tile: &[f32; MR * NR],
+    out: &mut [MaybeUninit<f32>],
+    ldc: usize,
+    rows: usize,
+    col: usize,
+    cols: usize,
+) {
     for r in 0..rows {
-        out[r * ldc + col..r * ldc + col + cols].copy_from_slice(&tile[r * NR..r * NR + cols]);
+        let dst = &mut out[r * ldc + col..r * ldc + col + cols];
+        for (d, &v) in dst.iter_mut().zip(&tile[r * NR..r * NR + cols]) {
+            d.write(v);
+        }
     }
 }
 
@@ -328,8 +421,10 @@ mod tests {
             let pa = Packed::new(&a, (m, k), (k, 1), MR);
             let pb = Packed::new(&b, (n, k), (1, n), NR);
             for portable in [false, true] {
-                let mut c = vec![f32::NAN; m * (n + 3)];
+                let mut c = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
                 gemm_on(!portable, &pa, &pb, &mut c, n + 3);
+                // SAFETY: initialised above.
+                let c: Vec<f32> = c.iter().map(|x| unsafe { x.assume_init() }).collect();
                 for i in 0..m {
                     for j in 0..n {
                         let (got, w) = (c[i * (n + 3) + j], want[i * n + j]);
@@ -339,6 +434,28 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_layout_packs_to_the_same_panels() {
+        let mut rng = SplitMix64::new(18);
+        for &(len, k) in &[(1, 1), (13, 7), (40, 64), (33, 129)] {
+            let m = random(&mut rng, len * k); // row-major: (i, kk) at i·k + kk
+            let t: Vec<f32> = (0..k * len).map(|j| m[(j % len) * k + j / len]).collect(); // (i, kk) at kk·len + i
+            let mut s = vec![f32::NAN; len * k * 3]; // (i, kk) at 3·(i·k + kk)
+            for (j, x) in m.iter().enumerate() {
+                s[3 * j] = *x;
+            }
+            for width in [MR, NR] {
+                let row = Packed::new(&m, (len, k), (k, 1), width);
+                let kmajor = Packed::new(&t, (len, k), (1, len), width);
+                let strided = Packed::new(&s, (len, k), (3 * k, 3), width);
+                assert_eq!(row.data, kmajor.data, "{len}×{k} width {width}");
+                assert_eq!(row.data, strided.data, "{len}×{k} width {width}");
+                let first = row.data[0];
+                assert_eq!(first & 0xffff, to_bf16(m[0]) as u32);
             }
         }
     }

@@ -1,23 +1,67 @@
-//! Linear layers: one gemm node per projection, forward and backward on all of rayon's threads.
+//! Linear layers: one gemm node per projection, forward and backward on all of rayon's threads, in f32
+//! or with bf16 operands; a weight's bf16 operands are packed once per optimizer step ([`WeightPacks`]).
 
 use super::gemm16::{self, Packed, MR, NR};
 use super::storage::{gemm_raw, grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, OnceLock};
 
 /// `x · wᵀ` for x [.., in] and a Linear weight w [out, in]: one graph node instead of candle's
 /// reshape → transpose → matmul → reshape, each of which costs a zero-filled gradient and an add in
 /// backward. The products run on rayon's threads inside the gemm kernel. With `transposed` the weight is
-/// given as wᵀ [in, out] row-major instead, the layout the kernel reads fastest (10–25% faster on these
-/// shapes): inference keeps such a copy of each weight. With `bf16` every product (forward and both
+/// given as wᵀ [in, out] row-major instead, the layout the f32 kernel reads fastest (10–25% faster on
+/// these shapes): inference keeps such a copy of each weight. With `bf16` every product (forward and both
 /// of the backward) takes bf16-rounded operands and sums in f32 ([`gemm16`]), as under PyTorch's bf16
-/// autocast; inputs, outputs and gradients stay f32.
+/// autocast; inputs, outputs and gradients stay f32. The weight's operands come from its [`WeightPacks`].
 pub struct Linear {
     pub transposed: bool,
-    pub bf16: bool,
+    pub bf16: Option<Arc<WeightPacks>>,
 }
 
-/// `a · b` for a [m, k] and b [k, n] given by strides (as for [`par_gemm`]), in f32 or bf16.
-fn product(
+/// A Linear weight rounded to bf16 and packed for the forward product and for the backward one (dx),
+/// each made on first use and then shared by every product that reads the weight (all the micro-batches
+/// of an optimizer step, every forward of an inference model), as autocast caches its weight casts. The
+/// owner replaces it when the weight changes; a few sampled values recorded at packing time catch a
+/// weight that changed under it (an internal error, never silently stale numbers).
+#[derive(Default)]
+pub struct WeightPacks {
+    fwd: OnceLock<Packed>,
+    bwd: OnceLock<Packed>,
+    stamp: OnceLock<[u32; STAMP]>,
+    /// The weight as a bf16 tensor, for devices without the packed kernel (see `ops::linear_in`).
+    pub cast: OnceLock<Tensor>,
+}
+
+const STAMP: usize = 8;
+
+impl WeightPacks {
+    /// Packing `which` (made by `pack` on first use), after checking the weight still is what was packed.
+    fn get<'a>(
+        &'a self,
+        which: &'a OnceLock<Packed>,
+        w: &[f32],
+        pack: impl FnOnce() -> Packed,
+    ) -> Result<&'a Packed> {
+        let now = stamp(w);
+        if *self.stamp.get_or_init(|| now) != now {
+            return Err(Error::Msg(
+                "internal: a weight changed after its bf16 copy was made (the model's weight packs \
+                 were not renewed after an update)"
+                    .into(),
+            ));
+        }
+        Ok(which.get_or_init(pack))
+    }
+}
+
+/// The bits of [`STAMP`] values spread over `w`.
+fn stamp(w: &[f32]) -> [u32; STAMP] {
+    std::array::from_fn(|i| w.get(i * w.len() / STAMP).map_or(0, |x| x.to_bits()))
+}
+
+/// A new row-major [m, n] matrix `a · b` for a [m, k] and b [k, n] given by (row, column) strides, on
+/// rayon's threads: in f32, or with `bf16` operands rounded to bf16 and f32 sums ([`gemm16`]).
+pub fn matmul(
     bf16: bool,
     (m, n, k): (usize, usize, usize),
     a: &[f32],
@@ -28,12 +72,14 @@ fn product(
     if !bf16 {
         return par_gemm((m, n, k), a, (a_rs, a_cs), b, (b_rs, b_cs));
     }
-    let pa = Packed::new(a, (m, k), (a_rs, a_cs), MR);
     // Column j of b, element kk: b[kk · b_rs + j · b_cs].
     let pb = Packed::new(b, (n, k), (b_cs, b_rs), NR);
-    let mut c = vec![0f32; m * n];
-    gemm16::gemm(&pa, &pb, &mut c, n);
-    c
+    matmul_packed(a, (m, k), (a_rs, a_cs), &pb)
+}
+
+/// `a · b` in bf16 for a [m, k] given by strides and b already packed.
+fn matmul_packed(a: &[f32], (m, k): (usize, usize), a_strides: (usize, usize), pb: &Packed) -> Vec<f32> {
+    gemm16::product(&Packed::new(a, (m, k), a_strides, MR), pb)
 }
 
 /// A new row-major [m, n] matrix `a · b`, computed on all of rayon's threads when it is big enough.
@@ -91,7 +137,7 @@ impl Linear {
 
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        match (self.transposed, self.bf16) {
+        match (self.transposed, self.bf16.is_some()) {
             (false, false) => "zerolm-linear",
             (true, false) => "zerolm-linear-t",
             (false, true) => "zerolm-linear-bf16",
@@ -116,7 +162,13 @@ impl CustomOp2 for Linear {
         }
         let rows = x.len() / inp.max(1);
         // y[rows, out] = x[rows, in] · W[in, out]
-        let y = product(self.bf16, (rows, out, inp), x, (inp, 1), w, ws);
+        let y = match &self.bf16 {
+            None => matmul(false, (rows, out, inp), x, (inp, 1), w, ws),
+            Some(packs) => {
+                let pw = packs.get(&packs.fwd, w, || Packed::new(w, (out, inp), (ws.1, ws.0), NR))?;
+                matmul_packed(x, (rows, inp), (inp, 1), pw)
+            }
+        };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -133,20 +185,22 @@ impl CustomOp2 for Linear {
         let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
         let rows = xv.len() / inp.max(1);
         // dx[rows, in] = dy[rows, out] · Wᵀ[out, in]
-        let dx = product(
-            self.bf16,
-            (rows, inp, out),
-            &dy,
-            (out, 1),
-            &wv,
-            (w_cs, w_rs),
-        );
+        let dx = match &self.bf16 {
+            None => matmul(false, (rows, inp, out), &dy, (out, 1), &wv, (w_cs, w_rs)),
+            Some(packs) => {
+                let pw = packs.get(&packs.bwd, &wv, || {
+                    Packed::new(&wv, (inp, out), (w_rs, w_cs), NR)
+                })?;
+                matmul_packed(&dy, (rows, out), (out, 1), pw)
+            }
+        };
+        let bf16 = self.bf16.is_some();
         let dw = if self.transposed {
             // dwt[in, out] = xᵀ[in, rows] · dy[rows, out]
-            product(self.bf16, (inp, out, rows), &xv, (1, inp), &dy, (out, 1))
+            matmul(bf16, (inp, out, rows), &xv, (1, inp), &dy, (out, 1))
         } else {
             // dw[out, in] = dyᵀ[out, rows] · x[rows, in]
-            product(self.bf16, (out, inp, rows), &dy, (1, out), &xv, (inp, 1))
+            matmul(bf16, (out, inp, rows), &dy, (1, out), &xv, (inp, 1))
         };
         grads2(x, dx, w, dw)
     }
@@ -196,17 +250,19 @@ mod tests {
                 if transposed { &[40, 50] } else { &[50, 40] },
                 0.3,
             );
-            let op = super::Linear {
-                transposed,
-                bf16: true,
-            };
             // Values: the rounded operands' product (f32 sums in another order: 1e-5). Gradients: also
             // from rounded operands, where the composed version rounds the output gradient a little
             // differently (bf16's 2⁻⁸ relative step bounds the difference).
             check_within(
                 "linear bf16",
                 &[x, w],
-                |x| x[0].apply_op2(&x[1], super::Linear { ..op }),
+                |x| {
+                    let op = super::Linear {
+                        transposed,
+                        bf16: Some(Default::default()),
+                    };
+                    x[0].apply_op2(&x[1], op)
+                },
                 |x| {
                     let w = if transposed { x[1].t()? } else { x[1].clone() };
                     ops::linear_composed(&bf16(&x[0])?, &bf16(&w)?)
@@ -214,5 +270,28 @@ mod tests {
                 (1e-5, 1e-2),
             );
         }
+    }
+
+    #[test]
+    fn weight_packs_are_reused_and_a_changed_weight_is_refused() {
+        let mut rng = SplitMix64::new(6);
+        let x = randn(&mut rng, &[4, 30, 40], 1.0);
+        let w = randn(&mut rng, &[50, 40], 0.3);
+        let packs = std::sync::Arc::new(super::WeightPacks::default());
+        let op = || super::Linear {
+            transposed: false,
+            bf16: Some(packs.clone()),
+        };
+        let fresh = x
+            .apply_op2(&w, super::Linear { transposed: false, bf16: Some(Default::default()) })
+            .unwrap();
+        for _ in 0..2 {
+            let y = x.apply_op2(&w, op()).unwrap();
+            let d = (y - &fresh).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        let changed = (w + 0.5).unwrap();
+        let e = x.apply_op2(&changed, op()).unwrap_err().to_string();
+        assert!(e.contains("weight changed after its bf16 copy"), "{e}");
     }
 }

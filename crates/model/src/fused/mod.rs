@@ -26,7 +26,7 @@ mod storage;
 mod tests_support;
 
 pub use attention::CausalAttention;
-pub use linear::Linear;
+pub use linear::{matmul, Linear, WeightPacks};
 pub use logprobs::TokenLogprobs;
 pub use rowwise::{RmsNorm, Rope, SwiGlu};
 
@@ -35,19 +35,6 @@ use candle_core::{DType, Tensor};
 /// Whether the fused kernels run for `t`: on the CPU, in f32, unless [`with_composed_ops`] is active.
 pub fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && !COMPOSED_ONLY.with(std::cell::Cell::get)
-}
-
-static BF16_MATMULS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Sets the precision of the linear layers' products for this process: bf16 operands with f32 sums
-/// (`--precision bf16`) or f32.
-pub fn set_bf16_matmuls(on: bool) {
-    BF16_MATMULS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the linear layers' products take bf16 operands (see [`set_bf16_matmuls`]).
-pub fn bf16_matmuls() -> bool {
-    BF16_MATMULS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 thread_local! {

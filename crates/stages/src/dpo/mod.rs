@@ -87,7 +87,13 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     };
     let train_pairs = pair_set(files.train)?;
     let policy = start.weights.blake3.clone();
-    let refs = References::new(&args.reference, tokenizer, policy, cfg.batch_size);
+    let refs = References::new(
+        &args.reference,
+        tokenizer,
+        policy,
+        cfg.batch_size,
+        cfg.precision,
+    );
     let resolved_refs = refs.resolve(args.loss.needs_reference(), train_pairs, eval_pairs)?;
     let (train, eval, reference) = (
         resolved_refs.train,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use zerolm_data::tokenizer::TokenizerDir;
-use zerolm_model::Model;
+use zerolm_model::{Model, Precision};
 use zerolm_train::checkpoint::InputFingerprint;
 use zerolm_train::TrainError;
 
@@ -30,6 +30,8 @@ pub struct References<'a> {
     /// blake3 of the policy's starting weights (a cache made by another model is noted).
     policy: String,
     batch_size: usize,
+    /// The precision the reference model runs in, when it is run here.
+    precision: Precision,
     /// The reference model, loaded on first use.
     model: Option<Model>,
     /// One line per split, for the log and resolved_config.json.
@@ -54,12 +56,14 @@ impl<'a> References<'a> {
         tokenizer: &'a TokenizerDir,
         policy: String,
         batch_size: usize,
+        precision: Precision,
     ) -> References<'a> {
         References {
             sources,
             tokenizer,
             policy,
             batch_size,
+            precision,
             model: None,
             lines: Vec::new(),
             inputs: Vec::new(),
@@ -149,7 +153,9 @@ impl<'a> References<'a> {
     ) -> Result<RefLogps, TrainError> {
         start_tokenizer(dir, Some(&self.tokenizer.dir))?;
         if self.model.is_none() {
-            let model = zerolm_model::io::load_model_dir(dir, &zerolm_model::device::current())?;
+            let mut model =
+                zerolm_model::io::load_model_dir(dir, &zerolm_model::device::current())?;
+            model.set_precision(self.precision);
             self.model = Some(model.for_inference()?);
             self.inputs.push(InputFingerprint {
                 role: "ref_model".into(),

@@ -21,6 +21,8 @@ use super::pairs::{sequence_logps, PairSet, Stats};
 pub mod keys {
     pub const REF_MODEL_FINGERPRINT: &str = "zerolm.ref_model_fingerprint";
     pub const REF_MODEL: &str = "zerolm.ref_model";
+    /// `f32` or `bf16`: the precision of the reference model's matrix products (absent: f32).
+    pub const PRECISION: &str = "zerolm.ref_precision";
     pub const ROWS_FINGERPRINT: &str = "zerolm.dpo_rows_fingerprint";
     pub const MAX_LEN: &str = "zerolm.max_len";
     pub const PART: &str = "zerolm.part";

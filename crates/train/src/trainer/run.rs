@@ -94,7 +94,8 @@ impl<'a> Run<'a> {
             false => MetricsLog::disabled(&metrics_path),
         };
         let display = Display::new(spec.stage, total, state.step, spec.progress && writer);
-        let model = Model::new(cfg.model.clone(), params.tensors())?;
+        let mut model = Model::new(cfg.model.clone(), params.tensors())?;
+        model.set_precision(cfg.precision);
         let order = epoch_order(samples, cfg.seed, state.cursor.epoch);
         Ok(Run {
             spec,
@@ -134,7 +135,9 @@ impl<'a> Run<'a> {
 
     /// The current weights as an inference model, for the eval and probe passes.
     pub fn snapshot(&self) -> Result<Model, TrainError> {
-        Ok(Model::new(self.spec.cfg.model.clone(), self.params.detached())?.for_inference()?)
+        let mut model = Model::new(self.spec.cfg.model.clone(), self.params.detached())?;
+        model.set_precision(self.spec.cfg.precision);
+        Ok(model.for_inference()?)
     }
 }
 

@@ -85,6 +85,7 @@ impl Run<'_> {
         }
         let grad_norm = grads.clip(cfg.grad_clip);
         self.opt.update(&self.params, &grads, lr)?;
+        self.model.weights_changed();
         self.state.step += 1;
         self.state.tokens_seen += step.tokens as u64;
         self.last_loss = Some(loss);
