@@ -6,6 +6,7 @@ matrices only), timed the same way: tokens per second over the measured steps af
     python benches/pretrain_py.py --preset minimind2 --batch-size 4 --seq-len 256 --threads 2
 """
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -32,6 +33,9 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--forward-only", action="store_true", help="time logits + loss under no_grad")
+    ap.add_argument("--autocast", action="store_true",
+                    help='run forward (and backward) under torch.autocast("cpu", dtype=torch.bfloat16)')
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
     ap.add_argument("--json", action="store_true", help="print one JSON line (for the `bench` binary)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -48,11 +52,14 @@ def main():
                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
     n_params = sum(p.numel() for p in params)
     g = torch.Generator().manual_seed(1)
+    net = torch.compile(model) if a.compile else model
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.autocast else contextlib.nullcontext
 
     def step():
         ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g)
-        out = model(input_ids=ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
+        with amp():
+            out = net(input_ids=ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -61,8 +68,8 @@ def main():
 
     def forward():
         ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g)
-        with torch.no_grad():
-            out = model(input_ids=ids[:, :-1])
+        with torch.no_grad(), amp():
+            out = net(input_ids=ids[:, :-1])
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
         return loss.item()
 
@@ -81,7 +88,8 @@ def main():
         print(json.dumps({"step_s": times, "phases": [], "peak_rss_mb": rss,
                           "tokens_per_step": a.batch_size * a.seq_len}))
         return
-    print(f"pytorch {torch.__version__} ({a.attn} attention): {a.preset} {n_params / 1e6:.2f}M params, "
+    mode = ("compiled " if a.compile else "eager ") + ("bf16 autocast" if a.autocast else "f32")
+    print(f"pytorch {torch.__version__} {mode} ({a.attn} attention): {a.preset} {n_params / 1e6:.2f}M params, "
           f"batch {a.batch_size}x{a.seq_len}, {a.threads} threads: {tokens / dt:.0f} tokens/s "
           f"({dt / a.steps:.2f} s/step over {a.steps} steps), peak RSS {rss:.0f} MB")
 

@@ -6,6 +6,9 @@
     # regenerate the committed fixtures the Rust tests compare against
     python tests/reference/torch_reference.py fixtures --out tests/fixtures/model
 
+    # the same model under torch.autocast("cpu", dtype=torch.bfloat16), for zerolm's --precision bf16
+    python tests/reference/torch_reference.py autocast-fixtures --out tests/fixtures/model
+
     # check an exported model directory loads in transformers and gives zerolm's logits
     cargo build --release -p zerolm-generate
     python tests/reference/torch_reference.py check-export --model runs/pretrain/model \
@@ -125,6 +128,70 @@ def fixtures(out_dir):
               f"loss after 10 steps {curve[-1]:.6f} -> {d}")
 
 
+def measure(model, params, batches, autocast):
+    """Logits and loss of batch 0, gradient norms, then the 10-step AdamW curve, optionally under bf16 autocast."""
+    def fwd(ids, **kw):
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(input_ids=ids, **kw)
+        return model(input_ids=ids, **kw)
+    logits = fwd(batches[0]).logits.detach().float()
+    loss = fwd(batches[0], labels=batches[0]).loss
+    loss.backward()
+    grad_norms = {k: p.grad.norm().item() for k, p in params.items()}
+    total = torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values())).item()
+    model.zero_grad(set_to_none=True)
+    decay = [p for k, p in params.items() if p.dim() >= 2]
+    no_decay = [p for k, p in params.items() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPT["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=OPT["lr"], betas=OPT["betas"], eps=OPT["eps"])
+    curve, norms = [], []
+    for step in range(STEPS):
+        l = fwd(batches[step % 2], labels=batches[step % 2]).loss
+        l.backward()
+        n = torch.nn.utils.clip_grad_norm_(list(params.values()), OPT["clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        curve.append(l.item())
+        norms.append(n.item())
+    return logits, dict(loss0=loss.item(), grad_norms=grad_norms, total_grad_norm=total, loss_curve=curve,
+                        grad_norm_curve=norms)
+
+
+def autocast_fixtures(out_dir):
+    """bf16 autocast runs of each architecture from the committed init, with the f32 run's distance to them."""
+    torch.set_num_threads(1)
+    for arch, cfg in SHAPES.items():
+        d = os.path.join(out_dir, arch)
+        init = load_file(os.path.join(d, "init.safetensors"))
+        ids = load_file(os.path.join(d, "expected.safetensors"))
+        batches = [ids["ids0"], ids["ids1"]]
+        runs = {}
+        for mode in ("f32", "autocast"):
+            model = build(arch, cfg)
+            params = named_params(model, cfg)
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(init[k])
+            runs[mode] = measure(model, params, batches, mode == "autocast")
+        (l32, f32), (l16, bf) = runs["f32"], runs["autocast"]
+        save_file({"logits0": l16.contiguous()}, os.path.join(d, "autocast.safetensors"), metadata={"format": "pt"})
+        bf["torch"] = torch.__version__
+        bf["optimizer"] = OPT
+        # How far autocast itself is from f32: the scale the Rust test measures zerolm's bf16 against.
+        bf["f32_distance"] = dict(
+            logits=(l16 - l32).abs().max().item(),
+            loss0=abs(bf["loss0"] - f32["loss0"]),
+            grad_norms_rel=max(abs(bf["grad_norms"][k] - f32["grad_norms"][k]) / f32["grad_norms"][k]
+                               for k in f32["grad_norms"]),
+            loss_curve=max(abs(a - b) for a, b in zip(bf["loss_curve"], f32["loss_curve"])),
+        )
+        with open(os.path.join(d, "autocast.json"), "w") as f:
+            json.dump(bf, f, indent=1)
+        print(f"{arch}: autocast loss {bf['loss0']:.6f} (f32 {f32['loss0']:.6f}); distance to f32 {bf['f32_distance']}")
+
+
 def check_export(model_dir, generate, prompt):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -153,6 +220,8 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fixtures")
     f.add_argument("--out", default="tests/fixtures/model")
+    a = sub.add_parser("autocast-fixtures")
+    a.add_argument("--out", default="tests/fixtures/model")
     c = sub.add_parser("check-export")
     c.add_argument("--model", required=True)
     c.add_argument("--generate", default="target/release/generate")
@@ -160,6 +229,8 @@ def main():
     a = ap.parse_args()
     if a.cmd == "fixtures":
         fixtures(a.out)
+    elif a.cmd == "autocast-fixtures":
+        autocast_fixtures(a.out)
     else:
         check_export(a.model, a.generate, a.prompt)
 

@@ -54,6 +54,7 @@ struct Cli {
 /// Measures one side in this process and prints it as a JSON line.
 fn worker(cli: &Cli, what: &str) -> Result<()> {
     zerolm_cli::threads::set_threads(Some(cli.threads))?;
+    zerolm_model::fused::gemm16::kernel_from_env().map_err(UsageError)?;
     let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
     cfg.vocab_size = cli.vocab_size;
     let (b, t, w, s) = (cli.batch_size, cli.seq_len, cli.warmup, cli.steps);

@@ -1,13 +1,57 @@
-//! The comparison: interleaved rounds of zerolm train, PyTorch train, zerolm forward, PyTorch forward,
-//! each measured in a process of its own (this binary in worker mode, or `benches/pretrain_py.py`), then
-//! the median over rounds as a Markdown table.
+//! The comparison: interleaved rounds in which every configuration — zerolm in f32 and in bf16, PyTorch
+//! eager f32, eager under bf16 autocast, and `torch.compile` under bf16 autocast — is measured on the
+//! training step and on the forward pass, each in a process of its own (this binary in worker mode, or
+//! `benches/pretrain_py.py`); then the medians over rounds and every zerolm/PyTorch ratio.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use zerolm_model::Precision;
 
 use crate::measure::{median, Measured};
+
+/// One configuration measured in every round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Side {
+    Zerolm(Precision),
+    Torch { autocast: bool, compile: bool },
+}
+
+/// Everything a round measures, zerolm first.
+pub const SIDES: [Side; 5] = [
+    Side::Zerolm(Precision::F32),
+    Side::Zerolm(Precision::Bf16),
+    Side::Torch {
+        autocast: false,
+        compile: false,
+    },
+    Side::Torch {
+        autocast: true,
+        compile: false,
+    },
+    Side::Torch {
+        autocast: true,
+        compile: true,
+    },
+];
+
+impl Side {
+    pub fn name(self) -> String {
+        match self {
+            Side::Zerolm(p) => format!("zerolm {p}"),
+            Side::Torch { autocast, compile } => format!(
+                "PyTorch {} {}",
+                if compile { "compile" } else { "eager" },
+                if autocast { "bf16 autocast" } else { "f32" }
+            ),
+        }
+    }
+
+    fn is_torch(self) -> bool {
+        matches!(self, Side::Torch { .. })
+    }
+}
 
 /// What to measure, and with what.
 #[derive(Clone, Debug)]
@@ -26,8 +70,11 @@ pub struct Bench {
     pub script: PathBuf,
 }
 
-/// One round: zerolm train, zerolm forward, PyTorch train, PyTorch forward.
-type Round = [Option<Measured>; 4];
+/// One round: per side (in [`SIDES`] order), the training step and the forward pass; `None` where that
+/// side did not run (no PyTorch, or a configuration that fails on this machine).
+type Round = Vec<[Option<Measured>; 2]>;
+
+const WHAT: [&str; 2] = ["train", "forward"];
 
 impl Bench {
     /// `python` if it can run the PyTorch side (torch and transformers import, the script exists).
@@ -41,10 +88,10 @@ impl Bench {
                 .is_ok_and(|s| s.success())
     }
 
-    /// Runs every round, printing each, then the summary table.
+    /// Runs every round, printing each, then the summary tables.
     pub fn run(&self) -> Result<()> {
         println!(
-            "{} (vocab {}), batch {}×{}, f32, {} threads; median of {} steps after {} warm-up, {} rounds",
+            "{} (vocab {}), batch {}×{}, {} threads; median of {} steps after {} warm-up, {} rounds",
             self.preset, self.vocab_size, self.batch_size, self.seq_len, self.threads, self.steps,
             self.warmup, self.rounds
         );
@@ -54,30 +101,53 @@ impl Bench {
             print_round(round, &row);
             rows.push(row);
         }
-        print_table(&rows);
+        print_tables(&rows);
         Ok(())
     }
 
+    /// Train then forward, each side in turn.
     fn round(&self) -> Result<Round> {
-        let me = std::env::current_exe()?;
-        let mut row: Round = Default::default();
-        for (k, what) in ["train", "forward"].iter().enumerate() {
-            let mut c = Command::new(&me);
-            self.common_args(&mut c);
-            c.args(["--worker", what]);
-            row[k] = Some(measure(c, &format!("zerolm {what}"))?);
-            if let Some(python) = &self.python {
+        let mut row: Round = vec![Default::default(); SIDES.len()];
+        for (k, what) in WHAT.iter().enumerate() {
+            for (i, side) in SIDES.iter().enumerate() {
+                row[i][k] = self.measure_side(*side, what)?;
+            }
+        }
+        Ok(row)
+    }
+
+    /// One measurement of `side`; a PyTorch configuration that fails is reported and skipped.
+    fn measure_side(&self, side: Side, what: &str) -> Result<Option<Measured>> {
+        let label = format!("{} {what}", side.name());
+        match side {
+            Side::Zerolm(p) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                self.common_args(&mut c);
+                c.args(["--worker", what, "--precision", p.name()]);
+                measure(c, &label).map(Some)
+            }
+            Side::Torch { autocast, compile } => {
+                let Some(python) = &self.python else {
+                    return Ok(None);
+                };
                 let mut c = Command::new(python);
                 c.arg(&self.script);
                 self.common_args(&mut c);
                 c.arg("--json");
-                if *what == "forward" {
-                    c.arg("--forward-only");
+                for (on, flag) in [
+                    (what == "forward", "--forward-only"),
+                    (autocast, "--autocast"),
+                    (compile, "--compile"),
+                ] {
+                    if on {
+                        c.arg(flag);
+                    }
                 }
-                row[k + 2] = Some(measure(c, &format!("PyTorch {what}"))?);
+                Ok(measure(c, &label)
+                    .map_err(|e| eprintln!("({label} skipped: {e:#})"))
+                    .ok())
             }
         }
-        Ok(row)
     }
 
     /// The flags both sides take.
@@ -120,39 +190,48 @@ fn measure(mut cmd: Command, what: &str) -> Result<Measured> {
 }
 
 fn print_round(round: usize, row: &Round) {
-    let show = |m: &Option<Measured>| {
-        m.as_ref().map_or("-".to_string(), |m| {
-            format!(
-                "{:>6.0} tok/s ({:.3} s, {:.0} MB)",
-                m.tokens_per_s(),
-                m.median_s(),
-                m.peak_rss_mb
-            )
-        })
+    println!("round {round}:");
+    for (side, m) in SIDES.iter().zip(row) {
+        let show = |m: &Option<Measured>| {
+            m.as_ref().map_or("-".to_string(), |m| {
+                format!("{:>6.0} tok/s ({:.3} s)", m.tokens_per_s(), m.median_s())
+            })
+        };
+        println!(
+            "  {:<28} train {}   forward {}",
+            side.name(),
+            show(&m[0]),
+            show(&m[1])
+        );
+    }
+    let ratios = |k: usize| {
+        let best = best_torch(row, k);
+        row.iter()
+            .zip(SIDES)
+            .filter(|(_, s)| !s.is_torch())
+            .filter_map(|(m, s)| {
+                let (z, (name, t)) = (m[k].as_ref()?.tokens_per_s(), best.as_ref()?);
+                Some(format!("{} {:.2}× {name}", s.name(), z / t))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    println!(
-        "round {round}: train   zerolm {}   PyTorch {}",
-        show(&row[0]),
-        show(&row[2])
-    );
-    println!(
-        "         forward zerolm {}   PyTorch {}",
-        show(&row[1]),
-        show(&row[3])
-    );
-    if let Some(m) = &row[0] {
-        let phases: Vec<String> = m
-            .phases
-            .iter()
-            .map(|(n, s)| format!("{n} {s:.3}s"))
-            .collect();
-        println!("         zerolm train step: {}", phases.join(", "));
+    for (k, what) in WHAT.iter().enumerate() {
+        println!("  {what} against PyTorch's fastest: {}", ratios(k));
     }
 }
 
-/// Median tokens/s over the rounds and the largest peak RSS of measurement `k`, if it ran.
-fn summary(rows: &[Round], k: usize) -> Option<(f64, f64)> {
-    let v: Vec<&Measured> = rows.iter().filter_map(|r| r[k].as_ref()).collect();
+/// The fastest PyTorch configuration of a round for measurement `k`: its name and tokens/s.
+fn best_torch(row: &Round, k: usize) -> Option<(String, f64)> {
+    (SIDES.iter().zip(row))
+        .filter(|(s, _)| s.is_torch())
+        .filter_map(|(s, m)| Some((s.name(), m[k].as_ref()?.tokens_per_s())))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Median tokens/s over the rounds and the largest peak RSS of side `i`, measurement `k`, if it ran.
+fn summary(rows: &[Round], i: usize, k: usize) -> Option<(f64, f64)> {
+    let v: Vec<&Measured> = rows.iter().filter_map(|r| r[i][k].as_ref()).collect();
     (!v.is_empty()).then(|| {
         (
             median(&v.iter().map(|m| m.tokens_per_s()).collect::<Vec<_>>()),
@@ -161,18 +240,31 @@ fn summary(rows: &[Round], k: usize) -> Option<(f64, f64)> {
     })
 }
 
-fn print_table(rows: &[Round]) {
-    println!("\n| | zerolm tokens/s | PyTorch tokens/s | ratio | zerolm peak RSS | PyTorch peak RSS |\n|---|---:|---:|---:|---:|---:|");
-    for (name, z, p) in [("train step", 0, 2), ("forward only", 1, 3)] {
-        let Some((zt, zr)) = summary(rows, z) else {
-            continue;
-        };
-        match summary(rows, p) {
-            Some((pt, pr)) => println!(
-                "| {name} | {zt:.0} | {pt:.0} | {:.2}× | {zr:.0} MB | {pr:.0} MB |",
-                zt / pt
-            ),
-            None => println!("| {name} | {zt:.0} | - | - | {zr:.0} MB | - |"),
+fn print_tables(rows: &[Round]) {
+    let cell = |s: Option<(f64, f64)>| {
+        s.map_or(("-".into(), "-".into()), |(t, r)| {
+            (format!("{t:.0}"), format!("{r:.0} MB"))
+        })
+    };
+    println!("\n| configuration | train tokens/s | forward tokens/s | train peak RSS | forward peak RSS |\n|---|---:|---:|---:|---:|");
+    for (i, side) in SIDES.iter().enumerate() {
+        let ((tt, tr), (ft, fr)) = (cell(summary(rows, i, 0)), cell(summary(rows, i, 1)));
+        println!("| {} | {tt} | {ft} | {tr} | {fr} |", side.name());
+    }
+    println!("\n| ratio (median tokens/s) | train | forward |\n|---|---:|---:|");
+    for (i, z) in SIDES.iter().enumerate().filter(|(_, s)| !s.is_torch()) {
+        for (j, t) in SIDES.iter().enumerate().filter(|(_, s)| s.is_torch()) {
+            let ratio = |k| match (summary(rows, i, k), summary(rows, j, k)) {
+                (Some((a, _)), Some((b, _))) => format!("{:.2}×", a / b),
+                _ => "-".into(),
+            };
+            println!(
+                "| {} / {} | {} | {} |",
+                z.name(),
+                t.name(),
+                ratio(0),
+                ratio(1)
+            );
         }
     }
 }

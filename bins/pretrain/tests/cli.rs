@@ -125,6 +125,51 @@ fn kill_and_rerun_gives_bit_identical_weights() {
 }
 
 #[test]
+fn bf16_runs_are_deterministic_resume_bit_identically_and_refuse_another_precision() {
+    let dir = workdir("pretrain", "bf16");
+    let (train, eval, tok) = token_files(&dir);
+    // grad-accum 2: each weight's bf16 copy serves both micro-batches of a step.
+    let args = |out: &Path, precision: &str| {
+        let mut a = micro(&train, &eval, &tok, out, 200);
+        a.extend(strings(&["--precision", precision, "--grad-accum", "2"]));
+        a
+    };
+    let weights = |out: &Path| std::fs::read(out.join("model/model.safetensors")).unwrap();
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    for out in [&one, &two] {
+        let r = pretrain(&args(out, "bf16"));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert!(weights(&one) == weights(&two), "two bf16 runs differ");
+    let resolved = std::fs::read_to_string(one.join("resolved_config.json")).unwrap();
+    assert!(resolved.contains(r#""precision": "bf16""#), "{resolved}");
+
+    let f32_run = dir.join("f32");
+    let r = pretrain(&args(&f32_run, "f32"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        weights(&one) != weights(&f32_run),
+        "bf16 trained the f32 weights"
+    );
+
+    let killed = dir.join("killed");
+    kill_when(
+        Command::new(env!("CARGO_BIN_EXE_pretrain")).args(args(&killed, "bf16")),
+        || has_checkpoint(&killed.join("checkpoints")),
+    );
+    assert!(!killed.join("model").exists(), "finished before the kill");
+    pretrain(&args(&killed, "f32")).assert_user_error("precision");
+    let r = pretrain(&args(&killed, "bf16"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
+    assert!(
+        weights(&one) == weights(&killed),
+        "resumed bf16 weights differ"
+    );
+    pretrain(&args(&dir.join("bad"), "fp16")).assert_user_error("fp16");
+}
+
+#[test]
 fn bad_inputs_are_refused_clearly() {
     let dir = workdir("pretrain", "bad");
     let (train, eval, tok) = token_files(&dir);

@@ -9,6 +9,7 @@ pub fn set_device_and_threads(
     threads: Option<usize>,
 ) -> Result<usize, TrainError> {
     zerolm_model::device::select(device)?;
+    zerolm_model::fused::gemm16::kernel_from_env().map_err(TrainError::Config)?;
     set_threads(threads)
 }
 

@@ -90,7 +90,13 @@ pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64)
 }
 
 /// The composed attention (heads moved to axis 1 and back), its two products in bf16 when asked.
-fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bf16: bool) -> Result<Tensor> {
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bf16: bool,
+) -> Result<Tensor> {
     let (q, k, v) = (
         q.transpose(1, 2)?.contiguous()?,
         k.transpose(1, 2)?.contiguous()?,

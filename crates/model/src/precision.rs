@@ -56,6 +56,9 @@ mod tests {
             assert_eq!(json, format!("\"{p}\""));
             assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
         }
-        assert!("fp16".parse::<Precision>().unwrap_err().contains("f32 or bf16"));
+        assert!("fp16"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("f32 or bf16"));
     }
 }

@@ -19,8 +19,8 @@ use serde_json::json;
 use zerolm_data::artifact;
 use zerolm_data::formats::Kind;
 use zerolm_model::Model;
-use zerolm_train::collective::{self, Collective};
 use zerolm_model::Precision;
+use zerolm_train::collective::{self, Collective};
 use zerolm_train::TrainError;
 
 use crate::common::setup::{check_model_completion_end, common_completion_end, open_streams};
@@ -74,7 +74,8 @@ impl RefReport {
 pub fn run(args: RefArgs) -> Result<RefReport, TrainError> {
     let started = std::time::Instant::now();
     let (pairs, mut meta) = read_pairs(&args)?;
-    let mut model = zerolm_model::io::load_model_dir(&args.model, &zerolm_model::device::current())?;
+    let mut model =
+        zerolm_model::io::load_model_dir(&args.model, &zerolm_model::device::current())?;
     model.set_precision(args.precision);
     let model = model.for_inference()?;
     meta.insert(keys::PRECISION.to_string(), args.precision.to_string());

@@ -458,6 +458,7 @@ mod tests {
             save_every: Some(5),
             eval_every: Some(6),
             train_only: Some("norm".into()),
+            precision: Some(Precision::Bf16),
         };
         let (c, _) = layered(None, None, flags, &[]).resolve(pretrain).unwrap();
         assert_eq!(
@@ -473,6 +474,24 @@ mod tests {
         );
         assert_eq!((c.lr, c.save_every, c.eval_every), (0.25, 5, 6));
         assert_eq!(c.train_only.as_deref(), Some("norm"));
+        assert_eq!(c.precision, Precision::Bf16);
+    }
+
+    #[test]
+    fn precision_is_set_by_name_and_an_unknown_one_is_refused() {
+        let base = TrainConfig::pretrain_defaults("tiny").unwrap();
+        assert_eq!(base.precision, Precision::F32);
+        let c = apply_sets(&base, &["precision=bf16".into()]).unwrap();
+        assert_eq!(c.precision, Precision::Bf16);
+        let e = apply_sets(&base, &["precision=fp16".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("precision=fp16") && e.contains("bf16"), "{e}");
+        // A config saved before the setting existed reads as f32.
+        let mut old = serde_json::to_value(&base).unwrap();
+        old.as_object_mut().unwrap().remove("precision");
+        let back: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(back.precision, Precision::F32);
     }
 
     #[test]

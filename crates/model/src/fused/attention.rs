@@ -1,8 +1,8 @@
 //! Causal grouped-query attention: per (batch, KV head) group, its query heads stacked into one
 //! matrix, in row blocks that see only the keys they may.
 
+use super::gemm16::{self, Packed, NR};
 use super::simd::{dot, exp, fold3, max_of, multiversion};
-use super::gemm16::{self, Packed, MR, NR};
 use super::storage::{gemm_raw, slice, values};
 use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -154,7 +154,14 @@ fn gemm_rs(
     scale: f32,
 ) {
     if bf16 {
-        return gemm_rs16(c, c_rs, mnk, (a, a_strides), (b, b_strides), (accumulate, scale));
+        return gemm_rs16(
+            c,
+            c_rs,
+            mnk,
+            (a, a_strides),
+            (b, b_strides),
+            (accumulate, scale),
+        );
     }
     // SAFETY: `c` is an initialised slice of `c.len()` floats.
     unsafe {
@@ -184,12 +191,20 @@ fn gemm_rs16(
     (b, (b_rs, b_cs)): (&[f32], (usize, usize)),
     (accumulate, scale): (bool, f32),
 ) {
-    let pa = Packed::new(a, (m, k), (a_rs, a_cs), MR);
     let pb = Packed::new(b, (n, k), (b_cs, b_rs), NR);
-    let prod = gemm16::product(&pa, &pb);
+    let a = gemm16::Left::Raw {
+        src: a,
+        rows: m,
+        strides: (a_rs, a_cs),
+    };
+    let prod = gemm16::product(a, &pb);
     for (row, p) in c.chunks_mut(c_rs).zip(prod.chunks(n.max(1))).take(m) {
         for (x, &y) in row[..n].iter_mut().zip(p) {
-            *x = if accumulate { *x + scale * y } else { scale * y };
+            *x = if accumulate {
+                *x + scale * y
+            } else {
+                scale * y
+            };
         }
     }
 }

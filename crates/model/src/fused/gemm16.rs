@@ -11,7 +11,9 @@
 //! second path on any CPU, to measure and test it.
 //!
 //! Deterministic for any thread count: every output tile is computed by one task, over the whole k range,
-//! in order.
+//! in order. The two kernels give the same bits: a product of two bf16 values is exact in f32, and the
+//! portable kernel adds each pair's two products in `vdpbf16ps`'s order (odd k first), so only inputs or
+//! sums below f32's normal range (which `vdpbf16ps` flushes to zero) can differ.
 
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -26,9 +28,28 @@ const B_BLOCK_BYTES: usize = 256 << 10;
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
 
+/// The environment variable that selects the kernel: `portable` forces the portable one on any CPU (to
+/// measure the speed a CPU without AVX512_BF16 gets); unset or `auto`, the fastest this CPU has. Both give
+/// the same bits (see the module notes), so the choice is not part of any run's settings.
+pub const KERNEL_ENV: &str = "ZEROLM_BF16_KERNEL";
+
 /// Uses the portable kernel even where AVX512_BF16 is available (to measure and test it).
 pub fn force_portable(on: bool) {
     PORTABLE.store(on, Ordering::Relaxed);
+}
+
+/// Applies [`KERNEL_ENV`]; an unknown value is an error naming the variable.
+pub fn kernel_from_env() -> Result<(), String> {
+    match std::env::var(KERNEL_ENV).as_deref() {
+        Err(_) | Ok("auto") | Ok("") => Ok(()),
+        Ok("portable") => {
+            force_portable(true);
+            Ok(())
+        }
+        Ok(other) => Err(format!(
+            "{KERNEL_ENV}={other}: use `auto` (the fastest bf16 kernel this CPU has) or `portable`"
+        )),
+    }
 }
 
 /// Which kernel [`gemm`] runs on this CPU now.
@@ -95,12 +116,17 @@ impl Packed {
     ) -> Packed {
         let kp = k.div_ceil(2);
         let panels = len.div_ceil(width);
-        let mut data = vec![0u32; panels * kp * width];
+        let size = panels * kp * width;
+        let mut data = Vec::with_capacity(size);
         if kp > 0 {
-            data.par_chunks_mut(kp * width)
+            let group = panels_per_task(panels, width);
+            data.spare_capacity_mut()[..size]
+                .par_chunks_mut(group * kp * width)
                 .enumerate()
-                .for_each(|(p, panel)| pack_panel(src, (len, k), strides, width, p, panel));
+                .for_each(|(t, out)| pack_panels(src, (len, k), strides, width, t * group, out));
         }
+        // SAFETY: the packers wrote every element of every panel (padding included).
+        unsafe { data.set_len(size) };
         Packed {
             len,
             k,
@@ -119,40 +145,69 @@ impl Packed {
     }
 }
 
-/// Panel `p` of the matrix: its rows `p·width ..` (at most `width`), by the fastest loop for the layout.
-fn pack_panel(
+/// Panels whose first rows of the matrix start at panel `p0` (as many as `out` holds), by the fastest
+/// loop for the layout.
+fn pack_panels(
     src: &[f32],
     (len, k): (usize, usize),
     (s_row, s_k): (usize, usize),
     width: usize,
-    p: usize,
-    panel: &mut [u32],
+    p0: usize,
+    out: &mut [MaybeUninit<u32>],
 ) {
-    let first = p * width;
-    let rows = width.min(len - first);
+    let first = p0 * width;
+    let rows = (out.len() / (k.div_ceil(2) * width) * width).min(len - first);
     if s_row == 1 {
-        pack_k_major(&src[first..], rows, k, s_k, width, panel)
-    } else if s_k == 1 {
-        pack_row_major(&src[first * s_row..], rows, k, s_row, width, panel)
-    } else {
-        pack_strided(&src[first * s_row..], (rows, k), (s_row, s_k), width, panel)
+        return pack_k_major(&src[first..], rows, k, s_k, width, out);
+    }
+    for (j, panel) in out.chunks_mut(k.div_ceil(2) * width).enumerate() {
+        let (at, rows) = (j * width, width.min(rows.saturating_sub(j * width)));
+        if s_k == 1 {
+            pack_row_major(&src[(first + at) * s_row..], rows, k, s_row, width, panel)
+        } else {
+            pack_strided(
+                &src[(first + at) * s_row..],
+                (rows, k),
+                (s_row, s_k),
+                width,
+                panel,
+            )
+        }
     }
 }
 
+/// Panels a task packs (or multiplies) at a time: about 128 adjacent rows of a k-major operand, so that
+/// each of its k rows is read as one run of ≥ 512 bytes.
+fn panels_per_task(panels: usize, width: usize) -> usize {
+    (128 / width).clamp(1, panels.max(1))
+}
+
 super::simd::multiversion! {
-    /// A panel whose rows are adjacent in memory for each k (element (i, kk) at `src[i + kk·s_k]`): each
-    /// k pair is two contiguous runs, rounded and interleaved in one vector loop.
-    fn pack_k_major(src: &[f32], rows: usize, k: usize, s_k: usize, width: usize, panel: &mut [u32]) {
-        for (q, out) in panel.chunks_exact_mut(width).enumerate() {
+    /// Consecutive panels of an operand whose rows are adjacent in memory for each k (element (i, kk) at
+    /// `src[i + kk·s_k]`), `rows` rows in all: each k pair is two contiguous runs across the panels,
+    /// rounded and interleaved in vector loops.
+    fn pack_k_major(src: &[f32], rows: usize, k: usize, s_k: usize, width: usize, out: &mut [MaybeUninit<u32>]) {
+        let kp = k.div_ceil(2);
+        for q in 0..kp {
             let lo = &src[2 * q * s_k..][..rows];
-            if 2 * q + 1 < k {
-                let hi = &src[(2 * q + 1) * s_k..][..rows];
-                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                    *o = pair(l, h);
+            let hi = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * s_k..][..rows]);
+            for (j, panel) in out.chunks_mut(kp * width).enumerate() {
+                let (at, dst) = (j * width, &mut panel[q * width..(q + 1) * width]);
+                let n = width.min(rows.saturating_sub(at));
+                match hi {
+                    Some(hi) => {
+                        for ((o, &l), &h) in dst.iter_mut().zip(&lo[at..at + n]).zip(&hi[at..at + n]) {
+                            o.write(pair(l, h));
+                        }
+                    }
+                    None => {
+                        for (o, &l) in dst.iter_mut().zip(&lo[at..at + n]) {
+                            o.write(pair(l, 0.0));
+                        }
+                    }
                 }
-            } else {
-                for (o, &l) in out.iter_mut().zip(lo) {
-                    *o = pair(l, 0.0);
+                for o in &mut dst[n..] {
+                    o.write(0);
                 }
             }
         }
@@ -165,7 +220,7 @@ const PAIR_BLOCK: usize = 32;
 super::simd::multiversion! {
     /// A panel whose rows are contiguous along k (element (i, kk) at `src[i·s_row + kk]`): each row is
     /// rounded into pairs a block at a time in a vector loop, then the pairs are spread over the panel.
-    fn pack_row_major(src: &[f32], rows: usize, k: usize, s_row: usize, width: usize, panel: &mut [u32]) {
+    fn pack_row_major(src: &[f32], rows: usize, k: usize, s_row: usize, width: usize, panel: &mut [MaybeUninit<u32>]) {
         let full = k / 2;
         let mut block = [0u32; PAIR_BLOCK];
         for w in 0..rows {
@@ -176,11 +231,23 @@ super::simd::multiversion! {
                     *o = pair(two[0], two[1]);
                 }
                 for (j, &v) in block[..n].iter().enumerate() {
-                    panel[(q0 + j) * width + w] = v;
+                    panel[(q0 + j) * width + w].write(v);
                 }
             }
             if k % 2 == 1 {
-                panel[full * width + w] = pair(row[k - 1], 0.0);
+                panel[full * width + w].write(pair(row[k - 1], 0.0));
+            }
+        }
+        zero_padding(panel, rows, width);
+    }
+}
+
+/// Zeroes the padding rows `rows..width` of every k pair of a panel.
+fn zero_padding(panel: &mut [MaybeUninit<u32>], rows: usize, width: usize) {
+    if rows < width {
+        for pairs in panel.chunks_mut(width) {
+            for o in &mut pairs[rows..] {
+                o.write(0);
             }
         }
     }
@@ -192,7 +259,7 @@ fn pack_strided(
     (rows, k): (usize, usize),
     (s_row, s_k): (usize, usize),
     width: usize,
-    panel: &mut [u32],
+    panel: &mut [MaybeUninit<u32>],
 ) {
     for w in 0..rows {
         for q in 0..k.div_ceil(2) {
@@ -202,7 +269,49 @@ fn pack_strided(
             } else {
                 0.0
             };
-            panel[q * width + w] = pair(lo, hi);
+            panel[q * width + w].write(pair(lo, hi));
+        }
+    }
+    zero_padding(panel, rows, width);
+}
+
+/// The left operand of a product: packed beforehand, or f32 values (element (i, kk) at
+/// `src[i·strides.0 + kk·strides.1]`) that each task rounds and packs for its own rows, in the task that
+/// multiplies them (no pass over A of its own, and its panels are in cache when used).
+#[derive(Clone, Copy)]
+pub enum Left<'a> {
+    Packed(&'a Packed),
+    Raw {
+        src: &'a [f32],
+        rows: usize,
+        strides: (usize, usize),
+    },
+}
+
+impl Left<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Left::Packed(p) => p.len,
+            Left::Raw { rows, .. } => *rows,
+        }
+    }
+
+    /// Row panels `panels` (consecutive) of A as packed data, borrowed or packed now.
+    fn panels(&self, panels: std::ops::Range<usize>, k: usize) -> std::borrow::Cow<'_, [u32]> {
+        let size = k.div_ceil(2) * MR;
+        match self {
+            Left::Packed(p) => p.data[panels.start * size..panels.end * size].into(),
+            Left::Raw { src, rows, strides } => {
+                let len = panels.len() * size;
+                let mut out = Vec::with_capacity(len);
+                if size > 0 {
+                    let buf = &mut out.spare_capacity_mut()[..len];
+                    pack_panels(src, (*rows, k), *strides, MR, panels.start, buf);
+                }
+                // SAFETY: the packers wrote every element of these panels (padding included).
+                unsafe { out.set_len(len) };
+                out.into()
+            }
         }
     }
 }
@@ -210,28 +319,35 @@ fn pack_strided(
 /// `c[m, n] = a · b` (row stride `ldc`; every element written, none read) for `a` packed with width
 /// [`MR`] (its `len` is m) and `b` with width [`NR`] (its `len` is n), over the same k.
 pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
+    assert!(a.width == MR && a.k == b.k, "gemm16: operands do not fit");
     // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the kernel only writes through it.
     let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    gemm_on(has_bf16_dot(), a, b, c, ldc)
+    gemm_on(has_bf16_dot(), Left::Packed(a), b, c, ldc)
 }
 
-/// A new row-major [m, n] matrix `a · b` (see [`gemm`]), never zero-filled: the kernel writes every element.
-pub fn product(a: &Packed, b: &Packed) -> Vec<f32> {
-    let (m, n) = (a.len, b.len);
+/// A new row-major [m, n] matrix `a · b` for A of m rows over B's k (see [`gemm`]), never zero-filled:
+/// the kernel writes every element.
+pub fn product(a: Left, b: &Packed) -> Vec<f32> {
+    let (m, n) = (a.rows(), b.len);
     let mut c = Vec::with_capacity(m * n);
-    gemm_on(has_bf16_dot(), a, b, &mut c.spare_capacity_mut()[..m * n], n);
+    gemm_on(
+        has_bf16_dot(),
+        a,
+        b,
+        &mut c.spare_capacity_mut()[..m * n],
+        n,
+    );
     // SAFETY: `gemm_on` wrote all m·n elements of the [m, n] output (row stride n).
     unsafe { c.set_len(m * n) };
     c
 }
 
-/// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel.
-fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [MaybeUninit<f32>], ldc: usize) {
-    assert!(
-        a.width == MR && b.width == NR && a.k == b.k,
-        "gemm16: operands do not fit"
-    );
-    let (m, n) = (a.len, b.len);
+/// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel: one task per
+/// group of row panels, which packs its A rows (when raw) and walks B block by block (each block stays
+/// in cache while every row panel of the group uses it).
+fn gemm_on(bf16_dot: bool, a: Left, b: &Packed, c: &mut [MaybeUninit<f32>], ldc: usize) {
+    assert!(b.width == NR, "gemm16: operands do not fit");
+    let (m, n, k) = (a.rows(), b.len, b.k);
     assert!(
         ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n,
         "gemm16: output too small"
@@ -244,27 +360,29 @@ fn gemm_on(bf16_dot: bool, a: &Packed, b: &Packed, c: &mut [MaybeUninit<f32>], l
     } else {
         tile_portable
     };
-    let col_panels = n.div_ceil(NR);
-    let per_block = (B_BLOCK_BYTES / (a.kp().max(1) * NR * 4)).max(1);
-    for first in (0..col_panels).step_by(per_block) {
-        let cols = first..(first + per_block).min(col_panels);
-        c.par_chunks_mut(MR * ldc)
-            .enumerate()
-            .for_each(|(rp, rows)| {
-                for cp in cols.clone() {
-                    let mut tile = [0f32; MR * NR];
-                    kernel(a.kp(), a.panel(rp), b.panel(cp), &mut tile);
-                    store(
-                        &tile,
-                        rows,
-                        ldc,
-                        (m - rp * MR).min(MR),
-                        cp * NR,
-                        (n - cp * NR).min(NR),
-                    );
+    let (row_panels, col_panels, kp) = (m.div_ceil(MR), n.div_ceil(NR), b.kp());
+    let per_block = (B_BLOCK_BYTES / (kp.max(1) * NR * 4)).max(1);
+    // Two groups per thread: enough to balance, few enough that B is read only a few times.
+    let group = row_panels.div_ceil(2 * rayon::current_num_threads()).max(1);
+    c.par_chunks_mut(group * MR * ldc)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            let panels = t * group..((t + 1) * group).min(row_panels);
+            let packed = a.panels(panels.clone(), k);
+            // Every kernel call overwrites the whole tile.
+            let mut tile = [0f32; MR * NR];
+            for first in (0..col_panels).step_by(per_block) {
+                for (j, rp) in panels.clone().enumerate() {
+                    let a_panel = &packed[j * kp * MR..(j + 1) * kp * MR];
+                    let out = &mut rows[j * MR * ldc..];
+                    for cp in first..(first + per_block).min(col_panels) {
+                        kernel(kp, a_panel, b.panel(cp), &mut tile);
+                        let (valid_rows, cols) = ((m - rp * MR).min(MR), (n - cp * NR).min(NR));
+                        store(&tile, out, ldc, valid_rows, cp * NR, cols);
+                    }
                 }
-            });
-    }
+            }
+        });
 }
 
 /// Writes the valid `rows` × `cols` of a tile into the output rows at column `col`.
@@ -313,7 +431,7 @@ super::simd::multiversion! {
                 let x = a[q * MR + r];
                 let (x_lo, x_hi) = (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000));
                 for c in 0..NR {
-                    acc[r][c] += x_lo * b_lo[c] + x_hi * b_hi[c];
+                    acc[r][c] = (acc[r][c] + x_hi * b_hi[c]) + x_lo * b_lo[c];
                 }
             }
         }
@@ -422,7 +540,7 @@ mod tests {
             let pb = Packed::new(&b, (n, k), (1, n), NR);
             for portable in [false, true] {
                 let mut c = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
-                gemm_on(!portable, &pa, &pb, &mut c, n + 3);
+                gemm_on(!portable, Left::Packed(&pa), &pb, &mut c, n + 3);
                 // SAFETY: initialised above.
                 let c: Vec<f32> = c.iter().map(|x| unsafe { x.assume_init() }).collect();
                 for i in 0..m {
@@ -436,6 +554,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_raw_left_operand_gives_the_packed_ones_product() {
+        let mut rng = SplitMix64::new(20);
+        for &(m, n, k) in &[(1, 5, 3), (40, 70, 129), (300, 33, 64)] {
+            let a = random(&mut rng, m * k);
+            let at: Vec<f32> = (0..k * m).map(|j| a[(j % m) * k + j / m]).collect();
+            let b = random(&mut rng, k * n);
+            let pb = Packed::new(&b, (n, k), (1, n), NR);
+            let mut want = vec![0f32; m * n];
+            gemm(&Packed::new(&a, (m, k), (k, 1), MR), &pb, &mut want, n);
+            for (src, strides) in [(&a, (k, 1)), (&at, (1, m))] {
+                let got = product(
+                    Left::Raw {
+                        src,
+                        rows: m,
+                        strides,
+                    },
+                    &pb,
+                );
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{m}×{n}×{k} {strides:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn both_kernels_give_the_same_bits() {
+        let mut rng = SplitMix64::new(19);
+        let (m, n, k) = (30, 70, 301);
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, k * n);
+        let pa = Packed::new(&a, (m, k), (k, 1), MR);
+        let pb = Packed::new(&b, (n, k), (1, n), NR);
+        let run = |portable: bool| {
+            let mut c = vec![MaybeUninit::new(0f32); m * n];
+            gemm_on(!portable, Left::Packed(&pa), &pb, &mut c, n);
+            // SAFETY: initialised above.
+            c.iter()
+                .map(|x| unsafe { x.assume_init() }.to_bits())
+                .collect::<Vec<u32>>()
+        };
+        let (fast, portable) = (run(false), run(true));
+        let same = fast.iter().zip(&portable).filter(|(x, y)| x == y).count();
+        assert_eq!(same, m * n, "{same} of {} equal", m * n);
     }
 
     #[test]

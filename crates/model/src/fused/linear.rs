@@ -1,7 +1,7 @@
 //! Linear layers: one gemm node per projection, forward and backward on all of rayon's threads, in f32
 //! or with bf16 operands; a weight's bf16 operands are packed once per optimizer step ([`WeightPacks`]).
 
-use super::gemm16::{self, Packed, MR, NR};
+use super::gemm16::{self, Packed, NR};
 use super::storage::{gemm_raw, grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, OnceLock};
@@ -78,8 +78,18 @@ pub fn matmul(
 }
 
 /// `a · b` in bf16 for a [m, k] given by strides and b already packed.
-fn matmul_packed(a: &[f32], (m, k): (usize, usize), a_strides: (usize, usize), pb: &Packed) -> Vec<f32> {
-    gemm16::product(&Packed::new(a, (m, k), a_strides, MR), pb)
+fn matmul_packed(
+    a: &[f32],
+    (m, _k): (usize, usize),
+    a_strides: (usize, usize),
+    pb: &Packed,
+) -> Vec<f32> {
+    let a = gemm16::Left::Raw {
+        src: a,
+        rows: m,
+        strides: a_strides,
+    };
+    gemm16::product(a, pb)
 }
 
 /// A new row-major [m, n] matrix `a · b`, computed on all of rayon's threads when it is big enough.
@@ -165,7 +175,9 @@ impl CustomOp2 for Linear {
         let y = match &self.bf16 {
             None => matmul(false, (rows, out, inp), x, (inp, 1), w, ws),
             Some(packs) => {
-                let pw = packs.get(&packs.fwd, w, || Packed::new(w, (out, inp), (ws.1, ws.0), NR))?;
+                let pw = packs.get(&packs.fwd, w, || {
+                    Packed::new(w, (out, inp), (ws.1, ws.0), NR)
+                })?;
                 matmul_packed(x, (rows, inp), (inp, 1), pw)
             }
         };
@@ -283,7 +295,13 @@ mod tests {
             bf16: Some(packs.clone()),
         };
         let fresh = x
-            .apply_op2(&w, super::Linear { transposed: false, bf16: Some(Default::default()) })
+            .apply_op2(
+                &w,
+                super::Linear {
+                    transposed: false,
+                    bf16: Some(Default::default()),
+                },
+            )
             .unwrap();
         for _ in 0..2 {
             let y = x.apply_op2(&w, op()).unwrap();

@@ -96,6 +96,7 @@ impl<'a> Run<'a> {
         let display = Display::new(spec.stage, total, state.step, spec.progress && writer);
         let mut model = Model::new(cfg.model.clone(), params.tensors())?;
         model.set_precision(cfg.precision);
+        announce_precision(cfg.precision, &device, writer);
         let order = epoch_order(samples, cfg.seed, state.cursor.epoch);
         Ok(Run {
             spec,
@@ -162,6 +163,17 @@ fn trainable(
         );
     }
     Ok(params)
+}
+
+/// Says which bf16 kernel a bf16 run's products use (f32 runs say nothing).
+fn announce_precision(p: zerolm_model::Precision, device: &candle_core::Device, writer: bool) {
+    if p.is_bf16() && writer {
+        let how = match device.is_cpu() {
+            true => format!("kernel: {}", zerolm_model::fused::gemm16::kernel_name()),
+            false => "the device's bf16 matrix products".into(),
+        };
+        eprintln!("precision bf16: matrix products take bf16 operands and sum in f32 ({how})");
+    }
 }
 
 /// Says how a run on several ranks splits its global batch.
