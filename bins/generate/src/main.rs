@@ -46,6 +46,9 @@ struct Cli {
     /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
     #[arg(long)]
     device: Option<String>,
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
+    #[arg(long, default_value = "f32")]
+    precision: zerolm_model::Precision,
     /// Instead of generating, write the prompt's ids and per-position logits to this safetensors file.
     #[arg(long)]
     logits_out: Option<PathBuf>,
@@ -53,7 +56,7 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<()> {
     set_device_and_threads(cli.device.as_deref(), cli.threads)?;
-    let g = Generator::load(&cli.model)?;
+    let g = Generator::load(&cli.model, cli.precision)?;
     let text = match (&cli.prompt, &cli.chat) {
         (Some(p), None) => p.clone(),
         (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,

@@ -25,8 +25,11 @@ pub struct Completion {
 }
 
 impl Generator {
-    pub fn load(dir: &Path) -> Result<Generator, ModelError> {
-        let model = crate::io::load_model_dir(dir, &crate::device::current())?.for_inference()?;
+    /// Loads `dir` to compute in `precision` (see [`crate::Precision`]).
+    pub fn load(dir: &Path, precision: crate::Precision) -> Result<Generator, ModelError> {
+        let mut model = crate::io::load_model_dir(dir, &crate::device::current())?;
+        model.set_precision(precision);
+        let model = model.for_inference()?;
         let tokenizer = TokenizerDir::load(dir)?;
         if tokenizer.vocab_size() > model.config().vocab_size {
             return Err(ModelError::Config(format!(
