@@ -80,10 +80,6 @@ def named_params(model, cfg):
     return out
 
 
-def loss_of(model, ids):
-    return model(input_ids=ids, labels=ids).loss
-
-
 def fixtures(out_dir):
     torch.set_num_threads(1)
     for arch, cfg in SHAPES.items():
@@ -95,36 +91,15 @@ def fixtures(out_dir):
                   metadata={"format": "pt"})
         g = torch.Generator().manual_seed(1)
         batches = [torch.randint(0, VOCAB, (BATCH, SEQ), generator=g) for _ in range(2)]
-        logits = model(input_ids=batches[0]).logits.detach()
-        loss = loss_of(model, batches[0])
-        loss.backward()
-        grad_norms = {k: p.grad.norm().item() for k, p in params.items()}
-        total = torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values())).item()
-        model.zero_grad(set_to_none=True)
-
-        decay = [p for k, p in params.items() if p.dim() >= 2]
-        no_decay = [p for k, p in params.items() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPT["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=OPT["lr"], betas=OPT["betas"], eps=OPT["eps"])
-        curve, norms = [], []
-        for step in range(STEPS):
-            l = loss_of(model, batches[step % 2])
-            l.backward()
-            n = torch.nn.utils.clip_grad_norm_(list(params.values()), OPT["clip"])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            curve.append(l.item())
-            norms.append(n.item())
+        logits, run = measure(model, params, batches, autocast=False)
+        loss, total, curve = run["loss0"], run["total_grad_norm"], run["loss_curve"]
         save_file({"ids0": batches[0], "ids1": batches[1], "logits0": logits.contiguous()},
                   os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
         with open(os.path.join(d, "expected.json"), "w") as f:
-            json.dump({"torch": torch.__version__, "loss0": loss.item(), "grad_norms": grad_norms,
-                       "total_grad_norm": total, "optimizer": OPT, "loss_curve": curve,
-                       "grad_norm_curve": norms}, f, indent=1)
-        print(f"{arch}: loss {loss.item():.6f}, total grad norm {total:.6f}, "
+            json.dump({"torch": torch.__version__, "optimizer": OPT, **run}, f, indent=1)
+        print(f"{arch}: loss {loss:.6f}, total grad norm {total:.6f}, "
               f"loss after 10 steps {curve[-1]:.6f} -> {d}")
 
 

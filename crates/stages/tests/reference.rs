@@ -154,20 +154,25 @@ fn check_gradients(arch: &str) {
     );
 }
 
-fn check_adamw_curve(arch: &str) {
-    let f = fixture(arch);
-    let o = &f.expected["optimizer"];
-    let params = Params::new(&f.init).unwrap();
-    let model = Model::new(f.cfg.clone(), params.tensors()).unwrap();
-    let mut opt = AdamW::new(
-        &params,
+/// The fixture's optimizer settings `o` as zerolm's AdamW over `params`.
+fn adamw(params: &Params, o: &serde_json::Value) -> AdamW {
+    AdamW::new(
+        params,
         AdamWConfig {
             beta1: o["betas"][0].as_f64().unwrap(),
             beta2: o["betas"][1].as_f64().unwrap(),
             eps: o["eps"].as_f64().unwrap(),
             weight_decay: o["weight_decay"].as_f64().unwrap(),
         },
-    );
+    )
+}
+
+fn check_adamw_curve(arch: &str) {
+    let f = fixture(arch);
+    let o = &f.expected["optimizer"];
+    let params = Params::new(&f.init).unwrap();
+    let model = Model::new(f.cfg.clone(), params.tensors()).unwrap();
+    let mut opt = adamw(&params, o);
     let lr = o["lr"].as_f64().unwrap();
     let clip = o["clip"].as_f64().unwrap();
     let curve: Vec<f64> = f.expected["loss_curve"]
@@ -368,15 +373,7 @@ fn bf16_curve_distance(f: &Fixture, ac: &serde_json::Value) -> f64 {
     let params = Params::new(&f.init).unwrap();
     let mut model = Model::new(f.cfg.clone(), params.tensors()).unwrap();
     model.set_precision(Precision::Bf16);
-    let mut opt = AdamW::new(
-        &params,
-        AdamWConfig {
-            beta1: o["betas"][0].as_f64().unwrap(),
-            beta2: o["betas"][1].as_f64().unwrap(),
-            eps: o["eps"].as_f64().unwrap(),
-            weight_decay: o["weight_decay"].as_f64().unwrap(),
-        },
-    );
+    let mut opt = adamw(&params, o);
     let curve = ac["loss_curve"].as_array().unwrap();
     let mut worst = 0f64;
     for (step, want) in curve.iter().enumerate() {
