@@ -365,6 +365,7 @@ fn gemm_on(bf16_dot: bool, a: Left, b: &Packed, c: &mut [MaybeUninit<f32>], ldc:
     // Two groups per thread: enough to balance, few enough that B is read only a few times.
     let group = row_panels.div_ceil(2 * rayon::current_num_threads()).max(1);
     c.par_chunks_mut(group * MR * ldc)
+        .take(row_panels.div_ceil(group))
         .enumerate()
         .for_each(|(t, rows)| {
             let panels = t * group..((t + 1) * group).min(row_panels);

@@ -50,7 +50,14 @@ impl WeightPacks {
                     .into(),
             ));
         }
-        Ok(which.get_or_init(pack))
+        if let Some(p) = which.get() {
+            return Ok(p);
+        }
+        // Packed outside the lock: packing runs on rayon, and a thread that waits inside
+        // `get_or_init` may steal a task that wants the same lock (a deadlock). Two threads may
+        // both pack; one result is kept.
+        let packed = pack();
+        Ok(which.get_or_init(|| packed))
     }
 }
 

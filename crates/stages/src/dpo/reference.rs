@@ -30,7 +30,7 @@ pub struct References<'a> {
     /// blake3 of the policy's starting weights (a cache made by another model is noted).
     policy: String,
     batch_size: usize,
-    /// The precision the reference model runs in, when it is run here.
+    /// The run's precision: the reference model's when it is run here; a cache made in another is noted.
     precision: Precision,
     /// The reference model, loaded on first use.
     model: Option<Model>,
@@ -127,7 +127,17 @@ impl<'a> References<'a> {
         let RefCache {
             logps,
             model_fingerprint,
+            precision,
         } = cache::load_checked(path, pairs, self.tokenizer, named, role)?;
+        if precision != self.precision.name() {
+            eprintln!(
+                "note: the {role} cache {} was computed in {precision}, this run trains in {} (the reference \
+                 log-probs differ by the rounding; rerun `ref-logprobs --precision {}` to match)",
+                path.display(),
+                self.precision,
+                self.precision
+            );
+        }
         if named.is_none() && model_fingerprint != self.policy {
             eprintln!(
                 "note: the {role} cache {} was made by another model than --model (usual when the reference is not \
@@ -138,7 +148,7 @@ impl<'a> References<'a> {
         self.inputs
             .push(fingerprint(path, &format!("{role}_ref_cache"))?);
         self.lines.push(format!(
-            "{role}: cache {} (reference model {})",
+            "{role}: cache {} (reference model {}, {precision})",
             path.display(),
             &model_fingerprint[..12.min(model_fingerprint.len())]
         ));

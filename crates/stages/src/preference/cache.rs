@@ -208,6 +208,8 @@ impl CacheWriter {
 pub struct RefCache {
     pub logps: RefLogps,
     pub model_fingerprint: String,
+    /// The precision the reference ran in (`f32` for a cache that does not record it).
+    pub precision: String,
 }
 
 /// Reads a cache and refuses it unless it was made from exactly `pairs` (same rows, same length rule),
@@ -260,9 +262,11 @@ pub fn load_checked(
             )));
         }
     }
+    let precision = file.metadata.get(keys::PRECISION).cloned();
     Ok(RefCache {
         logps,
         model_fingerprint: recorded,
+        precision: precision.unwrap_or_else(|| "f32".into()),
     })
 }
 
