@@ -371,13 +371,7 @@ fn jobs_run_side_by_side_within_the_core_budget() {
             r.stderr
         );
     }
-    let r = pipeline_in(&dir, &["run", "naps.yaml", "--jobs", "0"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("--jobs and --cores take a whole number ≥ 1"),
-        "{}",
-        r.stderr
-    );
+    pipeline_in(&dir, &["run", "naps.yaml", "--jobs", "0"])
+        .assert_user_error("--jobs and --cores take a whole number ≥ 1");
     let _ = std::fs::remove_dir_all(&dir);
 }

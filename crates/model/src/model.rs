@@ -238,12 +238,15 @@ impl Model {
     /// the old values are dropped and made again on next use. Without this call a bf16 forward refuses
     /// to run on a changed weight.
     pub fn weights_changed(&self) {
-        for b in &self.blocks {
-            for p in b.projs() {
-                p.renew();
-            }
+        for p in self.projs() {
+            p.renew();
         }
-        self.lm_head.renew();
+    }
+
+    fn projs(&self) -> impl Iterator<Item = &Proj> {
+        (self.blocks.iter())
+            .flat_map(|b| b.projs())
+            .chain(std::iter::once(&self.lm_head))
     }
 
     fn projs_mut(&mut self) -> impl Iterator<Item = &mut Proj> {

@@ -81,22 +81,19 @@ pub fn matmul(
     }
     // Column j of b, element kk: b[kk · b_rs + j · b_cs].
     let pb = Packed::new(b, (n, k), (b_cs, b_rs), NR);
-    matmul_packed(a, (m, k), (a_rs, a_cs), &pb)
+    matmul_packed(a, m, (a_rs, a_cs), &pb)
 }
 
-/// `a · b` in bf16 for a [m, k] given by strides and b already packed.
-fn matmul_packed(
-    a: &[f32],
-    (m, _k): (usize, usize),
-    a_strides: (usize, usize),
-    pb: &Packed,
-) -> Vec<f32> {
-    let a = gemm16::Left::Raw {
-        src: a,
-        rows: m,
-        strides: a_strides,
-    };
-    gemm16::product(a, pb)
+/// `a · b` in bf16 for a of `rows` rows given by strides and b already packed (which sets k).
+fn matmul_packed(a: &[f32], rows: usize, strides: (usize, usize), pb: &Packed) -> Vec<f32> {
+    gemm16::product(
+        gemm16::Left::Raw {
+            src: a,
+            rows,
+            strides,
+        },
+        pb,
+    )
 }
 
 /// A new row-major [m, n] matrix `a · b`, computed on all of rayon's threads when it is big enough.
@@ -185,7 +182,7 @@ impl CustomOp2 for Linear {
                 let pw = packs.get(&packs.fwd, w, || {
                     Packed::new(w, (out, inp), (ws.1, ws.0), NR)
                 })?;
-                matmul_packed(x, (rows, inp), (inp, 1), pw)
+                matmul_packed(x, rows, (inp, 1), pw)
             }
         };
         let mut shape = dims.to_vec();
@@ -210,7 +207,7 @@ impl CustomOp2 for Linear {
                 let pw = packs.get(&packs.bwd, &wv, || {
                     Packed::new(&wv, (inp, out), (w_rs, w_cs), NR)
                 })?;
-                matmul_packed(&dy, (rows, out), (out, 1), pw)
+                matmul_packed(&dy, rows, (out, 1), pw)
             }
         };
         let bf16 = self.bf16.is_some();
