@@ -47,6 +47,28 @@ impl Proj {
         }
     }
 
+    /// Each of `projs` applied to `x`: in bf16 with `x` packed once for all of them.
+    fn apply_all<const N: usize>(
+        projs: [&Proj; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let packs: Vec<Arc<WeightPacks>> = (projs.iter())
+            .filter_map(|p| p.packs.as_ref())
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        let ys = if packs.len() == N {
+            let ws: Vec<_> = projs.iter().map(|p| &p.w).zip(&packs).collect();
+            ops::linears_bf16(x, &ws)?
+        } else {
+            projs
+                .iter()
+                .map(|p| p.apply(x))
+                .collect::<candle_core::Result<_>>()?
+        };
+        ys.try_into()
+            .map_err(|_| candle_core::Error::Msg("internal: projection count".into()))
+    }
+
     fn prepare(&mut self) -> candle_core::Result<()> {
         if self.packs.is_none() && crate::fused::cpu_f32(&self.w) {
             self.t = Some(ops::transposed(&self.w)?);
@@ -385,7 +407,8 @@ impl Block {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
         let x = (x + self.attn.forward(&h, cfg, rope, precision, cache)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
-        let act = ops::swiglu(&self.gate.apply(&h)?, &self.up.apply(&h)?)?;
+        let [gate, up] = Proj::apply_all([&self.gate, &self.up], &h)?;
+        let act = ops::swiglu(&gate, &up)?;
         let mlp = self.down.apply(&act)?;
         x + mlp
     }
@@ -407,9 +430,10 @@ impl Attention {
             cfg.head_dim(),
         );
         // Everything stays in the projections' [B, T, heads, head_dim] layout: no transposes.
-        let mut q = self.q.apply(x)?.reshape((b, t, nh, hd))?;
-        let mut k = self.k.apply(x)?.reshape((b, t, nkv, hd))?;
-        let v = self.v.apply(x)?.reshape((b, t, nkv, hd))?;
+        let [q, k, v] = Proj::apply_all([&self.q, &self.k, &self.v], x)?;
+        let mut q = q.reshape((b, t, nh, hd))?;
+        let mut k = k.reshape((b, t, nkv, hd))?;
+        let v = v.reshape((b, t, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, cfg.rms_norm_eps)?;
             k = rms_norm(&k, kn, cfg.rms_norm_eps)?;

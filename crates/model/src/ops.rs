@@ -75,11 +75,13 @@ pub fn causal_attention_in(
     bf16: bool,
 ) -> Result<Tensor> {
     if cpu_f32(q) {
-        return q.contiguous()?.apply_op3(
-            &k.contiguous()?,
-            &v.contiguous()?,
-            fused::CausalAttention::new(scale as f32, bf16),
-        );
+        let mut op = fused::CausalAttention::new(scale as f32, bf16);
+        if ![q, k, v].iter().any(|t| t.track_op()) {
+            op = op.for_inference();
+        }
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     attention_composed(q, k, v, scale, bf16)
 }
@@ -255,6 +257,27 @@ pub fn linear_in(
         None => linear_composed(x, &w),
         Some(packs) => linear_bf16_composed(x, &w, packs),
     }
+}
+
+/// [`linear_in`] in bf16 for several weights applied to the same `x` (q, k and v; gate and up): on the
+/// CPU `x` is rounded and packed once for all of them ([`fused::shared_linears`]); the same numbers.
+pub fn linears_bf16(
+    x: &Tensor,
+    weights: &[(&Tensor, &Arc<fused::WeightPacks>)],
+) -> Result<Vec<Tensor>> {
+    if !cpu_f32(x) || weights.len() < 2 {
+        return (weights.iter())
+            .map(|(w, packs)| linear_in(x, w, false, Some(packs)))
+            .collect();
+    }
+    let x = x.contiguous()?;
+    let ws = (weights.iter())
+        .map(|(w, packs)| Ok((w.contiguous()?, (*packs).clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let ops = fused::shared_linears(ws.clone());
+    (ws.iter().zip(ops))
+        .map(|((w, _), op)| x.apply_op2(w, op))
+        .collect()
 }
 
 /// [`linear_composed`] with bf16 operands: x and w cast to bf16 (w once, kept in `packs`), the product

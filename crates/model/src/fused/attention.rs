@@ -13,13 +13,14 @@ use rayon::prelude::*;
 ///
 /// Rows are processed in blocks of [`ROW_BLOCK`] queries, each against only the keys it may see, so the
 /// masked half of the score matrix is never computed. The forward keeps the probabilities (B·NH·Tq·Tk
-/// floats) for the backward.
+/// floats) for the backward, unless made [`for_inference`](CausalAttention::for_inference).
 ///
 /// With `bf16` every product (Q Kᵀ, P V and the four of the backward) takes operands rounded to bf16 and
 /// sums in f32, as under PyTorch's bf16 autocast; the softmax and its backward stay in f32.
 pub struct CausalAttention {
     pub scale: f32,
     pub bf16: bool,
+    keep_probs: bool,
     probs: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
@@ -30,9 +31,32 @@ impl CausalAttention {
         CausalAttention {
             scale,
             bf16,
+            keep_probs: true,
             probs: std::sync::Mutex::new(None),
         }
     }
+
+    /// Not keeping the probabilities (no gradient will be asked for; a backward would recompute them):
+    /// each group works in a reused scratch buffer instead of a fresh B·NH·Tq·Tk one.
+    pub fn for_inference(mut self) -> Self {
+        self.keep_probs = false;
+        self
+    }
+}
+
+/// Probability buffers of forwards that do not keep them, reused from call to call.
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// `f` on a buffer of `len` floats of unspecified content (every user overwrites all of it).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let taken = SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut buf = taken.unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    out
 }
 
 struct Dims {
@@ -297,39 +321,48 @@ impl CustomOp3 for CausalAttention {
         );
         let rep = dm.rep();
         let mut out = vec![0f32; dm.b * dm.tq * dm.nh * dm.d];
-        let mut probs = vec![0f32; dm.b * dm.nh * dm.tq * dm.tk];
-        // One task per (batch, KV head) group, each filling its probabilities and returning its
-        // heads' outputs as [Tq · rep, D] rows, scattered into the [B, Tq, NH, D] output afterwards.
-        let groups: Vec<Vec<f32>> = probs
-            .par_chunks_mut(dm.group_probs_len())
-            .enumerate()
-            .map(|(gi, p)| {
-                let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
-                let kv0 = dm.kv_group_at(bi, g);
-                let qg = dm.gather_group(q, bi, g);
-                self.group_probs(&qg, k, &dm, bi, g, p);
-                let mut o = vec![0f32; dm.tq * rep * dm.d];
-                for (r0, rows, keys) in dm.blocks() {
-                    gemm_rs(
-                        dm.bf16,
-                        &mut o[r0 * rep * dm.d..],
-                        dm.d,
-                        (rows * rep, dm.d, keys),
-                        &p[r0 * rep * dm.tk..],
-                        (dm.tk, 1),
-                        &v[kv0..],
-                        (dm.kv_rs(), 1),
-                        false,
-                        1.0,
-                    );
-                }
-                o
-            })
-            .collect();
+        // One task per (batch, KV head) group, each filling its probabilities (every entry) and
+        // returning its heads' outputs as [Tq · rep, D] rows, scattered into the [B, Tq, NH, D] output
+        // afterwards.
+        let group = |gi: usize, p: &mut [f32]| {
+            let (bi, g) = (gi / dm.nkv, gi % dm.nkv);
+            let kv0 = dm.kv_group_at(bi, g);
+            let qg = dm.gather_group(q, bi, g);
+            self.group_probs(&qg, k, &dm, bi, g, p);
+            let mut o = vec![0f32; dm.tq * rep * dm.d];
+            for (r0, rows, keys) in dm.blocks() {
+                gemm_rs(
+                    dm.bf16,
+                    &mut o[r0 * rep * dm.d..],
+                    dm.d,
+                    (rows * rep, dm.d, keys),
+                    &p[r0 * rep * dm.tk..],
+                    (dm.tk, 1),
+                    &v[kv0..],
+                    (dm.kv_rs(), 1),
+                    false,
+                    1.0,
+                );
+            }
+            o
+        };
+        let (len, count) = (dm.group_probs_len(), dm.b * dm.nkv);
+        let groups: Vec<Vec<f32>> = if self.keep_probs {
+            let mut probs = vec![0f32; count * len];
+            let groups = (probs.par_chunks_mut(len).enumerate())
+                .map(|(gi, p)| group(gi, p))
+                .collect();
+            *self.probs.lock().expect("attention cache") = Some(probs);
+            groups
+        } else {
+            (0..count)
+                .into_par_iter()
+                .map(|gi| with_scratch(len, |p| group(gi, p)))
+                .collect()
+        };
         for (gi, o) in groups.iter().enumerate() {
             dm.scatter_group(&mut out, o, gi / dm.nkv, gi % dm.nkv);
         }
-        *self.probs.lock().expect("attention cache") = Some(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -611,6 +644,27 @@ mod tests {
                 })
             };
             assert_eq!(run(1), run(3), "bf16 {bf16}");
+        }
+    }
+
+    #[test]
+    fn an_inference_forward_gives_the_training_forwards_bits() {
+        let mut rng = SplitMix64::new(4);
+        let bits = |t: candle_core::Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        // Shapes that shrink and grow, so scratch buffers are reused with stale contents.
+        for (tq, tk) in [(70, 70), (5, 9), (1, 40), (100, 100)] {
+            let q = randn(&mut rng, &[2, tq, 4, 16], 1.0);
+            let k = randn(&mut rng, &[2, tk, 2, 16], 1.0);
+            let v = randn(&mut rng, &[2, tk, 2, 16], 1.0);
+            for bf16 in [false, true] {
+                let op = || super::CausalAttention::new(0.25, bf16);
+                let kept = q.apply_op3(&k, &v, op()).unwrap();
+                let scratch = q.apply_op3(&k, &v, op().for_inference()).unwrap();
+                assert_eq!(bits(kept), bits(scratch), "{tq}×{tk} bf16 {bf16}");
+            }
         }
     }
 }

@@ -322,37 +322,48 @@ pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
     assert!(a.width == MR && a.k == b.k, "gemm16: operands do not fit");
     // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the kernel only writes through it.
     let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    gemm_on(has_bf16_dot(), Left::Packed(a), b, c, ldc)
+    gemm_on(has_bf16_dot(), Left::Packed(a), vec![(b, c, ldc)])
 }
 
 /// A new row-major [m, n] matrix `a · b` for A of m rows over B's k (see [`gemm`]), never zero-filled:
 /// the kernel writes every element.
 pub fn product(a: Left, b: &Packed) -> Vec<f32> {
-    let (m, n) = (a.rows(), b.len);
-    let mut c = Vec::with_capacity(m * n);
-    gemm_on(
-        has_bf16_dot(),
-        a,
-        b,
-        &mut c.spare_capacity_mut()[..m * n],
-        n,
-    );
-    // SAFETY: `gemm_on` wrote all m·n elements of the [m, n] output (row stride n).
-    unsafe { c.set_len(m * n) };
-    c
+    product_many(a, &[b]).pop().expect("one product")
 }
 
-/// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel: one task per
-/// group of row panels, which packs its A rows (when raw) and walks B block by block (each block stays
-/// in cache while every row panel of the group uses it).
-fn gemm_on(bf16_dot: bool, a: Left, b: &Packed, c: &mut [MaybeUninit<f32>], ldc: usize) {
-    assert!(b.width == NR, "gemm16: operands do not fit");
-    let (m, n, k) = (a.rows(), b.len, b.k);
-    assert!(
-        ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n,
-        "gemm16: output too small"
-    );
-    if m == 0 || n == 0 {
+/// [`product`] of one left operand with each of `bs` (all over the same k): A is rounded and packed once
+/// for all of them (the layers that read one input: q, k and v; gate and up).
+pub fn product_many(a: Left, bs: &[&Packed]) -> Vec<Vec<f32>> {
+    let m = a.rows();
+    let mut outs: Vec<Vec<f32>> = bs.iter().map(|b| Vec::with_capacity(m * b.len)).collect();
+    let jobs = (bs.iter().zip(outs.iter_mut()))
+        .map(|(b, c)| (*b, &mut c.spare_capacity_mut()[..m * b.len], b.len))
+        .collect();
+    gemm_on(has_bf16_dot(), a, jobs);
+    for (c, b) in outs.iter_mut().zip(bs) {
+        // SAFETY: `gemm_on` wrote all m·n elements of each [m, n] output (row stride n).
+        unsafe { c.set_len(m * b.len) };
+    }
+    outs
+}
+
+/// An output of [`gemm_on`]: the right operand, and the rows it is written into with their stride.
+type Job<'a> = (&'a Packed, &'a mut [MaybeUninit<f32>], usize);
+
+/// [`gemm`] through `vdpbf16ps` (`bf16_dot`, on a CPU that has it) or the portable kernel, for each
+/// `(b, c, ldc)` of `jobs`: one task per group of row panels, which packs its A rows (when raw) once and
+/// walks each B block by block (each block stays in cache while every row panel of the group uses it).
+fn gemm_on(bf16_dot: bool, a: Left, jobs: Vec<Job>) {
+    let m = a.rows();
+    let k = jobs.first().map_or(0, |j| j.0.k);
+    for (b, c, ldc) in &jobs {
+        assert!(b.width == NR && b.k == k, "gemm16: operands do not fit");
+        assert!(
+            *ldc >= b.len && c.len() >= m.saturating_sub(1) * ldc + b.len,
+            "gemm16: output too small"
+        );
+    }
+    if m == 0 {
         return;
     }
     let kernel = if bf16_dot && has_bf16_dot() {
@@ -360,65 +371,107 @@ fn gemm_on(bf16_dot: bool, a: Left, b: &Packed, c: &mut [MaybeUninit<f32>], ldc:
     } else {
         tile_portable
     };
-    let (row_panels, col_panels, kp) = (m.div_ceil(MR), n.div_ceil(NR), b.kp());
-    let per_block = (B_BLOCK_BYTES / (kp.max(1) * NR * 4)).max(1);
+    let row_panels = m.div_ceil(MR);
     // Two groups per thread: enough to balance, few enough that B is read only a few times.
     let group = row_panels.div_ceil(2 * rayon::current_num_threads()).max(1);
-    c.par_chunks_mut(group * MR * ldc)
-        .take(row_panels.div_ceil(group))
-        .enumerate()
-        .for_each(|(t, rows)| {
-            let panels = t * group..((t + 1) * group).min(row_panels);
-            let packed = a.panels(panels.clone(), k);
-            // Every kernel call overwrites the whole tile.
-            let mut tile = [0f32; MR * NR];
-            for first in (0..col_panels).step_by(per_block) {
-                for (j, rp) in panels.clone().enumerate() {
-                    let a_panel = &packed[j * kp * MR..(j + 1) * kp * MR];
-                    let out = &mut rows[j * MR * ldc..];
-                    for cp in first..(first + per_block).min(col_panels) {
-                        kernel(kp, a_panel, b.panel(cp), &mut tile);
-                        let (valid_rows, cols) = ((m - rp * MR).min(MR), (n - cp * NR).min(NR));
-                        store(&tile, out, ldc, valid_rows, cp * NR, cols);
-                    }
-                }
-            }
-        });
+    let tasks = row_panels.div_ceil(group);
+    // Each task's rows of every output.
+    let mut per_task: Vec<Vec<Job>> = (0..tasks).map(|_| Vec::new()).collect();
+    for (b, c, ldc) in jobs.into_iter().filter(|j| j.0.len > 0) {
+        for (t, rows) in c.chunks_mut(group * MR * ldc).take(tasks).enumerate() {
+            per_task[t].push((b, rows, ldc));
+        }
+    }
+    per_task.into_par_iter().enumerate().for_each(|(t, outs)| {
+        let panels = t * group..((t + 1) * group).min(row_panels);
+        let packed = a.panels(panels.clone(), k);
+        for (b, rows, ldc) in outs {
+            multiply_panels(kernel, (&packed, panels.clone(), m), b, rows, ldc);
+        }
+    });
 }
 
-/// Writes the valid `rows` × `cols` of a tile into the output rows at column `col`.
-fn store(
-    tile: &[f32; MR * NR],
-    out: &mut [MaybeUninit<f32>],
+/// A tile kernel: the MR × NR product of an A panel and a B panel over `kp` k pairs, its `rows` × `cols`
+/// valid part written into `out` (rows `ldc` apart).
+type Kernel = fn(usize, &[u32], &[u32], Out);
+
+/// Where a tile's valid `rows` × `cols` go: `out`, rows `ldc` apart.
+struct Out<'a> {
+    out: &'a mut [MaybeUninit<f32>],
     ldc: usize,
     rows: usize,
-    col: usize,
     cols: usize,
+}
+
+/// The rows of `c` that A's row panels `panels` (packed in `a`; m rows in all) give with B.
+fn multiply_panels(
+    kernel: Kernel,
+    (a, panels, m): (&[u32], std::ops::Range<usize>, usize),
+    b: &Packed,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
 ) {
-    for r in 0..rows {
-        let dst = &mut out[r * ldc + col..r * ldc + col + cols];
-        for (d, &v) in dst.iter_mut().zip(&tile[r * NR..r * NR + cols]) {
+    let (n, kp, col_panels) = (b.len, b.kp(), b.len.div_ceil(NR));
+    let per_block = (B_BLOCK_BYTES / (kp.max(1) * NR * 4)).max(1);
+    for first in (0..col_panels).step_by(per_block) {
+        for (j, rp) in panels.clone().enumerate() {
+            let a_panel = &a[j * kp * MR..(j + 1) * kp * MR];
+            let rows = (m - rp * MR).min(MR);
+            for cp in first..(first + per_block).min(col_panels) {
+                let out = &mut c[j * MR * ldc + cp * NR..];
+                let cols = (n - cp * NR).min(NR);
+                kernel(
+                    kp,
+                    a_panel,
+                    b.panel(cp),
+                    Out {
+                        out,
+                        ldc,
+                        rows,
+                        cols,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Writes the valid part of a tile of sums.
+fn store(tile: &[f32; MR * NR], o: Out) {
+    for r in 0..o.rows {
+        let dst = &mut o.out[r * o.ldc..r * o.ldc + o.cols];
+        for (d, &v) in dst.iter_mut().zip(&tile[r * NR..r * NR + o.cols]) {
             d.write(v);
         }
     }
 }
 
 /// The tile through `vdpbf16ps`, on a CPU that has it (or the portable kernel otherwise).
-fn tile_bf16_dot(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+fn tile_bf16_dot(kp: usize, a: &[u32], b: &[u32], out: Out) {
     #[cfg(target_arch = "x86_64")]
     if has_bf16_dot() {
+        assert!(
+            a.len() >= kp * MR && b.len() >= kp * NR,
+            "gemm16: panels too short"
+        );
+        assert!(
+            out.rows <= MR
+                && out.cols <= NR
+                && (out.rows == 0 || out.out.len() >= (out.rows - 1) * out.ldc + out.cols),
+            "gemm16: tile output too small"
+        );
         // SAFETY: the CPU has AVX512_BF16 and AVX-512F (checked above); the panels hold kp·MR and kp·NR
-        // values (asserted by the caller's layout), which is all the kernel reads.
-        unsafe { avx512::tile(kp, a, b, tile) };
+        // values and the output holds the tile's valid part (asserted), which is all the kernel touches.
+        unsafe { avx512::tile(kp, a, b, out) };
         return;
     }
-    tile_portable(kp, a, b, tile)
+    tile_portable(kp, a, b, out)
 }
 
 super::simd::multiversion! {
     /// The tile in plain arithmetic: each pair widened to two f32 products, added in the order
     /// `vdpbf16ps` adds them.
-    fn tile_portable(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
+    fn tile_portable(kp: usize, a: &[u32], b: &[u32], out: Out) {
         let mut acc = [[0f32; NR]; MR];
         for q in 0..kp {
             let bq = &b[q * NR..(q + 1) * NR];
@@ -436,21 +489,27 @@ super::simd::multiversion! {
                 }
             }
         }
+        let mut tile = [0f32; MR * NR];
         for r in 0..MR {
             tile[r * NR..(r + 1) * NR].copy_from_slice(&acc[r]);
         }
+        store(&tile, out);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR};
+    use super::{Out, MR, NR};
     use std::arch::x86_64::*;
 
     /// MR × NR sums in 2·MR registers; per k pair: two loads of B, MR broadcasts of A, 2·MR `vdpbf16ps`.
+    /// A whole tile is stored from the registers into the output; a partial one through a buffer.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `a` and `b` hold at least kp·MR and kp·NR values; `out`
+    /// holds the tile's valid part.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile(kp: usize, a: &[u32], b: &[u32], tile: &mut [f32; MR * NR]) {
-        debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
+    pub(super) unsafe fn tile(kp: usize, a: &[u32], b: &[u32], out: Out) {
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
         for _ in 0..kp {
@@ -473,13 +532,26 @@ mod avx512 {
                 pb = pb.add(NR);
             }
         }
+        if out.rows == MR && out.cols == NR {
+            let dst = out.out.as_mut_ptr().cast::<f32>();
+            for r in 0..MR {
+                // SAFETY: the output holds MR rows of NR floats, rows ldc apart (the caller's contract).
+                unsafe {
+                    _mm512_storeu_ps(dst.add(r * out.ldc), acc[2 * r]);
+                    _mm512_storeu_ps(dst.add(r * out.ldc + 16), acc[2 * r + 1]);
+                }
+            }
+            return;
+        }
+        let mut tile = [0f32; MR * NR];
         for r in 0..MR {
-            // SAFETY: the tile holds MR rows of NR floats.
+            // SAFETY: the buffer holds MR rows of NR floats.
             unsafe {
                 _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), acc[2 * r]);
                 _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), acc[2 * r + 1]);
             }
         }
+        super::store(&tile, out);
     }
 
     #[inline(always)]
@@ -541,7 +613,7 @@ mod tests {
             let pb = Packed::new(&b, (n, k), (1, n), NR);
             for portable in [false, true] {
                 let mut c = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
-                gemm_on(!portable, Left::Packed(&pa), &pb, &mut c, n + 3);
+                gemm_on(!portable, Left::Packed(&pa), vec![(&pb, &mut c[..], n + 3)]);
                 // SAFETY: initialised above.
                 let c: Vec<f32> = c.iter().map(|x| unsafe { x.assume_init() }).collect();
                 for i in 0..m {
@@ -587,6 +659,32 @@ mod tests {
     }
 
     #[test]
+    fn one_left_operand_with_several_right_ones_gives_each_product() {
+        let mut rng = SplitMix64::new(21);
+        let (m, k) = (70, 96);
+        let a = random(&mut rng, m * k);
+        let bs: Vec<Packed> = [64, 0, 16, 45]
+            .iter()
+            .map(|&n| Packed::new(&random(&mut rng, k * n), (n, k), (1, n), NR))
+            .collect();
+        let left = Left::Raw {
+            src: &a,
+            rows: m,
+            strides: (k, 1),
+        };
+        let many = product_many(left, &bs.iter().collect::<Vec<_>>());
+        assert_eq!(many.len(), 4);
+        for (got, b) in many.iter().zip(&bs) {
+            let want = product(left, b);
+            assert_eq!(got.len(), m * b.len);
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    #[test]
     fn both_kernels_give_the_same_bits() {
         let mut rng = SplitMix64::new(19);
         let (m, n, k) = (30, 70, 301);
@@ -596,7 +694,7 @@ mod tests {
         let pb = Packed::new(&b, (n, k), (1, n), NR);
         let run = |portable: bool| {
             let mut c = vec![MaybeUninit::new(0f32); m * n];
-            gemm_on(!portable, Left::Packed(&pa), &pb, &mut c, n);
+            gemm_on(!portable, Left::Packed(&pa), vec![(&pb, &mut c[..], n)]);
             // SAFETY: initialised above.
             c.iter()
                 .map(|x| unsafe { x.assume_init() }.to_bits())

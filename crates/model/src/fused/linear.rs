@@ -59,6 +59,16 @@ impl WeightPacks {
         let packed = pack();
         Ok(which.get_or_init(|| packed))
     }
+
+    /// The weight `w` packed for the forward product (made by `pack` on first use).
+    pub(super) fn forward(&self, w: &[f32], pack: impl FnOnce() -> Packed) -> Result<&Packed> {
+        self.get(&self.fwd, w, pack)
+    }
+
+    /// The weight `w` packed for the backward product dx (made by `pack` on first use).
+    pub(super) fn backward(&self, w: &[f32], pack: impl FnOnce() -> Packed) -> Result<&Packed> {
+        self.get(&self.bwd, w, pack)
+    }
 }
 
 /// The bits of [`STAMP`] values spread over `w`.
@@ -85,7 +95,12 @@ pub fn matmul(
 }
 
 /// `a · b` in bf16 for a of `rows` rows given by strides and b already packed (which sets k).
-fn matmul_packed(a: &[f32], rows: usize, strides: (usize, usize), pb: &Packed) -> Vec<f32> {
+pub(super) fn matmul_packed(
+    a: &[f32],
+    rows: usize,
+    strides: (usize, usize),
+    pb: &Packed,
+) -> Vec<f32> {
     gemm16::product(
         gemm16::Left::Raw {
             src: a,
@@ -149,6 +164,19 @@ impl Linear {
     }
 }
 
+/// For an input x [.., in] to a layer of `out` outputs: its row count and the output's shape [.., out].
+pub(super) fn output_shape(x: &Layout, inp: usize, out: usize) -> Result<(usize, Shape)> {
+    let dims = x.shape().dims();
+    if dims.last() != Some(&inp) {
+        return Err(Error::Msg(format!(
+            "linear: input {dims:?} does not end in the weight's input size {inp}"
+        )));
+    }
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("non-empty") = out;
+    Ok((x.shape().elem_count() / inp.max(1), Shape::from(shape)))
+}
+
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         match (self.transposed, self.bf16.is_some()) {
@@ -168,26 +196,16 @@ impl CustomOp2 for Linear {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1, "linear x")?, slice(s2, l2, "linear weight")?);
         let (inp, out, ws) = self.weight(l2.shape())?;
-        let dims = l1.shape().dims();
-        if dims.last() != Some(&inp) {
-            return Err(Error::Msg(format!(
-                "linear: input {dims:?} does not end in the weight's input size {inp}"
-            )));
-        }
-        let rows = x.len() / inp.max(1);
+        let (rows, shape) = output_shape(l1, inp, out)?;
         // y[rows, out] = x[rows, in] · W[in, out]
         let y = match &self.bf16 {
             None => matmul(false, (rows, out, inp), x, (inp, 1), w, ws),
             Some(packs) => {
-                let pw = packs.get(&packs.fwd, w, || {
-                    Packed::new(w, (out, inp), (ws.1, ws.0), NR)
-                })?;
+                let pw = packs.forward(w, || Packed::new(w, (out, inp), (ws.1, ws.0), NR))?;
                 matmul_packed(x, rows, (inp, 1), pw)
             }
         };
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("non-empty") = out;
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -204,9 +222,7 @@ impl CustomOp2 for Linear {
         let dx = match &self.bf16 {
             None => matmul(false, (rows, inp, out), &dy, (out, 1), &wv, (w_cs, w_rs)),
             Some(packs) => {
-                let pw = packs.get(&packs.bwd, &wv, || {
-                    Packed::new(&wv, (inp, out), (w_rs, w_cs), NR)
-                })?;
+                let pw = packs.backward(&wv, || Packed::new(&wv, (inp, out), (w_rs, w_cs), NR))?;
                 matmul_packed(&dy, rows, (out, 1), pw)
             }
         };

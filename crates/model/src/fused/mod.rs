@@ -7,9 +7,10 @@
 //! (batch, KV head) groups) and every reduction runs in a fixed order. `ops` dispatches here on the CPU
 //! and keeps the composed ops for other devices; tests check both agree in value and gradient.
 //!
-//! One file per op family, each with its op, its row kernels and its tests: `linear`, `attention`,
-//! `rowwise` (RMSNorm, RoPE, SwiGLU) and `logprobs`. `simd` holds the vectorised helpers that several
-//! families share, `storage` what every family uses (storage access, gradients as candle wants them,
+//! One file per op family, each with its op, its row kernels and its tests: `linear` (and
+//! `shared_input`, the layers that read one input), `attention`, `rowwise` (RMSNorm, RoPE, SwiGLU) and
+//! `logprobs`. `simd` holds the vectorised helpers that several families share, `storage` what every
+//! family uses (storage access, gradients as candle wants them, outputs written without zero-filling,
 //! the one call into the gemm kernel); this file declares them and holds the switch between the fused
 //! and the composed ops.
 
@@ -20,6 +21,7 @@ pub mod gemm16;
 mod linear;
 mod logprobs;
 mod rowwise;
+mod shared_input;
 mod simd;
 mod storage;
 #[cfg(test)]
@@ -29,6 +31,7 @@ pub use attention::CausalAttention;
 pub use linear::{matmul, Linear, WeightPacks};
 pub use logprobs::TokenLogprobs;
 pub use rowwise::{RmsNorm, Rope, SwiGlu};
+pub use shared_input::{shared_linears, SharedLinear};
 
 use candle_core::{DType, Tensor};
 

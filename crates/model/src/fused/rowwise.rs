@@ -2,9 +2,10 @@
 //! of independent rows.
 
 use super::simd::{dot, exp, fold3, multiversion};
-use super::storage::{grads2, slice, values};
+use super::storage::{grads2, slice, values, written};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task: fixed, so results never depend on the thread count.
 const CHUNK: usize = 1 << 14;
@@ -18,9 +19,9 @@ fn sigmoid(x: f32) -> f32 {
 pub struct SwiGlu;
 
 multiversion! {
-    fn swiglu_fwd(o: &mut [f32], g: &[f32], u: &[f32]) {
+    fn swiglu_fwd(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g * sigmoid(g) * u;
+            o.write(g * sigmoid(g) * u);
         }
     }
 }
@@ -53,10 +54,14 @@ impl CustomOp2 for SwiGlu {
             return Err(Error::Msg("swiglu: gate and up differ in shape".into()));
         }
         let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| swiglu_fwd(o, g, u));
+        // SAFETY: the chunks cover the output, and swiglu_fwd writes each of its elements.
+        let out = unsafe {
+            written(g.len(), |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                    .for_each(|(o, (g, u))| swiglu_fwd(o, g, u))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -96,12 +101,12 @@ impl RmsNorm {
 }
 
 multiversion! {
-    fn rms_norm_rows(o: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    fn rms_norm_rows(o: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
         let h = w.len();
         for (o, x) in o.chunks_mut(h).zip(x.chunks(h)) {
             let r = RmsNorm::inv_rms(x, eps);
             for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * r * w;
+                o.write(x * r * w);
             }
         }
     }
@@ -146,11 +151,15 @@ impl CustomOp2 for RmsNorm {
                 "rms_norm: weight does not match the last dimension".into(),
             ));
         }
-        let mut out = vec![0f32; x.len()];
         let rows = (CHUNK / h).max(1);
-        out.par_chunks_mut(rows * h)
-            .zip(x.par_chunks(rows * h))
-            .for_each(|(o, x)| rms_norm_rows(o, x, w, self.eps));
+        // SAFETY: the chunks cover the output (whole rows of h), and rms_norm_rows writes each element.
+        let out = unsafe {
+            written(x.len(), |out| {
+                out.par_chunks_mut(rows * h)
+                    .zip(x.par_chunks(rows * h))
+                    .for_each(|(o, x)| rms_norm_rows(o, x, w, self.eps))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -197,15 +206,15 @@ pub struct Rope {
 multiversion! {
     /// Rotates each `d`-vector of `x` (one position, all heads) by the angles in `c`, `s` (`sign` −1:
     /// the inverse rotation).
-    fn rope_rows(o: &mut [f32], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
+    fn rope_rows(o: &mut [MaybeUninit<f32>], x: &[f32], c: &[f32], s: &[f32], sign: f32) {
         let d = c.len();
         let half = d / 2;
         for (or, xr) in o.chunks_mut(d).zip(x.chunks(d)) {
             let (or, xr, s) = (&mut or[..d], &xr[..d], &s[..d]);
             for j in 0..half {
                 let (a, b) = (xr[j], xr[j + half]);
-                or[j] = a * c[j] - sign * b * s[j];
-                or[j + half] = b * c[j + half] + sign * a * s[j + half];
+                or[j].write(a * c[j] - sign * b * s[j]);
+                or[j + half].write(b * c[j + half] + sign * a * s[j + half]);
             }
         }
     }
@@ -216,17 +225,25 @@ impl Rope {
     fn apply(&self, x: &[f32], heads: usize, inverse: bool) -> Vec<f32> {
         let (t, d) = (self.t, self.d);
         let sign = if inverse { -1.0 } else { 1.0 };
-        let mut out = vec![0f32; x.len()];
+        assert!(
+            d % 2 == 0 && x.len().is_multiple_of((heads * d).max(1)),
+            "rope: vectors of odd length {d} or a partial position"
+        );
         // One task per (batch, position): `heads` vectors of `d` rotated by the same angles.
-        out.par_chunks_mut(heads * d)
-            .zip(x.par_chunks(heads * d))
-            .enumerate()
-            .for_each(|(bp, (o, x))| {
-                let p = bp % t;
-                let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
-                rope_rows(o, x, c, s, sign);
-            });
-        out
+        // SAFETY: the chunks cover the output (whole vectors of d, d even: asserted), and rope_rows
+        // writes both halves of each.
+        unsafe {
+            written(x.len(), |out| {
+                out.par_chunks_mut(heads * d)
+                    .zip(x.par_chunks(heads * d))
+                    .enumerate()
+                    .for_each(|(bp, (o, x))| {
+                        let p = bp % t;
+                        let (c, s) = (&self.cos[p * d..][..d], &self.sin[p * d..][..d]);
+                        rope_rows(o, x, c, s, sign);
+                    })
+            })
+        }
     }
 }
 

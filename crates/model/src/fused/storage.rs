@@ -3,6 +3,8 @@
 
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
+
 use candle_core::{
     backend::BackendStorage, CpuStorage, Error, Layout, Result, Storage, StorageRef, Tensor,
 };
@@ -50,6 +52,18 @@ pub(super) fn values(t: &Tensor) -> Result<Values<'_>> {
     }
     drop(guard);
     Ok(Values::Owned(t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+/// `n` floats written by `fill`, without zero-filling them first.
+///
+/// # Safety
+/// `fill` must write every one of the `n` elements.
+pub(super) unsafe fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` wrote all n elements (the caller's contract).
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// The gradients of a two-input op as candle's backward wants them, shaped like the inputs.
