@@ -325,16 +325,28 @@ pub fn score(model: &Model, ids: &[u32], top: usize) -> Result<Scored, ApiError>
         .zip(&ids[1..])
         .map(|(row, &next)| {
             let lse = log_sum_exp(row);
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let best = order[..top.min(row.len())]
-                .iter()
-                .map(|&i| (i as u32, row[i] - lse))
+            let best = most_likely(row, top)
+                .into_iter()
+                .map(|i| (i as u32, row[i] - lse))
                 .collect();
             (row[next as usize] - lse, best)
         })
         .collect();
     Ok(out)
+}
+
+/// The indices of the `k` largest values of `row`, largest first (only those k are sorted).
+fn most_likely(row: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(row.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    let by_value = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]);
+    order.select_nth_unstable_by(k - 1, by_value);
+    order.truncate(k);
+    order.sort_by(by_value);
+    order
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
@@ -355,5 +367,13 @@ mod tests {
         assert_eq!(first_stop("abcEND!", 5, &stops), Some(3));
         assert_eq!(held_back("abc", &stops), 0);
         assert_eq!(first_stop("é END", 1, &stops), Some(3));
+    }
+
+    #[test]
+    fn the_most_likely_tokens_come_largest_first() {
+        let row = [0.5f32, 3.0, -1.0, 2.0, 2.5];
+        assert_eq!(most_likely(&row, 3), vec![1, 4, 3]);
+        assert_eq!(most_likely(&row, 0), Vec::<usize>::new());
+        assert_eq!(most_likely(&row, 9).len(), 5);
     }
 }

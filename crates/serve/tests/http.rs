@@ -47,6 +47,10 @@ const LIMITS: Limits = Limits {
     max_active: 4,
 };
 
+async fn get_json(c: &Client, url: &str) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Waits up to 20 s for `done`, failing the test naming `what`.
 async fn wait_for(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -75,23 +79,9 @@ async fn routes_answer_and_errors_have_openai_shape() {
     let dir = model_dir("routes", None);
     let (url, state) = start(&dir, LIMITS).await;
     let c = Client::new();
-    let health: Value = c
-        .get(format!("{url}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&c, &format!("{url}/health")).await;
     assert_eq!(health["status"], "ok");
-    let models: Value = c
-        .get(format!("{url}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = get_json(&c, &format!("{url}/v1/models")).await;
     assert_eq!(models["data"][0]["id"], json!(state.model_id));
     // A stage's `…/model` folder is served under its parent's name.
     let parent = dir.canonicalize().unwrap().parent().unwrap().to_path_buf();
