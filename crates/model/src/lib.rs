@@ -17,6 +17,6 @@ pub mod sample;
 
 pub use config::{ModelConfig, ModelType, PRESETS};
 pub use error::ModelError;
-pub use model::{KvCache, Model};
+pub use model::{KvCache, Model, Segment};
 pub use params::{init_parameters, parameter_shapes, SplitMix64};
 pub use precision::Precision;

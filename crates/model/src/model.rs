@@ -291,38 +291,70 @@ impl Model {
     }
 
     /// Final hidden states [B, T, hidden] for `ids` [B, T] (u32), continuing `cache` when given.
-    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor, ModelError> {
+    fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor, ModelError> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > self.cfg.max_position_embeddings {
+        self.check_length(offset + t)?;
+        let max_id = ids.max_keepdim(1)?.max(0)?.squeeze(0)?.to_scalar::<u32>()?;
+        self.check_id(max_id)?;
+        let (cos, sin) = self.rope(offset, t)?;
+        let x = self.embed_rows(&ids.flatten_all()?, (b, t))?;
+        let mut caches: Vec<&mut KvCache> = cache.into_iter().collect();
+        self.through_blocks(x, (&cos, &sin), &[(0, t)], &mut caches)
+    }
+
+    /// Runs `x` [B, T, hidden] through every block and the final norm. `spans` (start, length) cut
+    /// the T axis into sequences that attend only within themselves, the i-th continuing `caches[i]`
+    /// when there is one.
+    fn through_blocks(
+        &self,
+        mut x: Tensor,
+        rope: (&Tensor, &Tensor),
+        spans: &[(usize, usize)],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor, ModelError> {
+        for c in caches.iter_mut() {
+            c.layers.resize_with(self.blocks.len(), || None);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slots = (caches.iter_mut().map(|c| Some(&mut c.layers[i])))
+                .chain(std::iter::repeat_with(|| None));
+            let mut pieces: Vec<Piece> = (spans.iter().zip(slots))
+                .map(|(&(start, len), slot)| Piece { start, len, slot })
+                .collect();
+            x = block.forward(&x, &self.cfg, rope, self.precision, &mut pieces)?;
+        }
+        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    fn check_length(&self, positions: usize) -> Result<(), ModelError> {
+        if positions > self.cfg.max_position_embeddings {
             return Err(ModelError::Input(format!(
-                "sequence of {} positions exceeds max_position_embeddings {}",
-                offset + t,
+                "sequence of {positions} positions exceeds max_position_embeddings {}",
                 self.cfg.max_position_embeddings
             )));
         }
-        let max_id = ids.max_keepdim(1)?.max(0)?.squeeze(0)?.to_scalar::<u32>()?;
+        Ok(())
+    }
+
+    fn check_id(&self, max_id: u32) -> Result<(), ModelError> {
         if max_id as usize >= self.cfg.vocab_size {
             return Err(ModelError::Input(format!(
                 "token id {max_id} is outside the vocabulary (vocab_size {})",
                 self.cfg.vocab_size
             )));
         }
+        Ok(())
+    }
+
+    fn rope(&self, offset: usize, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim();
-        let (cos, sin) = ops::rope_tables(hd, self.cfg.rope_theta, offset, t, &self.device)?;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
-        if let Some(c) = cache.as_mut() {
-            c.layers.resize_with(self.blocks.len(), || None);
-        }
-        for (i, block) in self.blocks.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, &self.cfg, (&cos, &sin), self.precision, slot)?;
-        }
-        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+        ops::rope_tables(hd, self.cfg.rope_theta, offset, len, &self.device)
+    }
+
+    /// The embeddings of `ids` (u32, flat), shaped [B, T, hidden].
+    fn embed_rows(&self, ids: &Tensor, (b, t): (usize, usize)) -> candle_core::Result<Tensor> {
+        (self.embed.index_select(ids, 0)?).reshape((b, t, self.cfg.hidden_size))
     }
 
     /// Logits for every position: [B, T, vocab].
@@ -375,6 +407,41 @@ impl Model {
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
         Ok(self.lm_head.apply(&last)?)
     }
+
+    /// Feeds several sequences at once, each `ids` after what its own cache holds, and returns the
+    /// logits of each one's last position [S, vocab]. Their rows share every matrix product (one per
+    /// layer for all of them, which is what makes batched decoding fast); attention stays within each
+    /// sequence. One segment gives the same numbers as [`Model::forward_cached`].
+    pub fn forward_packed(&self, segments: &mut [Segment]) -> Result<Tensor, ModelError> {
+        let mut ids: Vec<u32> = Vec::new();
+        let (mut spans, mut cos, mut sin) = (Vec::new(), Vec::new(), Vec::new());
+        for s in segments.iter() {
+            if s.ids.is_empty() {
+                return Err(ModelError::Input("a packed segment has no ids".into()));
+            }
+            let offset = s.cache.len();
+            self.check_length(offset + s.ids.len())?;
+            let (c, si) = self.rope(offset, s.ids.len())?;
+            spans.push((ids.len(), s.ids.len()));
+            cos.push(c);
+            sin.push(si);
+            ids.extend_from_slice(s.ids);
+        }
+        let Some(&max_id) = ids.iter().max() else {
+            return Err(ModelError::Input("no segment to feed".into()));
+        };
+        self.check_id(max_id)?;
+        let (cos, sin) = (Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?);
+        let n = ids.len();
+        let x = self.embed_rows(&Tensor::new(ids, &self.device)?, (1, n))?;
+        let mut caches: Vec<&mut KvCache> = segments.iter_mut().map(|s| &mut *s.cache).collect();
+        let h = self.through_blocks(x, (&cos, &sin), &spans, &mut caches)?;
+        let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
+        let rows = h
+            .squeeze(0)?
+            .index_select(&Tensor::new(last, &self.device)?, 0)?;
+        Ok(self.lm_head.apply(&rows)?)
+    }
 }
 
 impl Block {
@@ -402,10 +469,10 @@ impl Block {
         cfg: &ModelConfig,
         rope: (&Tensor, &Tensor),
         precision: Precision,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        pieces: &mut [Piece],
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
-        let x = (x + self.attn.forward(&h, cfg, rope, precision, cache)?)?;
+        let x = (x + self.attn.forward(&h, cfg, rope, precision, pieces)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
         let [gate, up] = Proj::apply_all([&self.gate, &self.up], &h)?;
         let act = ops::swiglu(&gate, &up)?;
@@ -421,7 +488,7 @@ impl Attention {
         cfg: &ModelConfig,
         (cos, sin): (&Tensor, &Tensor),
         precision: Precision,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        pieces: &mut [Piece],
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (
@@ -440,7 +507,41 @@ impl Attention {
         }
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
-        let (k, v) = match cache {
+        let scale = 1.0 / (hd as f64).sqrt();
+        let outs = (pieces.iter_mut())
+            .map(|p| p.attend((&q, &k, &v), scale, precision.is_bf16()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let out = Tensor::cat(&outs, 1)?.reshape((b, t, nh * hd))?;
+        self.o.apply(&out)
+    }
+}
+
+/// One sequence of a packed forward, as [`Model::forward_packed`] takes it: its new ids, fed after
+/// what its cache holds.
+pub struct Segment<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Where one sequence's rows lie on the T axis of a layer's input, and its cache slot in that layer.
+struct Piece<'a> {
+    start: usize,
+    len: usize,
+    slot: Option<&'a mut Option<(Tensor, Tensor)>>,
+}
+
+impl Piece<'_> {
+    /// Causal attention of this piece's queries over its cached and new keys and values (q, k, v in
+    /// [B, T, heads, head_dim]); the new keys and values join the cache.
+    fn attend(
+        &mut self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        scale: f64,
+        bf16: bool,
+    ) -> candle_core::Result<Tensor> {
+        let cut = |t: &Tensor| t.narrow(1, self.start, self.len);
+        let (q, k, v) = (cut(q)?, cut(k)?, cut(v)?);
+        let (k, v) = match self.slot.as_deref_mut() {
             None => (k, v),
             Some(slot) => {
                 let kv = match slot.take() {
@@ -451,13 +552,7 @@ impl Attention {
                 kv
             }
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let out = ops::causal_attention_in(&q, &k, &v, scale, precision.is_bf16())?.reshape((
-            b,
-            t,
-            nh * hd,
-        ))?;
-        self.o.apply(&out)
+        ops::causal_attention_in(&q, &k, &v, scale, bf16)
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor, Var};
 use zerolm_model::io::{load_safetensors, safetensors_bytes};
 use zerolm_model::sample::{generate, Sampler, SamplingConfig};
-use zerolm_model::{init_parameters, KvCache, Model, ModelConfig, ModelType, Precision};
+use zerolm_model::{init_parameters, KvCache, Model, ModelConfig, ModelType, Precision, Segment};
 
 fn configs() -> Vec<ModelConfig> {
     let llama = ModelConfig::preset("micro").unwrap();
@@ -203,6 +203,104 @@ fn kv_cache_decoding_equals_the_full_forward() {
             assert!(worst < 1e-5, "{:?} position {pos}: {worst}", cfg.model_type);
         }
     }
+}
+
+#[test]
+fn packed_sequences_decode_as_each_one_alone() {
+    for cfg in configs() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let mut model =
+                Model::new(cfg.clone(), init_parameters(&cfg, 9, &Device::Cpu).unwrap()).unwrap();
+            model.set_precision(precision);
+            let model = model.for_inference().unwrap();
+            let seqs: [&[u32]; 3] = [
+                &[1, 17, 4, 33, 2, 9],
+                &[40, 3, 11],
+                &[7, 7, 8, 21, 49, 0, 5, 6],
+            ];
+            // Alone: each sequence's prompt, then two tokens one at a time.
+            let alone = |seq: &[u32]| {
+                let mut cache = KvCache::new();
+                let mut rows =
+                    vec![model.forward_cached(&ids(&[&seq[..seq.len() - 2]]), &mut cache)];
+                for t in seq.len() - 2..seq.len() {
+                    rows.push(model.forward_cached(&ids(&[&seq[t..t + 1]]), &mut cache));
+                }
+                rows.into_iter()
+                    .map(|r| r.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            };
+            let want: Vec<Vec<Vec<f32>>> = seqs.iter().map(|s| alone(s)).collect();
+            // Packed: the prompts together, then the three sequences' tokens together; the second
+            // sequence joins one round late, as a new request joins a running batch.
+            let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new()).collect();
+            let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+            let rounds: [Vec<(usize, std::ops::Range<usize>)>; 4] = [
+                vec![(0, 0..4), (2, 0..6)],
+                vec![(0, 4..5), (1, 0..1), (2, 6..7)],
+                vec![(0, 5..6), (1, 1..2), (2, 7..8)],
+                vec![(1, 2..3)],
+            ];
+            for round in rounds {
+                let mut segments: Vec<Segment> = Vec::new();
+                let mut order = Vec::new();
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    if let Some((_, r)) = round.iter().find(|(s, _)| *s == i) {
+                        segments.push(Segment {
+                            ids: &seqs[i][r.clone()],
+                            cache,
+                        });
+                        order.push(i);
+                    }
+                }
+                let logits = model.forward_packed(&mut segments).unwrap();
+                assert_eq!(logits.dims(), [order.len(), cfg.vocab_size]);
+                for (row, i) in logits.to_vec2::<f32>().unwrap().into_iter().zip(order) {
+                    got[i].push(row);
+                }
+            }
+            assert_eq!(
+                caches.iter().map(|c| c.len()).collect::<Vec<_>>(),
+                [6, 3, 8]
+            );
+            for (s, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(w.len(), g.len());
+                // The same bits: each row takes the same path through the kernels, alone or packed.
+                for (a, b) in w.iter().zip(g) {
+                    let worst = max_abs_diff(a, b);
+                    assert!(
+                        worst == 0.0,
+                        "{:?} {precision:?} sequence {s}: {worst}",
+                        cfg.model_type
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_input_is_checked() {
+    let cfg = configs().remove(0);
+    let model = Model::new(cfg.clone(), init_parameters(&cfg, 9, &Device::Cpu).unwrap()).unwrap();
+    let mut cache = KvCache::new();
+    let err = |ids: &[u32], cache: &mut KvCache| {
+        let mut segments = [Segment { ids, cache }];
+        model.forward_packed(&mut segments).unwrap_err().to_string()
+    };
+    assert!(
+        err(&[], &mut cache).contains("no ids"),
+        "{}",
+        err(&[], &mut cache)
+    );
+    assert!(err(&[3, 50], &mut cache).contains("token id 50"));
+    let long = vec![1u32; cfg.max_position_embeddings + 1];
+    assert!(err(&long, &mut cache).contains("max_position_embeddings"));
+    assert!(model
+        .forward_packed(&mut [])
+        .unwrap_err()
+        .to_string()
+        .contains("no segment"));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The generation worker: one thread that owns decoding. Requests wait in a bounded queue (a full queue
-//! is the caller's 429); up to `max_active` sequences decode at once, each with its own KV cache, one
-//! token each per round, so a new request starts between two tokens of the running ones instead of
-//! after them. Every token's text goes to the request's channel as soon as it is known; a request whose
-//! receiver is gone (the client disconnected) is dropped at its next token.
+//! is the caller's 429); up to `max_active` sequences decode at once, each with its own KV cache. Every
+//! round feeds all of them through the model together (continuous batching: one packed forward whose
+//! matrix products take every sequence's rows; a new request's prompt joins the next round), and each
+//! takes one token. Every token's text goes to the request's channel as soon as it is known; a request
+//! whose receiver is gone (the client disconnected) is dropped before the next round.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -12,7 +13,7 @@ use candle_core::Tensor;
 use tokio::sync::mpsc::UnboundedSender;
 use zerolm_data::tokenizer::TokenizerDir;
 use zerolm_model::sample::{Sampler, SamplingConfig};
-use zerolm_model::{KvCache, Model};
+use zerolm_model::{KvCache, Model, Segment};
 
 use crate::error::ApiError;
 
@@ -135,9 +136,14 @@ struct Active {
     job: Job,
     cache: KvCache,
     sampler: Sampler,
+    /// Ids to feed next: the prompt, then each new token.
     next: Vec<u32>,
+    /// The completion's ids so far.
     ids: Vec<u32>,
-    /// Bytes of the completion's text already sent.
+    /// The text of `ids[..settled]`, decoded up to a whole character.
+    text: String,
+    settled: usize,
+    /// Bytes of `text` already sent.
     sent: usize,
 }
 
@@ -157,7 +163,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            active.retain_mut(|a| self.step(a));
+            self.round(&mut active);
             self.stats.active.store(active.len(), Ordering::Relaxed);
         }
     }
@@ -170,6 +176,8 @@ impl Worker {
                 cache: KvCache::new(),
                 sampler,
                 ids: Vec::new(),
+                text: String::new(),
+                settled: 0,
                 sent: 0,
             }),
             Err(e) => {
@@ -178,46 +186,56 @@ impl Worker {
         }
     }
 
-    /// One token of `a`; false when it has finished (or its client has gone).
-    fn step(&self, a: &mut Active) -> bool {
-        match self.advance(a) {
-            Ok(None) if a.job.events.is_closed() => {
-                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            Ok(None) => true,
-            Ok(Some(finish)) => {
-                self.stats.finished.fetch_add(1, Ordering::Relaxed);
-                let _ = a.job.events.send(Event::Done {
-                    finish,
-                    completion_ids: std::mem::take(&mut a.ids),
+    /// One token for every running sequence, all of them fed through the model together; drops those
+    /// that finish and those whose client has gone.
+    fn round(&self, active: &mut Vec<Active>) {
+        active.retain_mut(|a| self.still_running(a));
+        if active.is_empty() {
+            return;
+        }
+        match self.next_logits(active) {
+            Ok(rows) => {
+                let mut rows = rows.into_iter();
+                active.retain_mut(|a| match rows.next() {
+                    Some(row) => self.take_token(a, row),
+                    None => self.fail(a, "internal: fewer logit rows than sequences".into()),
                 });
-                false
             }
-            Err(e) => {
-                let _ = a.job.events.send(Event::Failed(e));
-                false
-            }
+            Err(e) => active.retain_mut(|a| self.fail(a, e.clone())),
         }
     }
 
-    /// Decodes one token and sends the text it completes; `Some` when the sequence is finished.
-    fn advance(&self, a: &mut Active) -> Result<Option<Finish>, String> {
+    /// False (after telling whoever listens) when `a` is over before its next token: its client has
+    /// gone, or it has reached `max_tokens` or the end of the context.
+    fn still_running(&self, a: &mut Active) -> bool {
+        if a.job.events.is_closed() {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let max_pos = self.model.config().max_position_embeddings;
         if a.ids.len() >= a.job.max_tokens || a.job.prompt.len() + a.ids.len() >= max_pos {
-            return Ok(Some(Finish::Length));
+            return self.finish(a, Finish::Length);
         }
-        let err = |e: &dyn std::fmt::Display| e.to_string();
-        let input = Tensor::new(a.next.as_slice(), self.model.device())
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(|e| err(&e))?;
-        let mut logits: Vec<f32> = self
-            .model
-            .forward_cached(&input, &mut a.cache)
-            .map_err(|e| err(&e))?
-            .squeeze(0)
-            .and_then(|t| t.to_vec1())
-            .map_err(|e| err(&e))?;
+        true
+    }
+
+    /// The next-token logits of every sequence, one row each, from one packed forward.
+    fn next_logits(&self, active: &mut [Active]) -> Result<Vec<Vec<f32>>, String> {
+        let mut segments: Vec<Segment> = (active.iter_mut())
+            .map(|a| Segment {
+                ids: &a.next,
+                cache: &mut a.cache,
+            })
+            .collect();
+        let logits = self.model.forward_packed(&mut segments);
+        logits
+            .map_err(|e| e.to_string())?
+            .to_vec2()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Samples `a`'s next token from `logits` and sends the text it completes; false when `a` is done.
+    fn take_token(&self, a: &mut Active, mut logits: Vec<f32>) -> bool {
         if a.job.ignore_eos {
             if let Some(l) = logits.get_mut(self.tokenizer.eos_id as usize) {
                 *l = f32::NEG_INFINITY;
@@ -225,27 +243,57 @@ impl Worker {
         }
         let id = a.sampler.pick(&logits);
         if id == self.tokenizer.eos_id {
-            return Ok(Some(Finish::Stop));
+            return self.finish(a, Finish::Stop);
         }
         a.ids.push(id);
         a.next = vec![id];
-        let text = self.tokenizer.decode(&a.ids).map_err(|e| err(&e))?;
-        if let Some(cut) = first_stop(&text, a.sent, &a.job.stop) {
-            self.send_text(a, &text[..cut]);
-            return Ok(Some(Finish::Stop));
-        }
+        let tail = match self.tokenizer.decode(&a.ids[a.settled..]) {
+            Ok(t) => t,
+            Err(e) => return self.fail(a, e.to_string()),
+        };
         // A token that ends inside a character decodes to U+FFFD: wait for the rest of it.
-        if !text.ends_with('\u{FFFD}') {
-            let hold = held_back(&text, &a.job.stop);
-            self.send_text(a, &text[..text.len() - hold]);
+        if tail.ends_with('\u{FFFD}') {
+            return true;
         }
-        Ok(None)
+        a.text.push_str(&tail);
+        a.settled = a.ids.len();
+        if let Some(cut) = first_stop(&a.text, a.sent, &a.job.stop) {
+            a.text.truncate(cut);
+            self.send_text(a, a.text.len());
+            a.settled = a.ids.len();
+            return self.finish(a, Finish::Stop);
+        }
+        let hold = held_back(&a.text, &a.job.stop);
+        self.send_text(a, a.text.len() - hold);
+        true
     }
 
-    fn send_text(&self, a: &mut Active, upto: &str) {
-        if upto.len() > a.sent {
-            let _ = a.job.events.send(Event::Text(upto[a.sent..].to_string()));
-            a.sent = upto.len();
+    /// Sends what is left of `a`'s text, then `Done`; returns false (the sequence is over).
+    fn finish(&self, a: &mut Active, finish: Finish) -> bool {
+        if a.settled < a.ids.len() {
+            if let Ok(tail) = self.tokenizer.decode(&a.ids[a.settled..]) {
+                a.text.push_str(&tail);
+            }
+        }
+        self.send_text(a, a.text.len());
+        self.stats.finished.fetch_add(1, Ordering::Relaxed);
+        let _ = a.job.events.send(Event::Done {
+            finish,
+            completion_ids: std::mem::take(&mut a.ids),
+        });
+        false
+    }
+
+    fn fail(&self, a: &mut Active, message: String) -> bool {
+        let _ = a.job.events.send(Event::Failed(message));
+        false
+    }
+
+    /// Sends `a.text[sent..upto]`, if any.
+    fn send_text(&self, a: &mut Active, upto: usize) {
+        if upto > a.sent {
+            let _ = (a.job.events).send(Event::Text(a.text[a.sent..upto].to_string()));
+            a.sent = upto;
         }
     }
 }

@@ -1,13 +1,15 @@
 //! `serve`: a zerolm model directory behind an OpenAI-compatible HTTP API (tokio + axum).
 //!
 //! - [`openai`]: the requests of the chat and completions APIs, read and checked (400s name the field);
-//! - [`engine`]: the decoding thread with its bounded queue (429 when full), interleaving the running
-//!   sequences token by token, and the scoring of a prompt's tokens;
-//! - [`routes`]: the endpoints, Server-Sent Events streaming and the request log;
-//! - [`error`]: errors in OpenAI's `{"error": {...}}` shape.
+//! - [`engine`]: the decoding thread with its bounded queue (429 when full), decoding the running
+//!   sequences together in one packed forward per token (continuous batching), and prompt scoring;
+//! - [`routes`]: the chat page, the endpoints, Server-Sent Events streaming and the request log;
+//! - [`error`]: errors in OpenAI's `{"error": {...}}` shape;
+//! - [`load`]: the load test a client runs against a server (`serve-load`).
 
 pub mod engine;
 pub mod error;
+pub mod load;
 pub mod openai;
 pub mod routes;
 

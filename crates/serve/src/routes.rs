@@ -1,4 +1,4 @@
-//! The HTTP routes: `/health`, `/v1/models`, `/v1/chat/completions` (whole or streamed as Server-Sent
+//! The HTTP routes: the chat page at `/`, `/health`, `/v1/models`, `/v1/chat/completions` (whole or streamed as Server-Sent
 //! Events) and `/v1/completions` (with prompt log-probs for scoring), every error in OpenAI's shape,
 //! and one log line per request.
 
@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,7 @@ type Shared = State<Arc<AppState>>;
 /// The server's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -48,8 +49,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The chat page, embedded in the binary; it may load nothing from elsewhere.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:",
+        ),
+    ];
+    (headers, PAGE).into_response()
+}
+
 async fn health(State(s): Shared) -> Json<Value> {
-    Json(json!({"status": "ok", "sequences": s.engine.stats.json()}))
+    Json(json!({
+        "status": "ok",
+        "sequences": s.engine.stats.json(),
+        "rss_mb": resident_mb(),
+    }))
+}
+
+/// This process's resident memory in MB (Linux; `None` elsewhere).
+fn resident_mb() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((pages * 4096.0 / 1e6 * 10.0).round() / 10.0)
 }
 
 async fn models(State(s): Shared) -> Json<Value> {

@@ -332,3 +332,30 @@ async fn a_full_queue_is_a_429_and_a_gone_client_stops_its_generation() {
         .unwrap();
     assert_eq!(status, 200, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_decoded_together_answer_as_each_one_alone() {
+    let dir = model_dir("batched", None);
+    let (url, state) = start(&dir, LIMITS).await;
+    let chat = format!("{url}/v1/chat/completions");
+    let body = |i: u64| {
+        json!({"messages": user(&format!("question {i}")), "temperature": 1.0, "seed": i,
+               "max_tokens": 24 + 4 * i, "ignore_eos": true})
+    };
+    let mut alone = Vec::new();
+    for i in 0..6 {
+        alone.push(post(&chat, body(i)).await);
+    }
+    // Six at once on four decoding slots: they share rounds, join and leave at different tokens.
+    let together: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(post_owned(chat.clone(), body(i))))
+        .collect();
+    for (i, (task, want)) in together.into_iter().zip(&alone).enumerate() {
+        let (status, got) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{got}");
+        let text = |v: &Value| v["choices"][0]["message"]["content"].clone();
+        assert_eq!(text(&got), text(&want.1), "request {i}");
+        assert_eq!(got["usage"]["completion_tokens"], 24 + 4 * i as u64);
+    }
+    assert_eq!(state.engine.stats.finished.load(Ordering::Relaxed), 12);
+}

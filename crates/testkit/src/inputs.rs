@@ -35,8 +35,13 @@ pub fn token_file_with(
 
 /// An untrained `micro` model (weights drawn with `seed`) exported with the fixture tokenizer to `dir`.
 pub fn micro_model(dir: &Path, seed: u64) -> PathBuf {
+    untrained_model(dir, "micro", seed)
+}
+
+/// An untrained model of `preset` (weights drawn with `seed`) exported with the fixture tokenizer.
+pub fn untrained_model(dir: &Path, preset: &str, seed: u64) -> PathBuf {
     let tok = fixture_tokenizer();
-    let mut cfg = ModelConfig::preset("micro").unwrap();
+    let mut cfg = ModelConfig::preset(preset).unwrap();
     cfg.vocab_size = tok.vocab_size();
     let prov = Provenance {
         stage: "test",
