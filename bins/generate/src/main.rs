@@ -49,6 +49,12 @@ struct Cli {
     /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
     #[arg(long, default_value = "f32")]
     precision: zerolm_model::Precision,
+    /// Keep generating past the end-of-turn token (for timing a fixed number of tokens).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print the prompt length, the new tokens and their speed to stderr.
+    #[arg(long)]
+    stats: bool,
     /// Instead of generating, write the prompt's ids and per-position logits to this safetensors file.
     #[arg(long)]
     logits_out: Option<PathBuf>,
@@ -84,7 +90,17 @@ fn run(cli: Cli) -> Result<()> {
         top_p: cli.top_p,
         seed: cli.seed,
     };
-    let c = g.complete(&text, cli.max_new_tokens, sampling)?;
+    let started = std::time::Instant::now();
+    let c = g.complete_with(&text, cli.max_new_tokens, sampling, !cli.ignore_eos)?;
+    if cli.stats {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "prompt {} tokens; {} new tokens in {secs:.2} s: {:.0} tokens/s",
+            c.prompt_ids.len(),
+            c.new_ids.len(),
+            c.new_ids.len() as f64 / secs
+        );
+    }
     if cli.prompt.is_some() {
         println!("{}{}", cli.prompt.as_deref().unwrap_or_default(), c.text);
     } else {

@@ -52,12 +52,24 @@ impl Generator {
         Ok(self.tokenizer.template.render(&messages, true)?)
     }
 
-    /// Continues `text` (already rendered; special-token strings become their ids).
+    /// Continues `text` (already rendered; special-token strings become their ids) until the end-of-turn
+    /// token or `max_new_tokens`.
     pub fn complete(
         &self,
         text: &str,
         max_new_tokens: usize,
         sampling: SamplingConfig,
+    ) -> Result<Completion, ModelError> {
+        self.complete_with(text, max_new_tokens, sampling, true)
+    }
+
+    /// [`Generator::complete`], stopping at the end-of-turn token only when `stop_at_eos`.
+    pub fn complete_with(
+        &self,
+        text: &str,
+        max_new_tokens: usize,
+        sampling: SamplingConfig,
+        stop_at_eos: bool,
     ) -> Result<Completion, ModelError> {
         let prompt_ids = self.tokenizer.encode(text)?;
         if prompt_ids.is_empty() {
@@ -65,13 +77,9 @@ impl Generator {
         }
         let mut sampler = Sampler::new(sampling)?;
         let eos = self.tokenizer.eos_id;
-        let new_ids = sample::generate(
-            &self.model,
-            &prompt_ids,
-            max_new_tokens,
-            &[eos],
-            &mut sampler,
-        )?;
+        let stop: &[u32] = if stop_at_eos { &[eos] } else { &[] };
+        let new_ids =
+            sample::generate(&self.model, &prompt_ids, max_new_tokens, stop, &mut sampler)?;
         let stopped_at_eos = new_ids.last() == Some(&eos);
         let visible = if stopped_at_eos {
             &new_ids[..new_ids.len() - 1]

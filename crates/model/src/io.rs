@@ -18,6 +18,15 @@ pub fn safetensors_bytes(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ModelError> {
+    safetensors_bytes_in(tensors, metadata, DType::F32)
+}
+
+/// [`safetensors_bytes`] with every tensor stored as `dtype` (F32, F16 or BF16; rounded to nearest).
+pub fn safetensors_bytes_in(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    dtype: DType,
+) -> Result<Vec<u8>, ModelError> {
     let mut header = serde_json::Map::new();
     let mut meta: serde_json::Map<String, serde_json::Value> = metadata
         .iter()
@@ -27,13 +36,29 @@ pub fn safetensors_bytes(
     header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut data: Vec<u8> = Vec::new();
     for (name, t) in tensors {
-        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let t = t.to_device(&Device::Cpu)?.to_dtype(dtype)?.flatten_all()?;
         let start = data.len();
-        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        let (tag, bytes): (&str, Vec<u8>) = match dtype {
+            DType::F32 => ("F32", le_bytes(t.to_vec1::<f32>()?, f32::to_le_bytes)),
+            DType::F16 => (
+                "F16",
+                le_bytes(t.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+            ),
+            DType::BF16 => (
+                "BF16",
+                le_bytes(t.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+            ),
+            other => {
+                return Err(ModelError::Input(format!(
+                    "safetensors in {other:?} is not supported; use f32, f16 or bf16"
+                )))
+            }
+        };
+        data.extend(bytes);
+        let shape = tensors[name].dims();
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+            serde_json::json!({"dtype": tag, "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
     let mut head =
@@ -46,6 +71,10 @@ pub fn safetensors_bytes(
     out.extend_from_slice(&head);
     out.extend_from_slice(&data);
     Ok(out)
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: Vec<T>, bytes: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.into_iter().flat_map(bytes).collect()
 }
 
 /// Tensors by name, and a file's string metadata.

@@ -40,8 +40,13 @@ pub fn micro_model(dir: &Path, seed: u64) -> PathBuf {
 
 /// An untrained model of `preset` (weights drawn with `seed`) exported with the fixture tokenizer.
 pub fn untrained_model(dir: &Path, preset: &str, seed: u64) -> PathBuf {
+    untrained_model_of(dir, ModelConfig::preset(preset).unwrap(), seed)
+}
+
+/// An untrained model of shape `cfg` (its vocabulary made the fixture tokenizer's), weights drawn with
+/// `seed`, exported with the fixture tokenizer to `dir`.
+pub fn untrained_model_of(dir: &Path, mut cfg: ModelConfig, seed: u64) -> PathBuf {
     let tok = fixture_tokenizer();
-    let mut cfg = ModelConfig::preset(preset).unwrap();
     cfg.vocab_size = tok.vocab_size();
     let prov = Provenance {
         stage: "test",

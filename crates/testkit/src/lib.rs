@@ -8,7 +8,10 @@ pub mod ranks;
 pub mod slurm;
 pub mod trl;
 
-pub use inputs::{fixture_tokenizer, micro_model, token_file, token_file_with, untrained_model};
+pub use inputs::{
+    fixture_tokenizer, micro_model, token_file, token_file_with, untrained_model,
+    untrained_model_of,
+};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
