@@ -3,17 +3,13 @@
 # and Node.js from the distribution, and playwright-core (the version pinned in tests/browser's lock file)
 # from npm into tests/browser/node_modules. Playwright never downloads a browser of its own here.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+tools="$(cd "$(dirname "$0")" && pwd)"
+cd "$tools/.."
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$tools/apt-install.sh" ${need[@]+"${need[@]}"}
 [ -d tests/browser/node_modules/playwright-core ] \
   || npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 /usr/bin/chromium --version 2>/dev/null | head -1

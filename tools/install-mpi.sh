@@ -9,10 +9,5 @@ command -v mpirun >/dev/null || need+=(openmpi-bin)
   || need+=(libopenmpi-dev)
 command -v clang >/dev/null || need+=(clang)
 command -v ip >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install.sh" ${need[@]+"${need[@]}"}
 mpirun --version | head -1

@@ -54,8 +54,9 @@ try {
   const userBubble = await page.locator(".msg.user .body").first().textContent();
   await page.screenshot({ path: screenshot, fullPage: true });
 
-  // Second turn: Stop ends the reply mid-way.
-  await page.fill("[data-testid=seed]", "");
+  // Second turn: Stop ends the reply mid-way. Seeded, so that the answer is the same long one every run
+  // (an unseeded one could end by itself before the click).
+  await page.fill("[data-testid=seed]", seed);
   await page.fill("[data-testid=max-tokens]", "200");
   await page.fill("[data-testid=input]", "Tell me more");
   await page.click("[data-testid=send]");

@@ -86,15 +86,9 @@ impl Source {
         })
     }
 
-    /// A name for the model: its folder, or the parent's for the stages' `…/model` folders.
+    /// The model's name (see [`zerolm_model::io::model_name`]).
     pub fn name(&self) -> String {
-        let full = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
-        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-        match name(&full) {
-            Some(n) if n == "model" => full.parent().and_then(name).unwrap_or(n),
-            Some(n) => n,
-            None => "zerolm".into(),
-        }
+        zerolm_model::io::model_name(&self.dir)
     }
 }
 

@@ -224,6 +224,18 @@ pub fn model_dir_files(
     ])
 }
 
+/// A model directory's name: its folder's, or its parent's for the stages' `…/model` folders
+/// (`runs/dpo/model` is `dpo`). What `serve` lists and `export` writes as the model's name.
+pub fn model_name(dir: &Path) -> String {
+    let full = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name(&full) {
+        Some(n) if n == "model" => full.parent().and_then(name).unwrap_or(n),
+        Some(n) => n,
+        None => "zerolm".into(),
+    }
+}
+
 /// Loads a model directory (config.json + model.safetensors) onto `device`.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<crate::Model, ModelError> {
     let cfg = read_config(dir)?;

@@ -46,16 +46,9 @@ pub fn load(
     }))
 }
 
-/// The name a model directory is served under: its folder's name, or its parent's for the stages'
-/// `…/model` folders (`runs/dpo/model` is `dpo`).
+/// The name a model directory is served under (see [`zerolm_model::io::model_name`]).
 pub fn model_id(dir: &Path) -> String {
-    let full = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    match name(&full) {
-        Some(n) if n == "model" => full.parent().and_then(name).unwrap_or(n),
-        Some(n) => n,
-        None => "zerolm".into(),
-    }
+    zerolm_model::io::model_name(dir)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves.
