@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use zerolm_cli::threads::set_device_and_threads;
+use zerolm_cli::threads::ComputeArgs;
 use zerolm_cli::UsageError;
 use zerolm_model::infer::Generator;
 use zerolm_model::sample::SamplingConfig;
@@ -41,14 +41,8 @@ struct Cli {
     top_p: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
-    #[arg(long)]
-    device: Option<String>,
-    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
-    #[arg(long, default_value = "f32")]
-    precision: zerolm_model::Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Keep generating past the end-of-turn token (for timing a fixed number of tokens).
     #[arg(long)]
     ignore_eos: bool,
@@ -61,8 +55,8 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    set_device_and_threads(cli.device.as_deref(), cli.threads)?;
-    let g = Generator::load(&cli.model, cli.precision)?;
+    cli.compute.apply()?;
+    let g = Generator::load(&cli.model, cli.compute.precision)?;
     let text = match (&cli.prompt, &cli.chat) {
         (Some(p), None) => p.clone(),
         (None, Some(c)) => g.chat_prompt(cli.system.as_deref(), c)?,

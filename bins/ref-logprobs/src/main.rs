@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use zerolm_cli::threads::set_device_and_threads;
+use zerolm_cli::threads::ComputeArgs;
 use zerolm_stages::ref_logprobs::{self, RefArgs};
 
 #[derive(Parser)]
@@ -32,20 +32,14 @@ struct Cli {
     max_len: usize,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
-    #[arg(long)]
-    device: Option<String>,
-    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
-    #[arg(long, default_value = "f32")]
-    precision: zerolm_model::Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
     #[arg(long)]
     no_progress: bool,
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let threads = set_device_and_threads(cli.device.as_deref(), cli.threads)?;
+    let threads = cli.compute.apply()?;
     let r = ref_logprobs::run(RefArgs {
         inputs: cli.input,
         model: cli.model,
@@ -56,7 +50,7 @@ fn run(cli: Cli) -> Result<()> {
         threads,
         progress: !cli.no_progress,
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        precision: cli.precision,
+        precision: cli.compute.precision,
     })?;
     eprintln!("{}", r.summary(&cli.out));
     Ok(())

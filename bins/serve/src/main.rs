@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use zerolm_cli::threads::set_device_and_threads;
+use zerolm_cli::threads::ComputeArgs;
 use zerolm_serve::Limits;
 
 #[derive(Parser)]
@@ -30,23 +30,17 @@ struct Cli {
     /// Sequences decoded at once (the others wait in the queue).
     #[arg(long, default_value_t = 16)]
     max_active: usize,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
-    #[arg(long)]
-    device: Option<String>,
-    /// Precision of the matrix products: f32, or bf16 operands with f32 sums.
-    #[arg(long, default_value = "f32")]
-    precision: zerolm_model::Precision,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 fn run(cli: Cli) -> Result<()> {
-    set_device_and_threads(cli.device.as_deref(), cli.threads)?;
+    cli.compute.apply()?;
     let limits = Limits {
         queue: cli.queue,
         max_active: cli.max_active,
     };
-    let state = zerolm_serve::load(&cli.model, cli.precision, limits)?;
+    let state = zerolm_serve::load(&cli.model, cli.compute.precision, limits)?;
     let addr: SocketAddr = format!("{}:{}", cli.host, cli.port).parse().map_err(|e| {
         zerolm_cli::UsageError(format!("--host {} --port {}: {e}", cli.host, cli.port))
     })?;

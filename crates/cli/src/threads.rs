@@ -2,6 +2,27 @@
 
 use zerolm_train::TrainError;
 
+/// `--threads`, `--device` and `--precision`: how a command that runs a trained model computes
+/// (`generate`, `ref-logprobs`, `serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu (default), cuda or cuda:N (needs a build with `--features zerolm-train/cuda`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Precision of the matrix products: f32, or bf16 operands with f32 sums (see `pretrain --help`).
+    #[arg(long, default_value = "f32")]
+    pub precision: zerolm_model::Precision,
+}
+
+impl ComputeArgs {
+    /// Applies `--device` and `--threads`; returns the thread count.
+    pub fn apply(&self) -> Result<usize, TrainError> {
+        set_device_and_threads(self.device.as_deref(), self.threads)
+    }
+}
+
 /// `--device` then `--threads`, as every stage that runs the model applies them; returns the thread
 /// count.
 pub fn set_device_and_threads(
