@@ -20,7 +20,7 @@ fn project(name: &str) -> PathBuf {
 fn binaries() -> PathBuf {
     zerolm_testkit::binaries(
         env!("CARGO_BIN_EXE_pipeline"),
-        &["tokenize", "pretrain", "sft", "ref-logprobs", "dpo"],
+        &["tokenize", "pretrain", "sft", "ref-logprobs", "dpo", "eval"],
     )
 }
 
@@ -327,6 +327,69 @@ fn shipped_pipelines_validate_and_the_makefile_is_generated_from_full_yaml() {
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("does not exist and no stage produces it"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Two `eval` stages of the committed micro model and a report: the report shows each task's metrics in
+/// a column per stage; a changed task file reruns the stages that read it, and a results file another
+/// program wrote is refused by the report.
+#[test]
+fn eval_stages_feed_the_report_and_rerun_when_a_task_file_changes() {
+    let dir = workdir("pipeline", "evals");
+    let model = zerolm_testkit::fixtures().join("trl/model");
+    let data = repo().join("data");
+    for f in ["facts_mc_en.jsonl", "pretrain_eval.jsonl"] {
+        std::fs::copy(data.join(f), dir.join(f)).unwrap();
+    }
+    let yaml = format!(
+        "vars: {{model: {m}}}
+stages:
+  eval-a:
+    cmd: eval
+    args: {{model: '${{vars.model}}', task: [mc:facts_mc_en.jsonl, pretrain_eval.jsonl], out: runs/a.json, limit: 20, quiet: true}}
+  eval-b:
+    cmd: eval
+    args: {{model: '${{vars.model}}', task: [pretrain_eval.jsonl], out: runs/b.json, limit: 20, quiet: true}}
+  report:
+    cmd: pipeline report runs/pipeline
+    args: {{out: runs/report}}
+    deps: ['${{stages.eval-a.outs[0]}}', '${{stages.eval-b.outs[0]}}']
+run_dir: runs/pipeline
+",
+        m = model.display()
+    );
+    std::fs::write(dir.join("p.yaml"), yaml).unwrap();
+    let r = pipeline_in(&dir, &["run", "p.yaml", "--quiet"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = std::fs::read_to_string(dir.join("runs/report/summary.md")).unwrap();
+    assert!(
+        summary.contains("| task · metric | eval-a | eval-b |"),
+        "{summary}"
+    );
+    assert!(summary.contains("| facts_mc_en · acc | 0."), "{summary}");
+    assert!(
+        summary.contains("| pretrain_eval · bits_per_byte | "),
+        "{summary}"
+    );
+
+    let facts = dir.join("facts_mc_en.jsonl");
+    let text = std::fs::read_to_string(&facts).unwrap();
+    std::fs::write(
+        &facts,
+        text.lines().skip(1).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let r = pipeline_in(&dir, &["run", "p.yaml", "--quiet"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ran(&r), set(&["eval-a", "report"]), "{}", r.stderr);
+
+    std::fs::write(dir.join("runs/b.json"), "{\"stage\": \"dpo\"}").unwrap();
+    let r = pipeline_in(&dir, &["report", "runs/pipeline", "--out", "runs/r2"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("b.json: not an `eval` results file"),
         "{}",
         r.stderr
     );

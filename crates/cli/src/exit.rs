@@ -119,6 +119,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<bool> {
     if let Some(e) = e.downcast_ref::<zerolm_io::IoError>() {
         return Some(e.is_user_error());
     }
+    if let Some(e) = e.downcast_ref::<zerolm_eval::EvalError>() {
+        return Some(e.is_user_error());
+    }
     if let Some(e) = e.downcast_ref::<zerolm_export::ExportError>() {
         return Some(e.is_user_error());
     }

@@ -4,6 +4,7 @@
 //!
 //! Same [`GenConfig`] → byte-identical files (own PRNG, no hash-map iteration, fixed key order).
 
+pub mod mc;
 pub mod text;
 pub mod world;
 
@@ -510,6 +511,9 @@ pub fn generate(cfg: &GenConfig, dir: &Path) -> Result<Vec<FileSummary>, GenErro
     let world = World::new(cfg.people, cfg.held_out, &mut Rng::new(cfg.seed));
     let stream = |k: u64| Rng::new(cfg.seed.wrapping_mul(31).wrapping_add(k));
     let eval_bios = (cfg.bios_per_person / 10).max(1);
+    let held_facts: Vec<(usize, Attr)> = (facts(&world, true).iter())
+        .map(|f| (f.person, f.attr))
+        .collect();
     Ok(vec![
         write_jsonl(
             dir,
@@ -541,6 +545,21 @@ pub fn generate(cfg: &GenConfig, dir: &Path) -> Result<Vec<FileSummary>, GenErro
             dir,
             "dpo_conversations.jsonl",
             &dpo_conversation_rows(&world, cfg, &mut stream(7)),
+        )?,
+        write_jsonl(
+            dir,
+            "facts_mc_en.jsonl",
+            &mc::fact_rows(&world, &held_facts, Lang::En, &mut stream(8)),
+        )?,
+        write_jsonl(
+            dir,
+            "facts_mc_zh.jsonl",
+            &mc::fact_rows(&world, &held_facts, Lang::Zh, &mut stream(9)),
+        )?,
+        write_jsonl(
+            dir,
+            "sums_mc.jsonl",
+            &mc::sum_rows(&sums(cfg, true), &mut stream(10)),
         )?,
     ])
 }
@@ -608,6 +627,9 @@ mod tests {
             "sft_eval.jsonl",
             "dpo.jsonl",
             "dpo_conversations.jsonl",
+            "facts_mc_en.jsonl",
+            "facts_mc_zh.jsonl",
+            "sums_mc.jsonl",
         ] {
             assert_eq!(
                 std::fs::read(a.join(f)).unwrap(),
@@ -635,6 +657,55 @@ mod tests {
         {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_ne!(v["chosen"], v["rejected"], "{line}");
+        }
+    }
+
+    #[test]
+    fn multiple_choice_rows_have_four_distinct_choices_and_the_true_one_at_answer() {
+        let dir = tempfile_dir("mc");
+        let cfg = small();
+        generate(&cfg, &dir).unwrap();
+        let rows = |name: &str| -> Vec<serde_json::Value> {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let world = World::new(cfg.people, cfg.held_out, &mut Rng::new(cfg.seed));
+        let held = facts(&world, true);
+        for (name, lang) in [
+            ("facts_mc_en.jsonl", Lang::En),
+            ("facts_mc_zh.jsonl", Lang::Zh),
+        ] {
+            let r = rows(name);
+            assert_eq!(r.len(), held.len(), "{name}: one row per held-out fact");
+            for (row, f) in r.iter().zip(&held) {
+                let choices: Vec<&str> = (row["choices"].as_array().unwrap().iter())
+                    .map(|c| c.as_str().unwrap())
+                    .collect();
+                let mut unique = choices.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(unique.len(), 4, "{row}");
+                let right = text::answer(&world.people[f.person], f.attr, lang, None);
+                assert_eq!(
+                    choices[row["answer"].as_u64().unwrap() as usize],
+                    right,
+                    "{row}"
+                );
+            }
+        }
+        let sums_rows = rows("sums_mc.jsonl");
+        assert_eq!(sums_rows.len(), sums(&cfg, true).len());
+        for (row, (a, b)) in sums_rows.iter().zip(sums(&cfg, true)) {
+            let gold = row["choices"][row["answer"].as_u64().unwrap() as usize]
+                .as_str()
+                .unwrap();
+            let c = a + b;
+            assert!(
+                gold.ends_with(&format!(" {c}.")) || gold.ends_with(&format!("于{c}。")),
+                "{row}"
+            );
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod books;
 pub mod error;
+pub mod evals;
 pub mod exec;
 pub mod graph;
 pub mod hashing;

@@ -3,6 +3,7 @@
 //! (pretrain/SFT loss and eval loss, DPO loss, reward margins and accuracies, held-out answer checks).
 
 use crate::error::{PipelineError, Result};
+use crate::evals::{self, EvalTable};
 use crate::lockfile::LockFile;
 use crate::spec::Pipeline;
 use serde_json::{Map, Value};
@@ -398,12 +399,26 @@ pub struct Report {
 pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report> {
     let summary = summary_rows(records);
     let final_model = final_model(records);
-    let md = markdown(title, &summary, records, final_model.as_deref());
+    let evals = evals::table(&eval_stages(records))?;
+    let md = markdown(
+        title,
+        &summary,
+        evals.as_ref(),
+        records,
+        final_model.as_deref(),
+    );
     let mut files: Vec<(String, String)> = plots(records)
         .iter()
         .map(|(stem, title, s)| (format!("{stem}.svg"), svg_chart(title, s)))
         .collect();
-    let html = html(title, &summary, records, final_model.as_deref(), &files);
+    let html = html(
+        title,
+        &summary,
+        evals.as_ref(),
+        records,
+        final_model.as_deref(),
+        &files,
+    );
     files.push(("index.html".into(), html));
     files.push(("summary.md".into(), md.clone()));
     replace_dir(out, &files)?;
@@ -412,6 +427,14 @@ pub fn write(records: &[StageRecord], out: &Path, title: &str) -> Result<Report>
         markdown: md,
         final_model,
     })
+}
+
+/// Every `eval` stage that wrote results: (stage name, results file).
+fn eval_stages(records: &[StageRecord]) -> Vec<(String, PathBuf)> {
+    (records.iter())
+        .filter(|r| r.kind == "eval")
+        .filter_map(|r| Some((r.name.clone(), r.out.clone()?)))
+        .collect()
 }
 
 /// The `model` directory of the last training stage that wrote one.
@@ -432,12 +455,24 @@ fn total_wall_s(records: &[StageRecord]) -> f64 {
 fn markdown(
     title: &str,
     summary: &[(String, String)],
+    evals: Option<&EvalTable>,
     records: &[StageRecord],
     final_model: Option<&Path>,
 ) -> String {
     let mut md = format!("# {title}\n\n| | |\n|---|---|\n");
     for (k, v) in summary {
         md.push_str(&format!("| {k} | {v} |\n"));
+    }
+    if let Some(t) = evals {
+        md.push_str(&format!(
+            "\n## Evaluations\n\n| task · metric | {} |\n|---|",
+            t.columns.join(" | ")
+        ));
+        md.push_str(&"---:|".repeat(t.columns.len()));
+        for (row, cells) in &t.rows {
+            md.push_str(&format!("\n| {row} | {} |", cells.join(" | ")));
+        }
+        md.push('\n');
     }
     md.push_str("\n| stage | wall time | finished |\n|---|---:|---|\n");
     for r in records {
@@ -459,12 +494,16 @@ fn markdown(
 fn html(
     title: &str,
     summary: &[(String, String)],
+    evals: Option<&EvalTable>,
     records: &[StageRecord],
     final_model: Option<&Path>,
     svgs: &[(String, String)],
 ) -> String {
     let mut html = html_head(title);
     html.push_str(&html_summary(summary));
+    if let Some(t) = evals {
+        html.push_str(&html_evals(t));
+    }
     html.push_str(&html_stages(records));
     if let Some(m) = final_model {
         html.push_str(&format!(
@@ -498,6 +537,23 @@ fn html_summary(summary: &[(String, String)]) -> String {
             xml(k),
             xml(v)
         ));
+    }
+    html.push_str("</table>\n");
+    html
+}
+
+fn html_evals(t: &EvalTable) -> String {
+    let mut html = String::from("<h2>Evaluations</h2>\n<table><tr><th>task · metric</th>");
+    for c in &t.columns {
+        html.push_str(&format!("<th>{}</th>", xml(c)));
+    }
+    html.push_str("</tr>\n");
+    for (row, cells) in &t.rows {
+        html.push_str(&format!("<tr><td>{}</td>", xml(row)));
+        for c in cells {
+            html.push_str(&format!("<td>{}</td>", xml(c)));
+        }
+        html.push_str("</tr>\n");
     }
     html.push_str("</table>\n");
     html

@@ -42,6 +42,8 @@ pub const DEP_FLAGS: &[&str] = &[
     "answer-check",
     "config",
 ];
+/// `eval --task [KIND:]FILE`: the file is an input of the stage (added to its deps without its kind).
+const TASK_FLAG: &str = "task";
 /// Argument keys whose values are outputs of the stage (added to its outs).
 pub const OUT_FLAGS: &[&str] = &["out"];
 
@@ -469,12 +471,22 @@ fn push_args(
                 let v = interpolate(&v, ctx).map_err(invalid)?;
                 if DEP_FLAGS.contains(&key.as_str()) {
                     deps.push(v.clone());
+                } else if key == TASK_FLAG {
+                    deps.push(task_file(&v).to_string());
                 }
                 argv.push(v);
             }
         }
     }
     Ok(())
+}
+
+/// The file of an `eval` task (`mc:data/x.jsonl` → `data/x.jsonl`).
+fn task_file(task: &str) -> &str {
+    ["mc:", "ppl:", "answer:"]
+        .iter()
+        .find_map(|k| task.strip_prefix(k))
+        .unwrap_or(task)
 }
 
 /// Paths as written, resolved against `dir`, without duplicates (first kept).
@@ -763,6 +775,29 @@ stages:
       epochs: ${vars.n}
     outs: [extra]
 ";
+
+    #[test]
+    fn eval_task_files_are_deps_without_their_kind() {
+        let text = "stages:\n  e:\n    cmd: eval\n    args:\n      task: [mc:../d/a.jsonl, ../d/b.jsonl]\n      out: r.json\n";
+        let p = parse(text, &[]).unwrap();
+        let e = &p.stages[0];
+        assert_eq!(
+            e.argv,
+            [
+                "--task",
+                "mc:../d/a.jsonl",
+                "--task",
+                "../d/b.jsonl",
+                "--out",
+                "r.json"
+            ]
+        );
+        let deps: Vec<_> = e.deps.iter().map(|d| d.abs.clone()).collect();
+        assert_eq!(
+            deps,
+            [PathBuf::from("/w/d/a.jsonl"), PathBuf::from("/w/d/b.jsonl")]
+        );
+    }
 
     #[test]
     fn args_become_flags_and_paths_resolve_against_the_file() {

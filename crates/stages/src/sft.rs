@@ -260,7 +260,7 @@ pub fn run(args: SftArgs) -> Result<SftReport, TrainError> {
     let answer_set = args
         .answers
         .as_ref()
-        .map(|a| a.load(tokenizer))
+        .map(|a| answers::load(a, tokenizer))
         .transpose()?;
     let total = trainer::total_steps(cfg, train.len())?;
     eprintln!(

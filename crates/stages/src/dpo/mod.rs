@@ -108,7 +108,7 @@ pub fn run(args: DpoArgs) -> Result<DpoReport, TrainError> {
     let answer_set = args
         .answers
         .as_ref()
-        .map(|a| a.load(tokenizer))
+        .map(|a| answers::load(a, tokenizer))
         .transpose()?;
     let total = trainer::total_steps(cfg, train.pairs.len())?;
     let pairs = train.pairs.len();
