@@ -1,9 +1,10 @@
 """Cross-checks `eval` with lm-evaluation-harness on the shipped eval sets.
 
 `harness` runs the harness (its `hf` backend, float32, CPU) on a Hugging Face model directory with the
-task YAMLs of tools/lm-eval/ (the three multiple-choice sets and the held-out pretraining text) and
-writes what it computed: every choice's log-likelihood, every document's rolling log-likelihood and
-the aggregate metrics. `compare` sets that beside `eval --samples` output of the same model.
+task YAMLs of tools/lm-eval/ (the three multiple-choice sets and the held-out pretraining text), and with
+the harness's own `hellaswag` and `ceval-valid` task definitions pointed at the small HellaSwag-format
+and C-Eval-format files of tests/fixtures/lm_eval/, and writes what it computed: every choice's
+log-likelihood, every document's rolling log-likelihood and the aggregate metrics. `compare` sets that beside `eval --samples` output of the same model.
 A zerolm model directory is a Hugging Face directory as it is; `export --format safetensors` writes
 one too.
 
@@ -28,7 +29,29 @@ TASKS = {
     "zerolm_facts_mc_zh": ("facts_mc_zh", "mc"),
     "zerolm_sums_mc": ("sums_mc", "mc"),
     "zerolm_pretrain_eval": ("pretrain_eval", "ppl"),
+    "zerolm_hellaswag": ("hellaswag", "mc"),
+    "zerolm_ceval": ("ceval", "mc"),
 }
+FIXTURES = REPO / "tests" / "fixtures" / "lm_eval"
+
+
+def harness_format_tasks():
+    """The harness's own HellaSwag and C-Eval definitions (prompt, choices, document preparation) on the
+    fixture files instead of the datasets they name."""
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    hellaswag = load_yaml(tasks_dir / "hellaswag" / "hellaswag.yaml")
+    ceval = load_yaml(tasks_dir / "ceval" / "_default_ceval_yaml")
+    for cfg in (hellaswag, ceval):
+        for key in ("tag", "training_split", "validation_split", "fewshot_split", "fewshot_config", "dataset_name"):
+            cfg.pop(key, None)
+    hellaswag.update(task="zerolm_hellaswag", dataset_path="json", test_split="test",
+                     dataset_kwargs={"data_files": {"test": str(FIXTURES / "hellaswag.jsonl")}})
+    ceval.update(task="zerolm_ceval", dataset_path="csv", test_split="test",
+                 dataset_kwargs={"data_files": {"test": str(FIXTURES / "ceval.csv")}})
+    return [hellaswag, ceval]
 
 
 def harness(model_dir, out):
@@ -40,7 +63,7 @@ def harness(model_dir, out):
     results = lm_eval.simple_evaluate(
         model="hf",
         model_args=f"pretrained={model_dir},dtype=float32",
-        tasks=list(TASKS),
+        tasks=[t for t in TASKS if t not in ("zerolm_hellaswag", "zerolm_ceval")] + harness_format_tasks(),
         task_manager=TaskManager(include_path=str(REPO / "tools" / "lm-eval")),
         device="cpu",
         batch_size=16,

@@ -1,8 +1,9 @@
 //! `eval` against lm-evaluation-harness itself: tests/fixtures/lm_eval/micro.json is what the harness
 //! computed (`tools/lm_eval_check.py harness`, its `hf` backend in float32) on the committed micro model
-//! for the shipped multiple-choice sets and the held-out pretraining text. `eval` must give every
-//! choice's and every document's log-likelihood within float rounding, the same predictions, and the
-//! same acc / acc_norm / standard errors / bits per byte.
+//! for the shipped multiple-choice sets, the held-out pretraining text, and small HellaSwag-format and
+//! C-Eval-format files scored by the harness's own `hellaswag` and `ceval-valid` definitions. `eval` must
+//! give every choice's and every document's log-likelihood within float rounding, the same predictions,
+//! and the same acc / acc_norm / standard errors / bits per byte.
 
 use std::collections::BTreeMap;
 
@@ -26,19 +27,21 @@ fn close(a: f64, b: f64, what: &str) {
 }
 
 #[test]
-fn eval_equals_lm_evaluation_harness_on_the_shipped_sets() {
+fn eval_equals_lm_evaluation_harness_on_the_shipped_sets_hellaswag_and_ceval() {
     let want = read_json(&fixtures().join("lm_eval/micro.json"));
     let work = workdir("eval-lm", "micro");
-    let data = repo().join("data");
-    let mut args: Vec<String> = [
-        "facts_mc_en.jsonl",
-        "facts_mc_zh.jsonl",
-        "sums_mc.jsonl",
-        "pretrain_eval.jsonl",
-    ]
-    .iter()
-    .flat_map(|f| ["--task".to_string(), data.join(f).display().to_string()])
-    .collect();
+    let (data, fx) = (repo().join("data"), fixtures().join("lm_eval"));
+    let files = [
+        data.join("facts_mc_en.jsonl"),
+        data.join("facts_mc_zh.jsonl"),
+        data.join("sums_mc.jsonl"),
+        data.join("pretrain_eval.jsonl"),
+        fx.join("hellaswag.jsonl"),
+        fx.join("ceval.csv"),
+    ];
+    let mut args: Vec<String> = (files.iter())
+        .flat_map(|f| ["--task".to_string(), f.display().to_string()])
+        .collect();
     let model = fixtures().join("trl/model");
     let (samples, out) = (work.join("samples.jsonl"), work.join("results.json"));
     for (flag, path) in [
