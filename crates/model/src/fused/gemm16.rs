@@ -17,6 +17,9 @@
 
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+pub use super::pack16::{from_bf16, to_bf16};
+use super::pack16::{pack_k_major, pack_row_major, pack_strided};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows of A per panel and per tile.
@@ -72,27 +75,6 @@ fn has_bf16_dot() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// The bf16 bits nearest to `x` (ties to even); NaN stays NaN. Branch-free, so loops of it vectorise.
-#[inline(always)]
-pub fn to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
-    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
-    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
-}
-
-/// Two values rounded to bf16 and paired in one `u32` (`lo` in the low half).
-#[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    to_bf16(lo) as u32 | ((to_bf16(hi) as u32) << 16)
-}
-
-/// The f32 value of bf16 bits `h`.
-#[inline(always)]
-pub fn from_bf16(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
 }
 
 /// A matrix operand rounded to bf16 and packed for the kernel: `len` rows (of A) or columns (of B), each
@@ -180,99 +162,6 @@ fn pack_panels(
 /// each of its k rows is read as one run of ≥ 512 bytes.
 fn panels_per_task(panels: usize, width: usize) -> usize {
     (128 / width).clamp(1, panels.max(1))
-}
-
-super::simd::multiversion! {
-    /// Consecutive panels of an operand whose rows are adjacent in memory for each k (element (i, kk) at
-    /// `src[i + kk·s_k]`), `rows` rows in all: each k pair is two contiguous runs across the panels,
-    /// rounded and interleaved in vector loops.
-    fn pack_k_major(src: &[f32], rows: usize, k: usize, s_k: usize, width: usize, out: &mut [MaybeUninit<u32>]) {
-        let kp = k.div_ceil(2);
-        for q in 0..kp {
-            let lo = &src[2 * q * s_k..][..rows];
-            let hi = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * s_k..][..rows]);
-            for (j, panel) in out.chunks_mut(kp * width).enumerate() {
-                let (at, dst) = (j * width, &mut panel[q * width..(q + 1) * width]);
-                let n = width.min(rows.saturating_sub(at));
-                match hi {
-                    Some(hi) => {
-                        for ((o, &l), &h) in dst.iter_mut().zip(&lo[at..at + n]).zip(&hi[at..at + n]) {
-                            o.write(pair(l, h));
-                        }
-                    }
-                    None => {
-                        for (o, &l) in dst.iter_mut().zip(&lo[at..at + n]) {
-                            o.write(pair(l, 0.0));
-                        }
-                    }
-                }
-                for o in &mut dst[n..] {
-                    o.write(0);
-                }
-            }
-        }
-    }
-}
-
-/// k pairs per block of [`pack_row_major`]'s rows.
-const PAIR_BLOCK: usize = 32;
-
-super::simd::multiversion! {
-    /// A panel whose rows are contiguous along k (element (i, kk) at `src[i·s_row + kk]`): each row is
-    /// rounded into pairs a block at a time in a vector loop, then the pairs are spread over the panel.
-    fn pack_row_major(src: &[f32], rows: usize, k: usize, s_row: usize, width: usize, panel: &mut [MaybeUninit<u32>]) {
-        let full = k / 2;
-        let mut block = [0u32; PAIR_BLOCK];
-        for w in 0..rows {
-            let row = &src[w * s_row..][..k];
-            for q0 in (0..full).step_by(PAIR_BLOCK) {
-                let n = PAIR_BLOCK.min(full - q0);
-                for (o, two) in block[..n].iter_mut().zip(row[2 * q0..].chunks_exact(2)) {
-                    *o = pair(two[0], two[1]);
-                }
-                for (j, &v) in block[..n].iter().enumerate() {
-                    panel[(q0 + j) * width + w].write(v);
-                }
-            }
-            if k % 2 == 1 {
-                panel[full * width + w].write(pair(row[k - 1], 0.0));
-            }
-        }
-        zero_padding(panel, rows, width);
-    }
-}
-
-/// Zeroes the padding rows `rows..width` of every k pair of a panel.
-fn zero_padding(panel: &mut [MaybeUninit<u32>], rows: usize, width: usize) {
-    if rows < width {
-        for pairs in panel.chunks_mut(width) {
-            for o in &mut pairs[rows..] {
-                o.write(0);
-            }
-        }
-    }
-}
-
-/// Any other layout, element by element.
-fn pack_strided(
-    src: &[f32],
-    (rows, k): (usize, usize),
-    (s_row, s_k): (usize, usize),
-    width: usize,
-    panel: &mut [MaybeUninit<u32>],
-) {
-    for w in 0..rows {
-        for q in 0..k.div_ceil(2) {
-            let lo = src[w * s_row + 2 * q * s_k];
-            let hi = if 2 * q + 1 < k {
-                src[w * s_row + (2 * q + 1) * s_k]
-            } else {
-                0.0
-            };
-            panel[q * width + w].write(pair(lo, hi));
-        }
-    }
-    zero_padding(panel, rows, width);
 }
 
 /// The left operand of a product: packed beforehand, or f32 values (element (i, kk) at
@@ -708,8 +597,20 @@ mod tests {
     #[test]
     fn every_layout_packs_to_the_same_panels() {
         let mut rng = SplitMix64::new(18);
-        for &(len, k) in &[(1, 1), (13, 7), (40, 64), (33, 129)] {
-            let m = random(&mut rng, len * k); // row-major: (i, kk) at i·k + kk
+        // Row-major blocks of 16 rows × 32 k (transposed in registers) with ragged rows and k tails.
+        let special = [
+            f32::NAN,
+            -f32::INFINITY,
+            1.0 + 1.0 / 256.0,
+            1e-40,
+            -0.0,
+            f32::MAX,
+        ];
+        for &(len, k) in &[(1, 1), (13, 7), (40, 64), (33, 129), (45, 70), (16, 32)] {
+            let mut m = random(&mut rng, len * k); // row-major: (i, kk) at i·k + kk
+            for (j, x) in special.iter().enumerate() {
+                m[(j * 7919) % (len * k)] = *x;
+            }
             let t: Vec<f32> = (0..k * len).map(|j| m[(j % len) * k + j / len]).collect(); // (i, kk) at kk·len + i
             let mut s = vec![f32::NAN; len * k * 3]; // (i, kk) at 3·(i·k + kk)
             for (j, x) in m.iter().enumerate() {
@@ -719,8 +620,17 @@ mod tests {
                 let row = Packed::new(&m, (len, k), (k, 1), width);
                 let kmajor = Packed::new(&t, (len, k), (1, len), width);
                 let strided = Packed::new(&s, (len, k), (3 * k, 3), width);
-                assert_eq!(row.data, kmajor.data, "{len}×{k} width {width}");
-                assert_eq!(row.data, strided.data, "{len}×{k} width {width}");
+                let bits = |d: &[u32]| d.to_vec();
+                assert_eq!(
+                    bits(&row.data),
+                    bits(&kmajor.data),
+                    "{len}×{k} width {width}"
+                );
+                assert_eq!(
+                    bits(&row.data),
+                    bits(&strided.data),
+                    "{len}×{k} width {width}"
+                );
                 let first = row.data[0];
                 assert_eq!(first & 0xffff, to_bf16(m[0]) as u32);
             }

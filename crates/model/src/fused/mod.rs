@@ -11,8 +11,9 @@
 //! `shared_input`, the layers that read one input), `attention`, `rowwise` (RMSNorm, RoPE, SwiGLU) and
 //! `logprobs`. `simd` holds the vectorised helpers that several families share, `storage` what every
 //! family uses (storage access, gradients as candle wants them, outputs written without zero-filling,
-//! the one call into the gemm kernel); this file declares them and holds the switch between the fused
-//! and the composed ops.
+//! the one call into the gemm kernel); `gemm16` is the bf16 matrix product and `pack16` the rounding and
+//! packing of its operands; this file declares them and holds the switch between the fused and the
+//! composed ops.
 
 #![allow(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod attention;
 pub mod gemm16;
 mod linear;
 mod logprobs;
+mod pack16;
 mod rowwise;
 mod shared_input;
 mod simd;
