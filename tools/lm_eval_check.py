@@ -2,7 +2,7 @@
 
 `harness` runs the harness (its `hf` backend, float32, CPU) on a Hugging Face model directory with the
 task YAMLs of tools/lm-eval/ (the three multiple-choice sets and the held-out pretraining text), and with
-the harness's own `hellaswag` and `ceval-valid` task definitions pointed at the small HellaSwag-format
+the harness's own `hellaswag` definition and C-Eval template (`_default_ceval_yaml`) pointed at the small HellaSwag-format
 and C-Eval-format files of tests/fixtures/lm_eval/, and writes what it computed: every choice's
 log-likelihood, every document's rolling log-likelihood and the aggregate metrics. `compare` sets that beside `eval --samples` output of the same model.
 A zerolm model directory is a Hugging Face directory as it is; `export --format safetensors` writes

@@ -109,11 +109,7 @@ fn run(cli: Cli) -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", results.table());
-    if let Some(path) = &cli.out {
-        let json = serde_json::to_vec_pretty(&results)?;
-        zerolm_io::write_atomically(path, &json)?;
-        eprintln!("wrote {}", path.display());
-    }
+    // Samples first: a failed write then leaves no results file behind.
     if let Some(path) = &cli.samples {
         let mut lines = Vec::new();
         for s in &samples {
@@ -122,6 +118,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         zerolm_io::write_atomically(path, &lines)?;
         eprintln!("wrote {} samples to {}", samples.len(), path.display());
+    }
+    if let Some(path) = &cli.out {
+        let json = serde_json::to_vec_pretty(&results)?;
+        zerolm_io::write_atomically(path, &json)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -277,6 +277,22 @@ fn bad_calls_name_the_problem_and_write_nothing() {
         o,
     ])
     .assert_user_error("config.json");
+    let long = write(
+        &work,
+        "long.jsonl",
+        "{\"question\":\"Q:\",\"choices\":[\"one two three four five six\",\"x\"],\"answer\":1}\n",
+    );
+    eval(&[
+        "--model",
+        m,
+        "--task",
+        &long,
+        "--max-length",
+        "3",
+        "--out",
+        o,
+    ])
+    .assert_user_error("long.jsonl:1: choice 0 is");
     assert!(!out.exists(), "nothing is written by a failed run");
     assert!(std::fs::read_dir(&work).unwrap().all(|e| !e
         .unwrap()

@@ -1,7 +1,7 @@
 //! `eval` against lm-evaluation-harness itself: tests/fixtures/lm_eval/micro.json is what the harness
 //! computed (`tools/lm_eval_check.py harness`, its `hf` backend in float32) on the committed micro model
 //! for the shipped multiple-choice sets, the held-out pretraining text, and small HellaSwag-format and
-//! C-Eval-format files scored by the harness's own `hellaswag` and `ceval-valid` definitions. `eval` must
+//! C-Eval-format files scored by the harness's own `hellaswag` definition and C-Eval template. `eval` must
 //! give every choice's and every document's log-likelihood within float rounding, the same predictions,
 //! and the same acc / acc_norm / standard errors / bits per byte.
 

@@ -16,21 +16,22 @@ pub struct Request {
 
 /// The ids of a (context, continuation) text pair as lm-evaluation-harness makes them: trailing
 /// whitespace of the context moves to the continuation, the whole text is encoded once and the
-/// continuation is what follows the context's own encoding; an empty context is the prefix token.
+/// continuation is what follows the context's own encoding; an empty (or all-whitespace) context is the
+/// prefix token.
 pub fn encode_pair(
     tok: &TokenizerDir,
     context: &str,
     continuation: &str,
     prefix_id: u32,
 ) -> Result<Request, EvalError> {
-    if context.is_empty() {
-        return Ok(Request {
-            context: vec![prefix_id],
-            continuation: tok.encode(continuation)?,
-        });
-    }
     let kept = context.trim_end();
     let moved = format!("{}{continuation}", &context[kept.len()..]);
+    if kept.is_empty() {
+        return Ok(Request {
+            context: vec![prefix_id],
+            continuation: tok.encode(&moved)?,
+        });
+    }
     let whole = tok.encode(&format!("{kept}{moved}"))?;
     let context = tok.encode(kept)?;
     let continuation = whole.get(context.len()..).unwrap_or_default().to_vec();
@@ -174,6 +175,26 @@ mod tests {
             batch_size: 3,
             max_length,
             pad_id: 0,
+        }
+    }
+
+    #[test]
+    fn pairs_are_encoded_as_the_harness_encodes_them() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
+        let tok = TokenizerDir::load(&dir).unwrap();
+        let r = encode_pair(&tok, "Question: x\nAnswer: ", "Paris", 1).unwrap();
+        // the context's trailing space moves to the continuation
+        assert_eq!(r.context, tok.encode("Question: x\nAnswer:").unwrap());
+        let whole = tok.encode("Question: x\nAnswer: Paris").unwrap();
+        assert_eq!([r.context.clone(), r.continuation.clone()].concat(), whole);
+        for empty in ["", "  "] {
+            let r = encode_pair(&tok, empty, "Paris", 1).unwrap();
+            assert_eq!(r.context, vec![1]);
+            assert_eq!(
+                r.continuation,
+                tok.encode(&format!("{empty}Paris")).unwrap()
+            );
         }
     }
 

@@ -5,7 +5,8 @@
 //! Item formats: `{"question", "choices": [...], "answer": index or letter}`; HellaSwag's rows
 //! (`ctx_a`/`ctx_b`/`activity_label`/`endings`/`label`, prepared as the harness prepares them, or a plain
 //! `ctx`/`context` with `endings` and `label`); and C-Eval's CSV (`question,A,B,C,D,answer`), asked as
-//! the harness's `ceval-valid` asks it.
+//! the harness's C-Eval template asks it (without the per-subject description line of its
+//! `ceval-valid-*` tasks).
 
 use std::path::Path;
 
@@ -211,9 +212,14 @@ fn load_csv(path: &Path, limit: usize) -> Result<Vec<McItem>, EvalError> {
         if limit > 0 && items.len() >= limit {
             break;
         }
-        let at = format!("{}: row {}", path.display(), i + 1);
-        let record =
-            record.map_err(|e| EvalError::item(&at, format!("unreadable CSV row: {e}")))?;
+        let record = record.map_err(|e| {
+            EvalError::item(
+                format!("{}: record {}", path.display(), i + 1),
+                format!("unreadable CSV row: {e}"),
+            )
+        })?;
+        let line = record.position().map_or(i as u64 + 2, |p| p.line());
+        let at = format!("{}:{line}", path.display());
         let field = |k: usize| record.get(cols[k]).unwrap_or_default();
         let gold = letter_index(field(5)).filter(|&g| g < 4).ok_or_else(|| {
             EvalError::item(
@@ -356,6 +362,6 @@ mod tests {
         assert!(load(&p, 0)
             .unwrap_err()
             .to_string()
-            .contains("row 1: `answer` must be A, B, C or D"));
+            .contains("ceval.csv:2: `answer` must be A, B, C or D"));
     }
 }

@@ -31,7 +31,7 @@ pub fn load(path: &Path, limit: usize) -> Result<Docs, EvalError> {
     let mut reader = RowReader::open(path)?;
     let (mut docs, mut empty) = (Vec::new(), 0);
     while let Some(row) = reader.next_row()? {
-        if limit > 0 && docs.len() >= limit {
+        if limit > 0 && docs.len() + empty >= limit {
             break;
         }
         let at = row.at.to_string();
@@ -60,6 +60,7 @@ pub fn load(path: &Path, limit: usize) -> Result<Docs, EvalError> {
 /// predicts up to `max_length` tokens after `prefix_id`, each next one the following `max_length`
 /// tokens, seeing only the `max_length` tokens before its last.
 pub fn windows(tokens: &[u32], prefix_id: u32, max_length: usize) -> Vec<Request> {
+    assert!(max_length > 0, "ppl: windows of no tokens");
     let mut out = Vec::new();
     let mut done = 0;
     while done < tokens.len() {
@@ -110,10 +111,11 @@ pub fn words(text: &str) -> u64 {
     count
 }
 
-/// The task's numbers from the summed log-likelihood (nats) of all documents.
-pub fn metrics(loglik: f64, tokens: u64, docs: &[Doc]) -> Vec<(&'static str, f64)> {
+/// The task's numbers from the summed log-likelihood (nats) of all documents; each of the `empty`
+/// documents counts one word, as the harness counts an empty string.
+pub fn metrics(loglik: f64, tokens: u64, docs: &[Doc], empty: usize) -> Vec<(&'static str, f64)> {
     let bytes: u64 = docs.iter().map(|d| d.text.len() as u64).sum();
-    let words: u64 = docs.iter().map(|d| words(&d.text)).sum();
+    let words: u64 = docs.iter().map(|d| words(&d.text)).sum::<u64>() + empty as u64;
     vec![
         (
             "bits_per_byte",
@@ -161,7 +163,7 @@ mod tests {
             at: String::new(),
             text: "ab cd".into(),
         }];
-        let m = metrics(-5.0 * std::f64::consts::LN_2, 2, &docs);
+        let m = metrics(-5.0 * std::f64::consts::LN_2, 2, &docs, 0);
         assert!((m[0].1 - 1.0).abs() < 1e-12, "{m:?}");
         assert!((m[1].1 - 2.0).abs() < 1e-12);
     }

@@ -134,7 +134,7 @@ impl Evaluator<'_> {
 
     /// Each choice scored after its context; `acc`, `acc_norm` and their standard errors.
     fn mc(&self, task: &Task, items: &[McItem]) -> Result<Part, EvalError> {
-        let requests = mc_requests(items, self.tokenizer)?;
+        let requests = mc_requests(items, self.tokenizer, self.settings.max_length)?;
         let ticker = Ticker::new(&task.name, requests.len(), self.quiet);
         let scores = self.scorer().score(&requests, &mut |n| ticker.tick(n))?;
         ticker.finish();
@@ -185,7 +185,7 @@ impl Evaluator<'_> {
         Ok(Part {
             skipped: docs.empty,
             truncated: 0,
-            metrics: (ppl::metrics(total, tokens, &docs.docs).into_iter())
+            metrics: (ppl::metrics(total, tokens, &docs.docs, docs.empty).into_iter())
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             samples,
@@ -214,8 +214,13 @@ impl Evaluator<'_> {
     }
 }
 
-/// Every choice of every item as a request (`" " + choice` after the context), in item order.
-fn mc_requests(items: &[McItem], tok: &TokenizerDir) -> Result<Vec<Request>, EvalError> {
+/// Every choice of every item as a request (`" " + choice` after the context), in item order; a choice
+/// with no tokens of its own, or more than `max_length`, is an error naming the item.
+fn mc_requests(
+    items: &[McItem],
+    tok: &TokenizerDir,
+    max_length: usize,
+) -> Result<Vec<Request>, EvalError> {
     let prefix = loglik::prefix_id(tok);
     let mut out = Vec::new();
     for it in items {
@@ -230,6 +235,15 @@ fn mc_requests(items: &[McItem], tok: &TokenizerDir) -> Result<Vec<Request>, Eva
                 return Err(EvalError::item(
                     &it.at,
                     format!("choice {i} gives no tokens of its own after the context"),
+                ));
+            }
+            if r.continuation.len() > max_length {
+                return Err(EvalError::item(
+                    &it.at,
+                    format!(
+                        "choice {i} is {} tokens long, more than --max-length {max_length}",
+                        r.continuation.len()
+                    ),
                 ));
             }
             out.push(r);

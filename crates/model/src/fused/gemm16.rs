@@ -620,17 +620,8 @@ mod tests {
                 let row = Packed::new(&m, (len, k), (k, 1), width);
                 let kmajor = Packed::new(&t, (len, k), (1, len), width);
                 let strided = Packed::new(&s, (len, k), (3 * k, 3), width);
-                let bits = |d: &[u32]| d.to_vec();
-                assert_eq!(
-                    bits(&row.data),
-                    bits(&kmajor.data),
-                    "{len}×{k} width {width}"
-                );
-                assert_eq!(
-                    bits(&row.data),
-                    bits(&strided.data),
-                    "{len}×{k} width {width}"
-                );
+                assert_eq!(row.data, kmajor.data, "{len}×{k} width {width}");
+                assert_eq!(row.data, strided.data, "{len}×{k} width {width}");
                 let first = row.data[0];
                 assert_eq!(first & 0xffff, to_bf16(m[0]) as u32);
             }
