@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Parser;
 use zerolm_cli::threads::ComputeArgs;
 use zerolm_cli::UsageError;
-use zerolm_eval::results::{Results, FORMAT};
+use zerolm_eval::results;
 use zerolm_eval::{Evaluator, Settings, Task, TaskSpec};
 use zerolm_model::infer::Generator;
 
@@ -82,10 +82,8 @@ fn run(cli: Cli) -> Result<()> {
         settings: &settings,
         quiet: cli.quiet,
     };
-    let (mut results, mut samples) = (Vec::new(), Vec::new());
-    for task in &tasks {
-        let scored = evaluator.score(task)?;
-        let r = &scored.result;
+    let model = zerolm_eval::run::model_info(&cli.model, &g.tokenizer)?;
+    let (results, samples) = evaluator.score_all(&tasks, model, started, &mut |r| {
         eprintln!(
             "{} ({}): {} items in {:.1} s, {:.1} items/s{}{}",
             r.task,
@@ -95,28 +93,12 @@ fn run(cli: Cli) -> Result<()> {
             r.items_per_s,
             counted(r.skipped, "empty documents skipped"),
             counted(r.truncated, "inputs cut to --max-length"),
-        );
-        results.push(scored.result);
-        samples.extend(scored.samples);
-    }
-    let results = Results {
-        stage: "eval".into(),
-        format: FORMAT,
-        zerolm_version: env!("CARGO_PKG_VERSION").into(),
-        model: zerolm_eval::run::model_info(&cli.model, &g.tokenizer)?,
-        settings,
-        tasks: results,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+        )
+    })?;
     print!("{}", results.table());
     // Samples first: a failed write then leaves no results file behind.
     if let Some(path) = &cli.samples {
-        let mut lines = Vec::new();
-        for s in &samples {
-            serde_json::to_writer(&mut lines, s)?;
-            lines.push(b'\n');
-        }
-        zerolm_io::write_atomically(path, &lines)?;
+        zerolm_io::write_atomically(path, &results::jsonl(&samples))?;
         eprintln!("wrote {} samples to {}", samples.len(), path.display());
     }
     if let Some(path) = &cli.out {

@@ -150,13 +150,18 @@ fn questions(
 /// Greedy-decodes every question (up to the set's `max_new_tokens`, stopping at eos) and counts replies
 /// that contain the answer.
 pub fn check(model: &Model, tokenizer: &TokenizerDir, set: &AnswerSet) -> Result<Score, EvalError> {
-    let replies = replies(model, tokenizer, set, &|_| {})?;
+    let hits = hits(set, &replies(model, tokenizer, set, &|_| {})?);
     Ok(Score {
-        correct: (set.items.iter().zip(&replies))
-            .filter(|(q, r)| r.contains(&q.answer))
-            .count(),
-        total: replies.len(),
+        correct: hits.iter().filter(|h| **h).count(),
+        total: hits.len(),
     })
+}
+
+/// Whether each reply contains its question's answer.
+pub fn hits(set: &AnswerSet, replies: &[String]) -> Vec<bool> {
+    (set.items.iter().zip(replies))
+        .map(|(q, r)| r.contains(&q.answer))
+        .collect()
 }
 
 /// Every question's greedy reply (without the end-of-turn token), in the set's order; `tick` is called

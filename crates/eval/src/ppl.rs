@@ -78,24 +78,21 @@ pub fn windows(tokens: &[u32], prefix_id: u32, max_length: usize) -> Vec<Request
     out
 }
 
-/// Every document's windows, with the index of the document each belongs to and each document's
-/// token count.
+/// Every document's windows, with the index of the document each belongs to.
 pub fn requests(
     docs: &[Doc],
     tok: &TokenizerDir,
     prefix_id: u32,
     max_length: usize,
-) -> Result<(Vec<Request>, Vec<usize>, u64), EvalError> {
-    let (mut reqs, mut owner, mut tokens) = (Vec::new(), Vec::new(), 0u64);
+) -> Result<(Vec<Request>, Vec<usize>), EvalError> {
+    let (mut reqs, mut owner) = (Vec::new(), Vec::new());
     for (d, doc) in docs.iter().enumerate() {
-        let ids = tok.encode(&doc.text)?;
-        tokens += ids.len() as u64;
-        for w in windows(&ids, prefix_id, max_length) {
+        for w in windows(&tok.encode(&doc.text)?, prefix_id, max_length) {
             reqs.push(w);
             owner.push(d);
         }
     }
-    Ok((reqs, owner, tokens))
+    Ok((reqs, owner))
 }
 
 /// Words as the harness counts them: the pieces of a split at runs of whitespace.

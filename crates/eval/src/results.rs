@@ -115,6 +115,16 @@ impl Results {
     }
 }
 
+/// Samples as JSON lines.
+pub fn jsonl(samples: &[serde_json::Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in samples {
+        out.extend(s.to_string().into_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Four decimals for fractions and small numbers, whole numbers as they are.
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() >= 1.0 {

@@ -13,7 +13,7 @@ use crate::loglik::{self, Request, Scorer};
 use crate::mc::{self, McItem, McOutcome};
 use crate::ppl::{self, Docs};
 use crate::progress::Ticker;
-use crate::results::{mean_stderr, ModelInfo, Settings, TaskResult};
+use crate::results::{mean_stderr, ModelInfo, Results, Settings, TaskResult, FORMAT};
 use crate::task::{Kind, TaskSpec};
 use crate::EvalError;
 
@@ -94,6 +94,34 @@ pub struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
+    /// Scores `tasks` in order, handing each finished task's result to `done`: the results of `model`
+    /// (timed from `started`) and every task's samples.
+    pub fn score_all(
+        &self,
+        tasks: &[Task],
+        model: ModelInfo,
+        started: Instant,
+        done: &mut dyn FnMut(&TaskResult),
+    ) -> Result<(Results, Vec<Value>), EvalError> {
+        let (mut results, mut samples) = (Vec::new(), Vec::new());
+        for task in tasks {
+            let scored = self.score(task)?;
+            done(&scored.result);
+            results.push(scored.result);
+            samples.extend(scored.samples);
+        }
+        let results = Results {
+            stage: "eval".into(),
+            format: FORMAT,
+            zerolm_version: env!("CARGO_PKG_VERSION").into(),
+            model,
+            settings: self.settings.clone(),
+            tasks: results,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((results, samples))
+    }
+
     pub fn score(&self, task: &Task) -> Result<Scored, EvalError> {
         let started = Instant::now();
         let part = match &task.items {
@@ -168,8 +196,7 @@ impl Evaluator<'_> {
     fn ppl(&self, task: &Task, docs: &Docs) -> Result<Part, EvalError> {
         let prefix = loglik::prefix_id(self.tokenizer);
         let max_length = self.settings.max_length;
-        let (requests, owner, tokens) =
-            ppl::requests(&docs.docs, self.tokenizer, prefix, max_length)?;
+        let (requests, owner) = ppl::requests(&docs.docs, self.tokenizer, prefix, max_length)?;
         let ticker = Ticker::new(&task.name, requests.len(), self.quiet);
         let scores = self.scorer().score(&requests, &mut |n| ticker.tick(n))?;
         ticker.finish();
@@ -179,6 +206,7 @@ impl Evaluator<'_> {
             per_doc[d].1 += r.continuation.len();
         }
         let total: f64 = per_doc.iter().map(|(ll, _)| ll).sum();
+        let tokens = per_doc.iter().map(|(_, n)| *n as u64).sum();
         let samples = (docs.docs.iter().zip(&per_doc))
             .map(|(d, (ll, n))| json!({"at": d.at, "loglik": ll, "tokens": n, "bytes": d.text.len()}))
             .collect();
@@ -197,13 +225,12 @@ impl Evaluator<'_> {
         let ticker = Ticker::new(&task.name, set.items.len(), self.quiet);
         let replies = answer::replies(self.model, self.tokenizer, set, &|n| ticker.tick(n))?;
         ticker.finish();
-        let hits: Vec<f64> = (set.items.iter().zip(&replies))
-            .map(|(q, r)| f64::from(u8::from(r.contains(&q.answer))))
-            .collect();
-        let mut metrics = mean_metrics(&[("accuracy", &hits)]);
-        metrics.insert("correct".into(), hits.iter().sum());
-        let samples = (set.items.iter().zip(&replies))
-            .map(|(q, r)| json!({"answer": q.answer, "reply": r, "correct": r.contains(&q.answer)}))
+        let hits = answer::hits(set, &replies);
+        let values: Vec<f64> = hits.iter().map(|&h| f64::from(u8::from(h))).collect();
+        let mut metrics = mean_metrics(&[("accuracy", &values)]);
+        metrics.insert("correct".into(), values.iter().sum());
+        let samples = (set.items.iter().zip(&replies).zip(&hits))
+            .map(|((q, r), h)| json!({"answer": q.answer, "reply": r, "correct": h}))
             .collect();
         Ok(Part {
             skipped: 0,
