@@ -472,12 +472,12 @@ impl Block {
         pieces: &mut [Piece],
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
-        let x = (x + self.attn.forward(&h, cfg, rope, precision, pieces)?)?;
+        let x = ops::add(x, &self.attn.forward(&h, cfg, rope, precision, pieces)?)?;
         let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
         let [gate, up] = Proj::apply_all([&self.gate, &self.up], &h)?;
         let act = ops::swiglu(&gate, &up)?;
         let mlp = self.down.apply(&act)?;
-        x + mlp
+        ops::add(&x, &mlp)
     }
 }
 

@@ -20,6 +20,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     rms_norm_composed(x, weight, eps)
 }
 
+/// `a + b` (same shapes): the residual stream's add.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_f32(a) && cpu_f32(b) && a.shape() == b.shape() {
+        return a.contiguous()?.apply_op2(&b.contiguous()?, fused::Add);
+    }
+    a + b
+}
+
 /// `silu(gate) * up`, the SwiGLU MLP's activation.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if cpu_f32(gate) {

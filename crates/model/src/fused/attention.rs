@@ -3,9 +3,10 @@
 
 use super::gemm16::{self, Packed, NR};
 use super::simd::{dot, exp, fold3, max_of, multiversion};
-use super::storage::{gemm_raw, slice, values};
+use super::storage::{gemm_raw, slice, values, written};
 use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `softmax(Q Kᵀ · scale + causal mask) V` for q [B, Tq, NH, D], k and v [B, Tk, NKV, D] (the layout
 /// the projections produce, so no transposes are needed); query head h reads KV head h / (NH / NKV),
@@ -152,6 +153,20 @@ impl Dims {
         }
     }
 
+    /// A batch's [Tq, NH, D] output from its groups' rows (group g: [Tq · rep, D], see
+    /// [`Dims::gather_group`]), every element of `dst` written.
+    fn scatter_batch(&self, dst: &mut [MaybeUninit<f32>], groups: &[Vec<f32>]) {
+        let w = self.rep() * self.d;
+        for (g, rows) in groups.iter().enumerate() {
+            for (t, row) in rows.chunks(w).enumerate() {
+                let at = t * self.q_rs() + g * w;
+                for (d, &x) in dst[at..at + w].iter_mut().zip(row) {
+                    d.write(x);
+                }
+            }
+        }
+    }
+
     /// Writes KV group `g`'s [Tk, D] rows (its dK or dV) into that head of batch `bi` of a
     /// [B, Tk, NKV, D] tensor.
     fn scatter_kv_group(&self, dst: &mut [f32], rows: &[f32], bi: usize, g: usize) {
@@ -221,6 +236,9 @@ fn gemm_rs16(
         rows: m,
         strides: (a_rs, a_cs),
     };
+    if !accumulate && scale == 1.0 {
+        return gemm16::product_into(a, &pb, c, c_rs);
+    }
     let prod = gemm16::product(a, &pb);
     for (row, p) in c.chunks_mut(c_rs).zip(prod.chunks(n.max(1))).take(m) {
         for (x, &y) in row[..n].iter_mut().zip(p) {
@@ -240,15 +258,16 @@ fn sum_of(row: &[f32]) -> f32 {
 }
 
 multiversion! {
-    /// Softmax of each row of `p` (rows `tk` apart) over its first `first_live + i / per_position`
-    /// entries (row `i`; `per_position` consecutive rows share a query position); the rest of the row,
-    /// the masked keys, is set to 0.
-    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize, per_position: usize) {
+    /// Softmax of each row of `p` (rows `tk` apart) times `scale` over its first
+    /// `first_live + i / per_position` entries (row `i`; `per_position` consecutive rows share a query
+    /// position); the rest of the row, the masked keys, is set to 0.
+    fn softmax_rows(p: &mut [f32], tk: usize, first_live: usize, per_position: usize, scale: f32) {
         for (i, row) in p.chunks_mut(tk).enumerate() {
             let live = first_live + i / per_position;
-            let max = max_of(&row[..live]);
+            // max(x · scale) = max(x) · scale: rounding is monotonic and the scale positive.
+            let max = max_of(&row[..live]) * scale;
             for x in &mut row[..live] {
-                *x = exp(*x - max);
+                *x = exp(*x * scale - max);
             }
             let inv = 1.0 / sum_of(&row[..live]);
             for x in &mut row[..live] {
@@ -282,6 +301,12 @@ impl CausalAttention {
         for (r0, rows, keys) in dm.blocks() {
             let pb = &mut p[r0 * rep * dm.tk..][..rows * rep * dm.tk];
             // S = Q Kᵀ over the visible keys: Kᵀ is k read with row stride 1, column stride kv_rs.
+            // The bf16 product is written straight into the block and scaled by the softmax (the same
+            // bits as scaling it on the way).
+            let (gemm_scale, softmax_scale) = match dm.bf16 {
+                true => (1.0, self.scale),
+                false => (self.scale, 1.0),
+            };
             gemm_rs(
                 dm.bf16,
                 pb,
@@ -292,9 +317,9 @@ impl CausalAttention {
                 &k[kv0..],
                 (1, dm.kv_rs()),
                 false,
-                self.scale,
+                gemm_scale,
             );
-            softmax_rows(pb, dm.tk, r0 + shift + 1, rep);
+            softmax_rows(pb, dm.tk, r0 + shift + 1, rep, softmax_scale);
         }
     }
 }
@@ -320,7 +345,6 @@ impl CustomOp3 for CausalAttention {
             slice(s3, l3, "attention v")?,
         );
         let rep = dm.rep();
-        let mut out = vec![0f32; dm.b * dm.tq * dm.nh * dm.d];
         // One task per (batch, KV head) group, each filling its probabilities (every entry) and
         // returning its heads' outputs as [Tq · rep, D] rows, scattered into the [B, Tq, NH, D] output
         // afterwards.
@@ -360,9 +384,14 @@ impl CustomOp3 for CausalAttention {
                 .map(|gi| with_scratch(len, |p| group(gi, p)))
                 .collect()
         };
-        for (gi, o) in groups.iter().enumerate() {
-            dm.scatter_group(&mut out, o, gi / dm.nkv, gi % dm.nkv);
-        }
+        let per_batch = dm.tq * dm.q_rs();
+        // SAFETY: each batch's chunk is written whole: its nkv groups cover all NH heads of every row.
+        let out = unsafe {
+            written(dm.b * per_batch, |out| {
+                (out.par_chunks_mut(per_batch).zip(groups.par_chunks(dm.nkv)))
+                    .for_each(|(dst, groups)| dm.scatter_batch(dst, groups))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -214,6 +214,14 @@ pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
     gemm_on(has_bf16_dot(), Left::Packed(a), vec![(b, c, ldc)])
 }
 
+/// `c[m, n] = a · b` (row stride `ldc`; every element of the product written, the rest of each row
+/// untouched) for A of m rows over B's k: [`gemm`] with a left operand that may be raw.
+pub fn product_into(a: Left, b: &Packed, c: &mut [f32], ldc: usize) {
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the kernel only writes through it.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    gemm_on(has_bf16_dot(), a, vec![(b, c, ldc)])
+}
+
 /// A new row-major [m, n] matrix `a · b` for A of m rows over B's k (see [`gemm`]), never zero-filled:
 /// the kernel writes every element.
 pub fn product(a: Left, b: &Packed) -> Vec<f32> {
@@ -261,18 +269,22 @@ fn gemm_on(bf16_dot: bool, a: Left, jobs: Vec<Job>) {
         tile_portable
     };
     let row_panels = m.div_ceil(MR);
-    // Two groups per thread: enough to balance, few enough that B is read only a few times.
-    let group = row_panels.div_ceil(2 * rayon::current_num_threads()).max(1);
-    let tasks = row_panels.div_ceil(group);
+    // Two tasks per thread (enough to balance, few enough that B is read only a few times), their
+    // panel counts differing by at most one.
+    let tasks = (2 * rayon::current_num_threads()).min(row_panels);
+    let first_panel = |t: usize| t * row_panels / tasks;
     // Each task's rows of every output.
     let mut per_task: Vec<Vec<Job>> = (0..tasks).map(|_| Vec::new()).collect();
-    for (b, c, ldc) in jobs.into_iter().filter(|j| j.0.len > 0) {
-        for (t, rows) in c.chunks_mut(group * MR * ldc).take(tasks).enumerate() {
-            per_task[t].push((b, rows, ldc));
+    for (b, mut c, ldc) in jobs.into_iter().filter(|j| j.0.len > 0) {
+        for (t, outs) in per_task.iter_mut().enumerate() {
+            let len = (first_panel(t + 1) - first_panel(t)) * MR * ldc;
+            let (rows, rest) = c.split_at_mut(len.min(c.len()));
+            outs.push((b, rows, ldc));
+            c = rest;
         }
     }
     per_task.into_par_iter().enumerate().for_each(|(t, outs)| {
-        let panels = t * group..((t + 1) * group).min(row_panels);
+        let panels = first_panel(t)..first_panel(t + 1);
         let packed = a.panels(panels.clone(), k);
         for (b, rows, ldc) in outs {
             multiply_panels(kernel, (&packed, panels.clone(), m), b, rows, ldc);

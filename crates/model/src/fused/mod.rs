@@ -32,7 +32,7 @@ mod tests_support;
 pub use attention::CausalAttention;
 pub use linear::{matmul, Linear, WeightPacks};
 pub use logprobs::TokenLogprobs;
-pub use rowwise::{RmsNorm, Rope, SwiGlu};
+pub use rowwise::{Add, RmsNorm, Rope, SwiGlu};
 pub use shared_input::{shared_linears, SharedLinear};
 
 use candle_core::{DType, Tensor};

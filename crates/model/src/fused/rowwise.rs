@@ -1,5 +1,5 @@
-//! Elementwise and row-wise kernels: SwiGLU, RMSNorm and RoPE, each parallel over fixed-size pieces
-//! of independent rows.
+//! Elementwise and row-wise kernels: the residual add, SwiGLU, RMSNorm and RoPE, each parallel over
+//! fixed-size pieces of independent rows.
 
 use super::simd::{dot, exp, fold3, multiversion};
 use super::storage::{grads2, slice, values, written};
@@ -13,6 +13,52 @@ const CHUNK: usize = 1 << 14;
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
+}
+
+/// `a + b` of two same-shaped tensors: the residual stream's add, on the worker threads (candle's
+/// own element-wise ops run on the calling thread alone, see `zerolm_cli::threads`).
+pub struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "zerolm-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(Error::Msg("add: the two inputs differ in shape".into()));
+        }
+        let (a, b) = (slice(s1, l1, "add lhs")?, slice(s2, l2, "add rhs")?);
+        // SAFETY: the chunks cover the output, and each of its elements is written.
+        let out = unsafe {
+            written(a.len(), |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                    .for_each(|(o, (a, b))| {
+                        for (o, (x, y)) in o.iter_mut().zip(a.iter().zip(b)) {
+                            o.write(x + y);
+                        }
+                    })
+            })
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.clone())))
+    }
 }
 
 /// `silu(gate) · up`.
@@ -313,6 +359,29 @@ mod tests {
             &[x],
             |x| ops::rope(&x[0], &cos, &sin),
             |x| ops::rope_composed(&x[0], &cos, &sin),
+        );
+    }
+
+    #[test]
+    fn the_residual_add_equals_candles_add_bit_for_bit_with_its_gradient() {
+        let mut rng = SplitMix64::new(4);
+        // Several parallel pieces and a ragged last one.
+        let (a, b) = (
+            randn(&mut rng, &[3, 70, 301], 1.0),
+            randn(&mut rng, &[3, 70, 301], 3.0),
+        );
+        let fast = ops::add(&a, &b).unwrap();
+        let slow = (&a + &b).unwrap();
+        let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        assert_eq!(bits(&fast), bits(&slow));
+        check(
+            "add",
+            &[a, b],
+            |x| ops::add(&x[0], &x[1]),
+            |x| &x[0] + &x[1],
         );
     }
 
