@@ -47,6 +47,18 @@ impl Proj {
         }
     }
 
+    /// This layer applied to `swiglu(gate, up)`: in bf16 inference without storing the activation (see
+    /// [`ops::swiglu_linear_bf16`]), else through the SwiGLU op.
+    fn apply_to_swiglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(packs) = &self.packs {
+            let packs = packs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(y) = ops::swiglu_linear_bf16(gate, up, &self.w, &packs)? {
+                return Ok(y);
+            }
+        }
+        self.apply(&ops::swiglu(gate, up)?)
+    }
+
     /// Each of `projs` applied to `x`: in bf16 with `x` packed once for all of them.
     fn apply_all<const N: usize>(
         projs: [&Proj; N],
@@ -67,6 +79,29 @@ impl Proj {
         };
         ys.try_into()
             .map_err(|_| candle_core::Error::Msg("internal: projection count".into()))
+    }
+
+    /// Each of `projs` applied to `rms_norm(x, norm, eps)`: in bf16 inference without storing the
+    /// normalised input (see [`ops::normed_linears_bf16`]), else normalised first.
+    fn apply_all_normed<const N: usize>(
+        projs: [&Proj; N],
+        x: &Tensor,
+        norm: &Tensor,
+        eps: f64,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let packs: Vec<Arc<WeightPacks>> = (projs.iter())
+            .filter_map(|p| p.packs.as_ref())
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        if packs.len() == N {
+            let ws: Vec<_> = projs.iter().map(|p| &p.w).zip(&packs).collect();
+            if let Some(ys) = ops::normed_linears_bf16(x, norm, eps, &ws)? {
+                return ys
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("internal: projection count".into()));
+            }
+        }
+        Self::apply_all(projs, &rms_norm(x, norm, eps)?)
     }
 
     fn prepare(&mut self) -> candle_core::Result<()> {
@@ -303,9 +338,9 @@ impl Model {
         self.through_blocks(x, (&cos, &sin), &[(0, t)], &mut caches)
     }
 
-    /// Runs `x` [B, T, hidden] through every block and the final norm. `spans` (start, length) cut
-    /// the T axis into sequences that attend only within themselves, the i-th continuing `caches[i]`
-    /// when there is one.
+    /// Runs `x` [B, T, hidden] through every block (the final norm is the caller's). `spans` (start,
+    /// length) cut the T axis into sequences that attend only within themselves, the i-th continuing
+    /// `caches[i]` when there is one.
     fn through_blocks(
         &self,
         mut x: Tensor,
@@ -324,7 +359,12 @@ impl Model {
                 .collect();
             x = block.forward(&x, &self.cfg, rope, self.precision, &mut pieces)?;
         }
-        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+        Ok(x)
+    }
+
+    /// The final norm of rows of the last block's output.
+    fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        rms_norm(x, &self.norm, self.cfg.rms_norm_eps)
     }
 
     fn check_length(&self, positions: usize) -> Result<(), ModelError> {
@@ -360,7 +400,9 @@ impl Model {
     /// Logits for every position: [B, T, vocab].
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
         let h = self.hidden(ids, None)?;
-        Ok(self.lm_head.apply(&h)?)
+        let eps = self.cfg.rms_norm_eps;
+        let [logits] = Proj::apply_all_normed([&self.lm_head], &h, &self.norm, eps)?;
+        Ok(logits)
     }
 
     /// `log p(targets[b, t] | ids[b, ..=t])` for every position: [B, T]. `targets` is u32 [B, T].
@@ -405,7 +447,7 @@ impl Model {
         let t = ids.dim(1)?;
         let h = self.hidden(ids, Some(cache))?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
-        Ok(self.lm_head.apply(&last)?)
+        Ok(self.lm_head.apply(&self.final_norm(&last)?)?)
     }
 
     /// Feeds several sequences at once, each `ids` after what its own cache holds, and returns the
@@ -440,7 +482,7 @@ impl Model {
         let rows = h
             .squeeze(0)?
             .index_select(&Tensor::new(last, &self.device)?, 0)?;
-        Ok(self.lm_head.apply(&rows)?)
+        Ok(self.lm_head.apply(&self.final_norm(&rows)?)?)
     }
 }
 
@@ -471,33 +513,33 @@ impl Block {
         precision: Precision,
         pieces: &mut [Piece],
     ) -> candle_core::Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
-        let x = ops::add(x, &self.attn.forward(&h, cfg, rope, precision, pieces)?)?;
-        let h = rms_norm(&x, &self.post_norm, cfg.rms_norm_eps)?;
-        let [gate, up] = Proj::apply_all([&self.gate, &self.up], &h)?;
-        let act = ops::swiglu(&gate, &up)?;
-        let mlp = self.down.apply(&act)?;
+        let eps = cfg.rms_norm_eps;
+        let a = &self.attn;
+        let qkv = Proj::apply_all_normed([&a.q, &a.k, &a.v], x, &self.input_norm, eps)?;
+        let x = ops::add(x, &self.attn.forward(qkv, cfg, rope, precision, pieces)?)?;
+        let [gate, up] = Proj::apply_all_normed([&self.gate, &self.up], &x, &self.post_norm, eps)?;
+        let mlp = self.down.apply_to_swiglu(&gate, &up)?;
         ops::add(&x, &mlp)
     }
 }
 
 impl Attention {
+    /// Attention over the q, k and v projections of the block's normalised input.
     fn forward(
         &self,
-        x: &Tensor,
+        [q, k, v]: [Tensor; 3],
         cfg: &ModelConfig,
         (cos, sin): (&Tensor, &Tensor),
         precision: Precision,
         pieces: &mut [Piece],
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t, _) = q.dims3()?;
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim(),
         );
         // Everything stays in the projections' [B, T, heads, head_dim] layout: no transposes.
-        let [q, k, v] = Proj::apply_all([&self.q, &self.k, &self.v], x)?;
         let mut q = q.reshape((b, t, nh, hd))?;
         let mut k = k.reshape((b, t, nkv, hd))?;
         let v = v.reshape((b, t, nkv, hd))?;

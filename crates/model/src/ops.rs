@@ -288,6 +288,55 @@ pub fn linears_bf16(
         .collect()
 }
 
+/// `w` applied in bf16 to `swiglu(gate, up)` without storing the activation (each product task makes
+/// its own rows as it packs them; the same bits), when nothing needs a gradient on the CPU; `None`
+/// otherwise.
+pub fn swiglu_linear_bf16(
+    gate: &Tensor,
+    up: &Tensor,
+    w: &Tensor,
+    packs: &Arc<fused::WeightPacks>,
+) -> Result<Option<Tensor>> {
+    let tracked = gate.track_op() || up.track_op() || w.track_op();
+    let cpu = cpu_f32(gate) && cpu_f32(up) && cpu_f32(w);
+    if tracked || !cpu || gate.shape() != up.shape() {
+        return Ok(None);
+    }
+    let op = fused::SwiGluLinear {
+        packs: packs.clone(),
+    };
+    let y = gate
+        .contiguous()?
+        .apply_op3(&up.contiguous()?, &w.contiguous()?, op)?;
+    Ok(Some(y))
+}
+
+/// Each of `weights` applied in bf16 to `rms_norm(x, norm_weight, eps)` without storing the normalised
+/// input (each product task normalises its own rows as it packs them; the same bits), when nothing
+/// needs a gradient on the CPU; `None` otherwise, for the caller to normalise and apply them itself.
+pub fn normed_linears_bf16(
+    x: &Tensor,
+    norm_weight: &Tensor,
+    eps: f64,
+    weights: &[(&Tensor, &Arc<fused::WeightPacks>)],
+) -> Result<Option<Vec<Tensor>>> {
+    let tracked =
+        x.track_op() || norm_weight.track_op() || weights.iter().any(|(w, _)| w.track_op());
+    if tracked || !cpu_f32(x) || !cpu_f32(norm_weight) {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let norm: Vec<f32> = norm_weight.flatten_all()?.to_vec1()?;
+    let ws = (weights.iter())
+        .map(|(w, packs)| Ok((w.contiguous()?, (*packs).clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let ops = fused::normed_linears(ws.clone(), norm, eps as f32);
+    let ys = (ws.iter().zip(ops))
+        .map(|((w, _), op)| x.apply_op2(w, op))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ys))
+}
+
 /// [`linear_composed`] with bf16 operands: x and w cast to bf16 (w once, kept in `packs`), the product
 /// in bf16 on the device (which sums in f32), the result cast back to f32.
 fn linear_bf16_composed(x: &Tensor, w: &Tensor, packs: &fused::WeightPacks) -> Result<Tensor> {

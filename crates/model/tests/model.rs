@@ -176,6 +176,33 @@ fn the_inference_model_gives_the_training_models_logits_and_logprobs() {
 }
 
 #[test]
+fn a_bf16_forward_without_gradients_gives_the_training_forwards_bits() {
+    // Over plain tensors the bf16 forward normalises each block's input inside the products' packing;
+    // over trainable variables it runs RMSNorm as an op of its own (its backward is needed).
+    let bits = |t: Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    };
+    for cfg in configs() {
+        let init = init_parameters(&cfg, 6, &Device::Cpu).unwrap();
+        let (_vars, mut train) = trainable(&cfg, &init);
+        train.set_precision(Precision::Bf16);
+        let mut infer = Model::new(cfg.clone(), init).unwrap();
+        infer.set_precision(Precision::Bf16);
+        let infer = infer.for_inference().unwrap();
+        let x = ids(&[&[1, 17, 4, 33, 2, 9, 5], &[3, 3, 48, 0, 7, 21, 11]]);
+        let y = ids(&[&[17, 4, 33, 2, 9, 12, 6], &[3, 48, 0, 7, 21, 5, 1]]);
+        let (a, b) = (train.forward(&x).unwrap(), infer.forward(&x).unwrap());
+        assert_eq!(bits(a), bits(b), "{:?} logits", cfg.model_type);
+        let (a, b) = (
+            train.token_logprobs(&x, &y).unwrap(),
+            infer.token_logprobs(&x, &y).unwrap(),
+        );
+        assert_eq!(bits(a), bits(b), "{:?} log-probs", cfg.model_type);
+    }
+}
+
+#[test]
 fn kv_cache_decoding_equals_the_full_forward() {
     for cfg in configs() {
         let model =

@@ -175,13 +175,19 @@ pub enum Left<'a> {
         rows: usize,
         strides: (usize, usize),
     },
+    /// Row-major rows of k values made on demand: `make(range, out)` writes rows `range` into `out`
+    /// (every element), each task making only its own rows just before it packs them.
+    Made {
+        rows: usize,
+        make: &'a (dyn Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync),
+    },
 }
 
 impl Left<'_> {
     fn rows(&self) -> usize {
         match self {
             Left::Packed(p) => p.len,
-            Left::Raw { rows, .. } => *rows,
+            Left::Raw { rows, .. } | Left::Made { rows, .. } => *rows,
         }
     }
 
@@ -200,6 +206,22 @@ impl Left<'_> {
                 // SAFETY: the packers wrote every element of these panels (padding included).
                 unsafe { out.set_len(len) };
                 out.into()
+            }
+            Left::Made { rows, make } => {
+                let range = panels.start * MR..(panels.end * MR).min(*rows);
+                let mut src = Vec::with_capacity(range.len() * k);
+                make(
+                    range.clone(),
+                    &mut src.spare_capacity_mut()[..range.len() * k],
+                );
+                // SAFETY: `make` wrote every element of its rows (its contract).
+                unsafe { src.set_len(range.len() * k) };
+                let made = Left::Raw {
+                    src: &src,
+                    rows: range.len(),
+                    strides: (k, 1),
+                };
+                made.panels(0..panels.len(), k).into_owned().into()
             }
         }
     }

@@ -26,6 +26,7 @@ mod rowwise;
 mod shared_input;
 mod simd;
 mod storage;
+mod swiglu_input;
 #[cfg(test)]
 mod tests_support;
 
@@ -33,7 +34,8 @@ pub use attention::CausalAttention;
 pub use linear::{matmul, Linear, WeightPacks};
 pub use logprobs::TokenLogprobs;
 pub use rowwise::{Add, RmsNorm, Rope, SwiGlu};
-pub use shared_input::{shared_linears, SharedLinear};
+pub use shared_input::{normed_linears, shared_linears, SharedLinear};
+pub use swiglu_input::SwiGluLinear;
 
 use candle_core::{DType, Tensor};
 

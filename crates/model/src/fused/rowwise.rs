@@ -64,6 +64,12 @@ impl CustomOp2 for Add {
 /// `silu(gate) · up`.
 pub struct SwiGlu;
 
+/// `silu(g) · u` into `o`, every element written: the forward's own arithmetic, for ops that make the
+/// activation themselves.
+pub(super) fn swiglu_into(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
+    swiglu_fwd(o, g, u)
+}
+
 multiversion! {
     fn swiglu_fwd(o: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
@@ -144,6 +150,12 @@ impl RmsNorm {
         let ms = dot(row, row) / row.len() as f32;
         1.0 / (ms + eps).sqrt()
     }
+}
+
+/// RMSNorm of whole rows `x` (each `w.len()` long) into `o`, every element written: the forward's
+/// own arithmetic, for ops that normalise rows themselves.
+pub(super) fn rms_norm_into(o: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
+    rms_norm_rows(o, x, w, eps)
 }
 
 multiversion! {

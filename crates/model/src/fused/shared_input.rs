@@ -6,14 +6,19 @@
 
 use super::gemm16::{self, Packed, NR};
 use super::linear::{matmul_packed, output_shape, WeightPacks};
+use super::rowwise::rms_norm_into;
 use super::storage::{grads2, slice, values};
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the layers of one input share for one forward (and its backward): their weights, the outputs
 /// the first of them computes for all, and the input packed for the weight gradients.
 pub struct SharedInput {
     weights: Vec<(Tensor, Arc<WeightPacks>)>,
+    /// RMSNorm weight and eps the input is normalised with first, row panel by row panel as it is
+    /// packed (forward only: such a group has no backward).
+    norm: Option<(Vec<f32>, f32)>,
     outputs: Mutex<Option<Vec<Option<Vec<f32>>>>>,
     x_for_dw: OnceLock<Packed>,
 }
@@ -27,8 +32,28 @@ pub struct SharedLinear {
 /// One op per weight of `weights` (each [out, in], with its bf16 packs), to be applied to one input in
 /// this order.
 pub fn shared_linears(weights: Vec<(Tensor, Arc<WeightPacks>)>) -> Vec<SharedLinear> {
+    group_of(weights, None)
+}
+
+/// [`shared_linears`] of `rms_norm(x, norm_weight, eps)`, applied to x itself: the normalised rows are
+/// made by each product task for its own rows as it packs them, never stored whole. Forward only (for
+/// inputs and weights that need no gradient); the outputs are the bits of `rms_norm` followed by
+/// [`shared_linears`].
+pub fn normed_linears(
+    weights: Vec<(Tensor, Arc<WeightPacks>)>,
+    norm_weight: Vec<f32>,
+    eps: f32,
+) -> Vec<SharedLinear> {
+    group_of(weights, Some((norm_weight, eps)))
+}
+
+fn group_of(
+    weights: Vec<(Tensor, Arc<WeightPacks>)>,
+    norm: Option<(Vec<f32>, f32)>,
+) -> Vec<SharedLinear> {
     let group = Arc::new(SharedInput {
         weights,
+        norm,
         outputs: Mutex::new(None),
         x_for_dw: OnceLock::new(),
     });
@@ -72,11 +97,24 @@ impl SharedInput {
             }
             packed.push(packs.forward(wv, || Packed::new(wv, (out, inp), (inp, 1), NR))?);
         }
-        let left = gemm16::Left::Raw {
+        let raw = gemm16::Left::Raw {
             src: x,
             rows,
             strides: (inp, 1),
         };
+        let Some((w, eps)) = &self.norm else {
+            return Ok(gemm16::product_many(raw, &packed));
+        };
+        if w.len() != inp {
+            return Err(Error::Msg(format!(
+                "rms_norm: weight of {} does not match the input size {inp}",
+                w.len()
+            )));
+        }
+        let make = |range: std::ops::Range<usize>, out: &mut [MaybeUninit<f32>]| {
+            rms_norm_into(out, &x[range.start * inp..range.end * inp], w, *eps)
+        };
+        let left = gemm16::Left::Made { rows, make: &make };
         Ok(gemm16::product_many(left, &packed))
     }
 }
@@ -107,6 +145,11 @@ impl CustomOp2 for SharedLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.group.norm.is_some() {
+            return Err(Error::Msg(
+                "internal: a product of normalised rows was asked for a gradient".into(),
+            ));
+        }
         let (out, inp) = w.dims2()?;
         let (xv, wv, dy) = (values(x)?, values(w)?, values(grad)?);
         let rows = xv.len() / inp.max(1);
@@ -189,6 +232,45 @@ mod tests {
         assert_eq!(bits(&ys_a), bits(&ys_b));
         // Candle sums the three dx contributions in the same order both ways.
         assert_eq!(bits(&g_a), bits(&g_b));
+    }
+
+    #[test]
+    fn products_of_rows_normalised_while_packed_give_the_bits_of_norm_then_products() {
+        let mut rng = SplitMix64::new(10);
+        // 75 rows: several row panels per task and a ragged last panel.
+        // An eps that matters against the rows' mean square, so a wrong one shows.
+        let x = randn(&mut rng, &[3, 25, 40], 1.0);
+        let norm = randn(&mut rng, &[40], 1.0);
+        let ws: Vec<Tensor> = [48, 16]
+            .iter()
+            .map(|&o| randn(&mut rng, &[o, 40], 0.3))
+            .collect();
+        let group = |ws: &[Tensor]| -> Vec<(Tensor, Arc<WeightPacks>)> {
+            ws.iter().map(|w| (w.clone(), Arc::default())).collect()
+        };
+        let h = crate::ops::rms_norm(&x, &norm, 0.3).unwrap();
+        let want: Vec<Tensor> = (ws.iter().zip(shared_linears(group(&ws))))
+            .map(|(w, op)| h.apply_op2(w, op).unwrap())
+            .collect();
+        let nv: Vec<f32> = norm.to_vec1().unwrap();
+        let ops = normed_linears(group(&ws), nv, 0.3);
+        let got: Vec<Tensor> = (ws.iter().zip(ops))
+            .map(|(w, op)| x.apply_op2(w, op).unwrap())
+            .collect();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.dims(), w.dims());
+            assert_eq!(bits(g), bits(w));
+        }
+        // Asked for a gradient, such a product refuses instead of giving a wrong one.
+        let xv = Var::from_tensor(&x).unwrap();
+        let op = normed_linears(group(&ws[..1]), norm.to_vec1().unwrap(), 1e-5).pop();
+        let y = xv.apply_op2(&ws[0], op.unwrap()).unwrap();
+        let e = y.sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(e.contains("normalised rows"), "{e}");
     }
 
     #[test]
