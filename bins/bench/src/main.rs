@@ -76,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
         cfg.vocab_size = cli.vocab_size;
         let rows = bench::kernels::measure(&cfg, cli.batch_size * cli.seq_len, cli.steps.max(3))?;
+        print!("{}", bench::kernels::peak_line(cli.threads));
         print!("{}", bench::kernels::table(&rows, cli.threads));
         return Ok(());
     }

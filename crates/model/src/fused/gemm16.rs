@@ -64,6 +64,33 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// The rate of `vdpbf16ps` on this thread, in GFLOP/s: twelve independent accumulator chains (enough to
+/// cover the instruction's latency) run for `steps` steps of sixteen rounds (fewer than 2^19 steps, so
+/// that the sums stay exact and can be checked), nothing else in the loop, so the figure is the core's
+/// bf16 peak. `None` on a CPU without AVX512_BF16.
+pub fn bf16_peak_gflops(steps: usize) -> Option<f64> {
+    assert!(steps < (1 << 19) - 8, "bf16_peak_gflops: too many steps");
+    #[cfg(target_arch = "x86_64")]
+    if has_bf16_dot() {
+        let t = std::time::Instant::now();
+        // SAFETY: the CPU has AVX512_BF16 and AVX-512F (checked above).
+        let ends = unsafe { avx512::dot_chains(steps) };
+        let secs = t.elapsed().as_secs_f64();
+        // Each chain adds 1·1 + 1·1 per lane and round, exactly (integers below 2^24).
+        let rounds = avx512::ROUNDS * steps;
+        for (i, end) in ends.iter().enumerate() {
+            assert_eq!(
+                *end as usize,
+                i + 2 * rounds,
+                "the vdpbf16ps probe skipped steps"
+            );
+        }
+        return Some((avx512::CHAINS * rounds * 64) as f64 / secs / 1e9);
+    }
+    let _ = steps;
+    None
+}
+
 fn has_bf16_dot() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -164,6 +191,9 @@ fn panels_per_task(panels: usize, width: usize) -> usize {
     (128 / width).clamp(1, panels.max(1))
 }
 
+/// Writes rows `range` of a [`Left::Made`] operand into the buffer (every element).
+pub type MakeRows<'a> = dyn Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync + 'a;
+
 /// The left operand of a product: packed beforehand, or f32 values (element (i, kk) at
 /// `src[i·strides.0 + kk·strides.1]`) that each task rounds and packs for its own rows, in the task that
 /// multiplies them (no pass over A of its own, and its panels are in cache when used).
@@ -179,7 +209,7 @@ pub enum Left<'a> {
     /// (every element), each task making only its own rows just before it packs them.
     Made {
         rows: usize,
-        make: &'a (dyn Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync),
+        make: &'a MakeRows<'a>,
     },
 }
 
@@ -477,6 +507,32 @@ mod avx512 {
         super::store(&tile, out);
     }
 
+    /// Independent accumulator chains of [`dot_chains`](self::dot_chains).
+    pub(super) const CHAINS: usize = 12;
+    /// `vdpbf16ps` rounds over the chains per step of [`dot_chains`](self::dot_chains).
+    pub(super) const ROUNDS: usize = 16;
+
+    /// `steps` × [`ROUNDS`] rounds of one `vdpbf16ps` on each of [`CHAINS`] accumulators (chain i
+    /// starts at i and adds 2 per round); returns each one's lane 0.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn dot_chains(steps: usize) -> [f32; CHAINS] {
+        let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        let ones = as_bh(_mm512_set1_epi32(0x3f80_3f80));
+        for _ in 0..steps {
+            // Opaque to the optimiser, so every step's products are really done.
+            let x = std::hint::black_box(ones);
+            for _ in 0..ROUNDS {
+                for a in &mut acc {
+                    *a = _mm512_dpbf16_ps(*a, x, x);
+                }
+            }
+        }
+        acc.map(|a| _mm512_cvtss_f32(a))
+    }
+
     #[inline(always)]
     fn as_bh(v: __m512i) -> __m512bh {
         // SAFETY: both are 512 bits of plain data.
@@ -488,6 +544,15 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::SplitMix64;
+
+    #[test]
+    fn the_peak_probe_does_its_steps_where_the_cpu_has_the_instruction() {
+        match bf16_peak_gflops(20_000) {
+            // The probe checked its own sums; a rate is positive and finite.
+            Some(rate) => assert!(has_bf16_dot() && rate.is_finite() && rate > 0.0, "{rate}"),
+            None => assert!(!has_bf16_dot()),
+        }
+    }
 
     fn random(rng: &mut SplitMix64, len: usize) -> Vec<f32> {
         (0..len)
