@@ -15,6 +15,32 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// The output of an element-wise op of two same-shaped inputs (named `names` in errors): `f` fills each
+/// piece of the output from the same pieces of the inputs, every element.
+fn elementwise2(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    names: (&str, &str),
+    f: impl Fn(&mut [MaybeUninit<f32>], &[f32], &[f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.shape() != l2.shape() {
+        return Err(Error::Msg(format!(
+            "{} and {} differ in shape",
+            names.0, names.1
+        )));
+    }
+    let (a, b) = (slice(s1, l1, names.0)?, slice(s2, l2, names.1)?);
+    // SAFETY: the chunks cover the output, and `f` writes each element of its piece (its contract).
+    let out = unsafe {
+        written(a.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(o, (a, b))| f(o, a, b))
+        })
+    };
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
 /// `a + b` of two same-shaped tensors: the residual stream's add, on the worker threads (candle's
 /// own element-wise ops run on the calling thread alone, see `zerolm_cli::threads`).
 pub struct Add;
@@ -31,23 +57,11 @@ impl CustomOp2 for Add {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            return Err(Error::Msg("add: the two inputs differ in shape".into()));
-        }
-        let (a, b) = (slice(s1, l1, "add lhs")?, slice(s2, l2, "add rhs")?);
-        // SAFETY: the chunks cover the output, and each of its elements is written.
-        let out = unsafe {
-            written(a.len(), |out| {
-                out.par_chunks_mut(CHUNK)
-                    .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-                    .for_each(|(o, (a, b))| {
-                        for (o, (x, y)) in o.iter_mut().zip(a.iter().zip(b)) {
-                            o.write(x + y);
-                        }
-                    })
-            })
-        };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        elementwise2((s1, l1), (s2, l2), ("add lhs", "add rhs"), |o, a, b| {
+            for (o, (x, y)) in o.iter_mut().zip(a.iter().zip(b)) {
+                o.write(x + y);
+            }
+        })
     }
 
     fn bwd(
@@ -102,19 +116,7 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            return Err(Error::Msg("swiglu: gate and up differ in shape".into()));
-        }
-        let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
-        // SAFETY: the chunks cover the output, and swiglu_fwd writes each of its elements.
-        let out = unsafe {
-            written(g.len(), |out| {
-                out.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-                    .for_each(|(o, (g, u))| swiglu_fwd(o, g, u))
-            })
-        };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        elementwise2((s1, l1), (s2, l2), ("swiglu gate", "swiglu up"), swiglu_fwd)
     }
 
     fn bwd(
