@@ -59,16 +59,22 @@ impl Proj {
         self.apply(&ops::swiglu(gate, up)?)
     }
 
+    /// The bf16 packs of every one of `projs`, or `None` when any of them computes in f32.
+    fn bf16_packs(projs: &[&Proj]) -> Option<Vec<Arc<WeightPacks>>> {
+        (projs.iter())
+            .map(|p| {
+                let m = p.packs.as_ref()?;
+                Some(m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            })
+            .collect()
+    }
+
     /// Each of `projs` applied to `x`: in bf16 with `x` packed once for all of them.
     fn apply_all<const N: usize>(
         projs: [&Proj; N],
         x: &Tensor,
     ) -> candle_core::Result<[Tensor; N]> {
-        let packs: Vec<Arc<WeightPacks>> = (projs.iter())
-            .filter_map(|p| p.packs.as_ref())
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
-        let ys = if packs.len() == N {
+        let ys = if let Some(packs) = Self::bf16_packs(&projs) {
             let ws: Vec<_> = projs.iter().map(|p| &p.w).zip(&packs).collect();
             ops::linears_bf16(x, &ws)?
         } else {
@@ -89,11 +95,7 @@ impl Proj {
         norm: &Tensor,
         eps: f64,
     ) -> candle_core::Result<[Tensor; N]> {
-        let packs: Vec<Arc<WeightPacks>> = (projs.iter())
-            .filter_map(|p| p.packs.as_ref())
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
-        if packs.len() == N {
+        if let Some(packs) = Self::bf16_packs(&projs) {
             let ws: Vec<_> = projs.iter().map(|p| &p.w).zip(&packs).collect();
             if let Some(ys) = ops::normed_linears_bf16(x, norm, eps, &ws)? {
                 return ys

@@ -278,11 +278,20 @@ pub fn linears_bf16(
             .map(|(w, packs)| linear_in(x, w, false, Some(packs)))
             .collect();
     }
+    apply_group(x, weights, fused::shared_linears)
+}
+
+/// One op per weight of `weights`, made by `group` over them all, each applied to `x`.
+fn apply_group(
+    x: &Tensor,
+    weights: &[(&Tensor, &Arc<fused::WeightPacks>)],
+    group: impl FnOnce(Vec<(Tensor, Arc<fused::WeightPacks>)>) -> Vec<fused::SharedLinear>,
+) -> Result<Vec<Tensor>> {
     let x = x.contiguous()?;
     let ws = (weights.iter())
         .map(|(w, packs)| Ok((w.contiguous()?, (*packs).clone())))
         .collect::<Result<Vec<_>>>()?;
-    let ops = fused::shared_linears(ws.clone());
+    let ops = group(ws.clone());
     (ws.iter().zip(ops))
         .map(|((w, _), op)| x.apply_op2(w, op))
         .collect()
@@ -325,16 +334,9 @@ pub fn normed_linears_bf16(
     if tracked || !cpu_f32(x) || !cpu_f32(norm_weight) {
         return Ok(None);
     }
-    let x = x.contiguous()?;
     let norm: Vec<f32> = norm_weight.flatten_all()?.to_vec1()?;
-    let ws = (weights.iter())
-        .map(|(w, packs)| Ok((w.contiguous()?, (*packs).clone())))
-        .collect::<Result<Vec<_>>>()?;
-    let ops = fused::normed_linears(ws.clone(), norm, eps as f32);
-    let ys = (ws.iter().zip(ops))
-        .map(|((w, _), op)| x.apply_op2(w, op))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Some(ys))
+    let group = |ws| fused::normed_linears(ws, norm, eps as f32);
+    Ok(Some(apply_group(x, weights, group)?))
 }
 
 /// [`linear_composed`] with bf16 operands: x and w cast to bf16 (w once, kept in `packs`), the product

@@ -340,7 +340,7 @@ impl CustomOp1 for Rope {
 
 #[cfg(test)]
 mod tests {
-    use crate::fused::tests_support::{check, grads_on_threads, randn};
+    use crate::fused::tests_support::{bits, check, grads_on_threads, randn};
     use crate::ops;
     use crate::SplitMix64;
     use candle_core::Device;
@@ -386,10 +386,6 @@ mod tests {
         );
         let fast = ops::add(&a, &b).unwrap();
         let slow = (&a + &b).unwrap();
-        let bits = |t: &candle_core::Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().map(f32::to_bits).collect()
-        };
         assert_eq!(bits(&fast), bits(&slow));
         check(
             "add",

@@ -173,7 +173,7 @@ impl CustomOp2 for SharedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests_support::randn;
+    use crate::fused::tests_support::{bits, randn};
     use crate::fused::Linear;
     use crate::SplitMix64;
     use candle_core::Var;
@@ -257,10 +257,6 @@ mod tests {
         let got: Vec<Tensor> = (ws.iter().zip(ops))
             .map(|(w, op)| x.apply_op2(w, op).unwrap())
             .collect();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().map(f32::to_bits).collect()
-        };
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.dims(), w.dims());
             assert_eq!(bits(g), bits(w));

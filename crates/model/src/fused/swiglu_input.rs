@@ -65,7 +65,7 @@ impl CustomOp3 for SwiGluLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests_support::randn;
+    use crate::fused::tests_support::{bits, randn};
     use crate::fused::Linear;
     use crate::SplitMix64;
     use candle_core::Var;
@@ -90,10 +90,6 @@ mod tests {
         };
         let got = g.apply_op3(&u, &w, op).unwrap();
         assert_eq!(got.dims(), want.dims());
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().map(f32::to_bits).collect()
-        };
         assert_eq!(bits(&got), bits(&want));
         // Asked for a gradient, it refuses instead of giving a wrong one.
         let gv = Var::from_tensor(&g).unwrap();

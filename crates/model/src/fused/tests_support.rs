@@ -10,6 +10,12 @@ pub(super) fn randn(rng: &mut SplitMix64, dims: &[usize], scale: f64) -> Tensor 
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
+/// The bit patterns of every element of `t`, for exact comparisons.
+pub(super) fn bits(t: &Tensor) -> Vec<u32> {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v.into_iter().map(f32::to_bits).collect()
+}
+
 pub(super) fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     let (a, b): (Vec<f32>, Vec<f32>) = (
         a.flatten_all().unwrap().to_vec1().unwrap(),
