@@ -261,9 +261,7 @@ impl Left<'_> {
 /// [`MR`] (its `len` is m) and `b` with width [`NR`] (its `len` is n), over the same k.
 pub fn gemm(a: &Packed, b: &Packed, c: &mut [f32], ldc: usize) {
     assert!(a.width == MR && a.k == b.k, "gemm16: operands do not fit");
-    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the kernel only writes through it.
-    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    gemm_on(has_bf16_dot(), Left::Packed(a), vec![(b, c, ldc)])
+    product_into(Left::Packed(a), b, c, ldc)
 }
 
 /// `c[m, n] = a · b` (row stride `ldc`; every element of the product written, the rest of each row
