@@ -29,22 +29,25 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--forward-only", action="store_true", help="time logits + loss under no_grad")
     ap.add_argument("--autocast", action="store_true",
-                    help='run forward (and backward) under torch.autocast("cpu", dtype=torch.bfloat16)')
+                    help='run forward (and backward) under torch.autocast(device, dtype=torch.bfloat16)')
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
     ap.add_argument("--json", action="store_true", help="print one JSON line (for the `bench` binary)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device("cuda" if a.device == "gpu" else a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     conf = LlamaConfig(vocab_size=a.vocab_size, rms_norm_eps=1e-5, max_position_embeddings=32768,
                        tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,
                        rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **PRESETS[a.preset])
     conf._attn_implementation = a.attn
-    model = LlamaForCausalLM(conf).float().train()
+    model = LlamaForCausalLM(conf).float().train().to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -53,10 +56,10 @@ def main():
     n_params = sum(p.numel() for p in params)
     g = torch.Generator().manual_seed(1)
     net = torch.compile(model) if a.compile else model
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.autocast else contextlib.nullcontext
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.autocast else contextlib.nullcontext
 
     def step():
-        ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g)
+        ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g).to(dev)
         with amp():
             out = net(input_ids=ids[:, :-1])
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
@@ -67,7 +70,7 @@ def main():
         return loss.item()
 
     def forward():
-        ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g)
+        ids = torch.randint(0, a.vocab_size, (a.batch_size, a.seq_len + 1), generator=g).to(dev)
         with torch.no_grad(), amp():
             out = net(input_ids=ids[:, :-1])
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, a.vocab_size), ids[:, 1:].reshape(-1))
@@ -78,8 +81,10 @@ def main():
         run()
     times = []
     for _ in range(a.steps):
+        sync()
         t = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - t)
     dt = sum(times)
     tokens = a.steps * a.batch_size * a.seq_len

@@ -9,11 +9,11 @@
 # What it does:
 #   1. Installs NVIDIA's CUDA 13.2 compiler, headers and libraries from PyPI into a venv outside the
 #      repository ($ZEROLM_CUDA_VENV, default ~/.cache/zerolm-cuda-venv).
-#   2. Builds the five device-aware stages with `--features cuda` into target/cuda (sm_90 unless
+#   2. Builds the five device-aware stages and `bench` with `--features cuda` into target/cuda (sm_90 unless
 #      CUDA_COMPUTE_CAP says otherwise).
 #   3. Links against a stub libcuda (every driver call answers CUDA_ERROR_NO_DEVICE) that it generates
 #      from the symbols the build needs, because the driver library only comes with a GPU driver.
-#   4. Runs `pretrain --device cuda` and expects "cannot open GPU 0".
+#   4. Runs `pretrain --device cuda` and `bench --device cuda` and expects "cannot open GPU 0".
 #   5. Builds the four training stages with `--features zerolm-train/nccl` (data parallel on GPUs: NCCL
 #      from PyPI's nvidia-nccl-cu13, Open MPI from the distribution) into target/cuda-nccl, and runs
 #      `mpirun -np 2 pretrain --device cuda`: both ranks start MPI and report the missing GPU.
@@ -38,7 +38,7 @@ cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path_
 
 export CUDA_ROOT=$cu CUDA_PATH=$cu CUDA_HOME=$cu PATH=$cu/bin:$PATH
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} CARGO_TARGET_DIR=$out
-pkgs=(-p pretrain -p sft -p dpo -p ref-logprobs -p generate)
+pkgs=(-p pretrain -p sft -p dpo -p ref-logprobs -p generate -p bench)
 
 # The wheels ship versioned libraries only; the linker looks for the plain names.
 mkdir -p "$stub"
@@ -72,6 +72,17 @@ if [ $rc -ne 0 ] && grep -q 'cannot open GPU 0' <<<"$msg" && [ ! -e "$out/never"
   echo "cuda build check: built and linked; --device cuda reports the missing GPU (exit $rc)"
 else
   echo "cuda build check: unexpected result (exit $rc)" >&2
+  exit 1
+fi
+set +e
+msg=$(LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/bench" --device cuda --python none 2>&1)
+rc=$?
+set -e
+echo "$msg"
+if [ $rc -eq 1 ] && grep -q 'cannot open GPU 0' <<<"$msg"; then
+  echo "cuda build check: bench --device cuda reports the missing GPU (exit $rc)"
+else
+  echo "cuda build check: bench gave an unexpected result (exit $rc)" >&2
   exit 1
 fi
 # Data parallel on GPUs: the nccl feature (NCCL for gradients, MPI for the ranks).

@@ -133,20 +133,25 @@ fn time(p: &Product, reps: usize) -> Row {
 /// The line `bench --kernels` prints before its table: the `vdpbf16ps` rate of one core and of every
 /// thread at once (the bf16 peak the products are measured against), or why there is none.
 pub fn peak_line(threads: usize) -> String {
-    // The best of ten runs of ≈ 15 ms each.
+    let Some((one, all)) = measured_peak() else {
+        return "bf16 peak: this CPU has no AVX512_BF16 (the portable kernel runs)\n".into();
+    };
+    format!(
+        "bf16 peak (12 independent vdpbf16ps chains): {one:.1} GFLOP/s on one thread, {all:.1} on {threads} at once\n"
+    )
+}
+
+/// The `vdpbf16ps` peak in GFLOP/s of one thread and of every thread of the pool at once (the sum of
+/// their rates while all run), each the best of ten runs of ≈ 15 ms; `None` without AVX512_BF16.
+pub fn measured_peak() -> Option<(f64, f64)> {
     let best = || {
         (0..10)
             .filter_map(|_| gemm16::bf16_peak_gflops(250_000))
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
     };
-    let Some(one) = best() else {
-        return "bf16 peak: this CPU has no AVX512_BF16 (the portable kernel runs)\n".into();
-    };
+    let one = best()?;
     let all: Vec<f64> = rayon::broadcast(|_| best().unwrap_or(0.0));
-    format!(
-        "bf16 peak (12 independent vdpbf16ps chains): {one:.1} GFLOP/s on one thread, {:.1} on {threads} at once\n",
-        all.iter().sum::<f64>()
-    )
+    Some((one, all.iter().sum()))
 }
 
 /// The table `bench --kernels` prints.

@@ -43,9 +43,17 @@ struct Cli {
     /// Precision of zerolm's matrix products: f32, or bf16 operands with f32 sums.
     #[arg(long, default_value = "f32")]
     precision: zerolm_model::Precision,
-    /// Time the matrix-product kernels alone (f32 and bf16) on the preset's linear layers and exit.
+    /// Time the matrix-product kernels alone (f32 and bf16) on the preset's linear layers and exit (CPU).
     #[arg(long)]
     kernels: bool,
+    /// Where both sides run: cpu, or cuda / cuda:N (zerolm needs the `cuda` build, see docs/training.md).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The hardware's peak in TFLOP/s that model FLOPs utilisation (MFU) is reported against (a GPU's
+    /// dense bf16 figure, e.g. 989 for an H100 or H200 SXM); on a CPU with AVX512_BF16 the `vdpbf16ps`
+    /// peak of `--threads` threads is measured when this is not given.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
     /// Internal: measure one side (`train` or `forward`) in this process and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -53,18 +61,39 @@ struct Cli {
 
 /// Measures one side in this process and prints it as a JSON line.
 fn worker(cli: &Cli, what: &str) -> Result<()> {
-    zerolm_cli::threads::set_threads(Some(cli.threads))?;
-    zerolm_model::fused::gemm16::kernel_from_env().map_err(UsageError)?;
+    zerolm_cli::threads::set_device_and_threads(Some(&cli.device), Some(cli.threads))?;
+    let dev = zerolm_model::device::current();
     let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
     cfg.vocab_size = cli.vocab_size;
     let (b, t, w, s) = (cli.batch_size, cli.seq_len, cli.warmup, cli.steps);
+    let on = (cli.precision, &dev);
     let m = match what {
-        "train" => measure::train_steps(&cfg, cli.precision, b, t, w, s)?,
-        "forward" => measure::forward_steps(&cfg, cli.precision, b, t, w, s)?,
+        "train" => measure::train_steps(&cfg, on, b, t, w, s)?,
+        "forward" => measure::forward_steps(&cfg, on, b, t, w, s)?,
         other => return Err(UsageError(format!("unknown worker `{other}`")).into()),
     };
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
+}
+
+/// The peak MFU is reported against: `--peak-tflops`, else on the CPU the measured `vdpbf16ps` peak of
+/// the pool's threads (none on a CPU without AVX512_BF16 or on a GPU).
+fn peak(cli: &Cli) -> Result<Option<(f64, String)>> {
+    if let Some(p) = cli.peak_tflops {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(
+                UsageError(format!("--peak-tflops {p}: expected a positive number")).into(),
+            );
+        }
+        return Ok(Some((p * 1e12, "--peak-tflops".into())));
+    }
+    if !zerolm_model::device::current().is_cpu() {
+        return Ok(None);
+    }
+    Ok(bench::kernels::measured_peak().map(|(_, all)| {
+        let from = format!("vdpbf16ps measured on {} threads", cli.threads);
+        (all * 1e9, from)
+    }))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -80,6 +109,13 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", bench::kernels::table(&rows, cli.threads));
         return Ok(());
     }
+    zerolm_cli::threads::set_device_and_threads(Some(&cli.device), Some(cli.threads))?;
+    let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
+    cfg.vocab_size = cli.vocab_size;
+    let (flops, peak) = (
+        bench::flops::per_step(&cfg, cli.batch_size, cli.seq_len),
+        peak(&cli)?,
+    );
     let python = (cli.python.clone())
         .or_else(|| std::env::var("PYTHON").ok())
         .unwrap_or_else(|| "python3".into());
@@ -94,6 +130,9 @@ fn run(cli: Cli) -> Result<()> {
         rounds: cli.rounds,
         python: None,
         script: cli.script,
+        device: cli.device,
+        flops,
+        peak,
     };
     if bench.torch_available(&python) {
         bench.python = Some(python);

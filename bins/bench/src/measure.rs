@@ -1,7 +1,8 @@
 //! One measurement, run in a worker process of its own (for its own peak RSS): zerolm's training step
 //! (forward over all positions + loss, backward, gradient collection, global-norm clip, AdamW — the
 //! training loop's own types, with the model built once over the trained weights as the loop does) or its
-//! forward-only pass, timed per step after warm-up.
+//! forward-only pass, timed per step after warm-up, on the CPU or a GPU (each step waits for the device
+//! to finish before it is timed).
 
 use std::time::Instant;
 
@@ -49,13 +50,18 @@ fn peak_rss_mb() -> f64 {
     zerolm_cli::alloc::peak_rss_mb().unwrap_or(f64::NAN)
 }
 
-/// A batch of seeded token ids [B, T+1] split into inputs and targets.
-fn batch(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Result<(Tensor, Tensor), TrainError> {
+/// A batch of seeded token ids [B, T+1] on `dev`, split into inputs and targets.
+fn batch(
+    cfg: &ModelConfig,
+    (b, t): (usize, usize),
+    seed: u64,
+    dev: &Device,
+) -> Result<(Tensor, Tensor), TrainError> {
     let mut rng = zerolm_model::params::SplitMix64::new(seed);
     let ids: Vec<u32> = (0..b * (t + 1))
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)
         .collect();
-    let all = Tensor::from_vec(ids, (b, t + 1), &Device::Cpu)?;
+    let all = Tensor::from_vec(ids, (b, t + 1), &Device::Cpu)?.to_device(dev)?;
     Ok((all.narrow(1, 0, t)?, all.narrow(1, 1, t)?))
 }
 
@@ -63,13 +69,13 @@ fn batch(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Result<(Tensor, Te
 /// AdamW updates in place) and times the last `steps`.
 pub fn train_steps(
     cfg: &ModelConfig,
-    precision: Precision,
+    (precision, dev): (Precision, &Device),
     b: usize,
     t: usize,
     warmup: usize,
     steps: usize,
 ) -> Result<Measured, TrainError> {
-    let init = zerolm_model::params::init_parameters(cfg, 0, &Device::Cpu)?;
+    let init = zerolm_model::params::init_parameters(cfg, 0, dev)?;
     let params = Params::new(&init)?;
     drop(init);
     let mut opt = AdamW::new(
@@ -86,7 +92,8 @@ pub fn train_steps(
     let mut step_s = Vec::new();
     let mut phase = [0f64; 4];
     for i in 0..warmup + steps {
-        let (x, y) = batch(cfg, b, t, i as u64)?;
+        let (x, y) = batch(cfg, (b, t), i as u64, dev)?;
+        dev.synchronize()?;
         let t0 = Instant::now();
         let loss = model.loss(&x, &y, None)?;
         let _ = loss.to_scalar::<f32>()?;
@@ -99,6 +106,7 @@ pub fn train_steps(
         grads.clip(1.0);
         opt.update(&params, &grads, 1e-3)?;
         model.weights_changed();
+        dev.synchronize()?;
         let t4 = Instant::now();
         if i >= warmup {
             step_s.push((t4 - t0).as_secs_f64());
@@ -122,22 +130,24 @@ pub fn train_steps(
 /// Forward-only passes (logits over every position and the loss, no graph), timed like `train_steps`.
 pub fn forward_steps(
     cfg: &ModelConfig,
-    precision: Precision,
+    (precision, dev): (Precision, &Device),
     b: usize,
     t: usize,
     warmup: usize,
     steps: usize,
 ) -> Result<Measured, TrainError> {
-    let init = zerolm_model::params::init_parameters(cfg, 0, &Device::Cpu)?;
+    let init = zerolm_model::params::init_parameters(cfg, 0, dev)?;
     let mut model = Model::new(cfg.clone(), init)?;
     model.set_precision(precision);
     let model = model.for_inference()?;
     let mut step_s = Vec::new();
     for i in 0..warmup + steps {
-        let (x, y) = batch(cfg, b, t, i as u64)?;
+        let (x, y) = batch(cfg, (b, t), i as u64, dev)?;
+        dev.synchronize()?;
         let t0 = Instant::now();
         let loss = model.loss(&x, &y, None)?;
         let _ = loss.to_scalar::<f32>()?;
+        dev.synchronize()?;
         if i >= warmup {
             step_s.push(t0.elapsed().as_secs_f64());
         }
@@ -159,15 +169,15 @@ mod tests {
         let mut cfg = ModelConfig::preset("micro").unwrap();
         cfg.vocab_size = 64;
         for p in [Precision::F32, Precision::Bf16] {
-            let m = train_steps(&cfg, p, 2, 8, 1, 3).unwrap();
+            let m = train_steps(&cfg, (p, &Device::Cpu), 2, 8, 1, 3).unwrap();
             assert_eq!(m.step_s.len(), 3);
         }
-        let m = train_steps(&cfg, Precision::F32, 2, 8, 1, 3).unwrap();
+        let m = train_steps(&cfg, (Precision::F32, &Device::Cpu), 2, 8, 1, 3).unwrap();
         assert_eq!(m.step_s.len(), 3);
         assert!(m.step_s.iter().all(|s| *s > 0.0));
         assert_eq!(m.phases.len(), 4);
         assert!(m.peak_rss_mb > 1.0);
-        let f = forward_steps(&cfg, Precision::Bf16, 2, 8, 0, 2).unwrap();
+        let f = forward_steps(&cfg, (Precision::Bf16, &Device::Cpu), 2, 8, 0, 2).unwrap();
         assert_eq!(f.step_s.len(), 2);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);

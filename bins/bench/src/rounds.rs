@@ -1,7 +1,8 @@
 //! The comparison: interleaved rounds in which every configuration — zerolm in f32 and in bf16, PyTorch
 //! eager f32, eager under bf16 autocast, and `torch.compile` under bf16 autocast — is measured on the
 //! training step and on the forward pass, each in a process of its own (this binary in worker mode, or
-//! `benches/pretrain_py.py`); then the medians over rounds and every zerolm/PyTorch ratio.
+//! `benches/pretrain_py.py`); then the medians over rounds, every zerolm/PyTorch ratio, and each
+//! configuration's model FLOPs per second and utilisation (MFU, see [`crate::flops`]).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -9,6 +10,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use zerolm_model::Precision;
 
+use crate::flops::Flops;
 use crate::measure::{median, Measured};
 
 /// One configuration measured in every round.
@@ -68,6 +70,12 @@ pub struct Bench {
     pub python: Option<String>,
     /// The PyTorch side (`benches/pretrain_py.py`).
     pub script: PathBuf,
+    /// Where both sides run (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
+    /// Model FLOPs of a step of this shape.
+    pub flops: Flops,
+    /// The peak in FLOP/s that MFU is reported against, and where it comes from.
+    pub peak: Option<(f64, String)>,
 }
 
 /// One round: per side (in [`SIDES`] order), the training step and the forward pass; `None` where that
@@ -91,9 +99,16 @@ impl Bench {
     /// Runs every round, printing each, then the summary tables.
     pub fn run(&self) -> Result<()> {
         println!(
-            "{} (vocab {}), batch {}×{}, {} threads; median of {} steps after {} warm-up, {} rounds",
-            self.preset, self.vocab_size, self.batch_size, self.seq_len, self.threads, self.steps,
-            self.warmup, self.rounds
+            "{} (vocab {}), batch {}×{}, {} threads, device {}; median of {} steps after {} warm-up, {} rounds",
+            self.preset,
+            self.vocab_size,
+            self.batch_size,
+            self.seq_len,
+            self.threads,
+            self.device,
+            self.steps,
+            self.warmup,
+            self.rounds
         );
         let mut rows = Vec::new();
         for round in 1..=self.rounds {
@@ -102,6 +117,7 @@ impl Bench {
             rows.push(row);
         }
         print_tables(&rows);
+        self.print_utilisation(&rows);
         Ok(())
     }
 
@@ -167,8 +183,55 @@ impl Bench {
             &self.warmup.to_string(),
             "--seq-len",
             &self.seq_len.to_string(),
+            "--device",
+            &self.device,
         ]);
     }
+
+    /// Each configuration's model FLOPs per second (median tokens/s × FLOPs per token) and, with a peak,
+    /// its MFU.
+    fn print_utilisation(&self, rows: &[Round]) {
+        let per_token = |k: usize| {
+            let f = [self.flops.train, self.flops.forward][k];
+            f / (self.batch_size * self.seq_len) as f64
+        };
+        println!(
+            "\nmodel FLOPs a step (2 per multiply-add of every weight product and of attention over all \
+             keys; training 3× the forward): train {} GFLOP, forward {} GFLOP; peak: {}",
+            significant(self.flops.train / 1e9),
+            significant(self.flops.forward / 1e9),
+            self.peak.as_ref().map_or("not known (give --peak-tflops)".into(), |(p, from)| {
+                format!("{} TFLOP/s ({from})", significant(p / 1e12))
+            })
+        );
+        println!("\n| configuration | train TFLOP/s | forward TFLOP/s | train MFU | forward MFU |\n|---|---:|---:|---:|---:|");
+        for (i, side) in SIDES.iter().enumerate() {
+            let rate = |k| summary(rows, i, k).map(|(tps, _)| tps * per_token(k));
+            let tflops = |k| rate(k).map_or("-".into(), |r| significant(r / 1e12));
+            let mfu = |k| match (rate(k), &self.peak) {
+                (Some(r), Some((p, _))) => format!("{}%", significant(100.0 * r / p)),
+                _ => "-".into(),
+            };
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                side.name(),
+                tflops(0),
+                tflops(1),
+                mfu(0),
+                mfu(1)
+            );
+        }
+    }
+}
+
+/// `x` to four significant digits (0.3720, 57.18, 1715), so that a small model's figures are not zero.
+fn significant(x: f64) -> String {
+    let decimals = if x > 0.0 && x.is_finite() {
+        (3 - x.log10().floor() as i64).clamp(0, 12) as usize
+    } else {
+        0
+    };
+    format!("{x:.decimals$}")
 }
 
 /// Runs one measurement process and reads the JSON line it prints last.
@@ -266,5 +329,18 @@ fn print_tables(rows: &[Round]) {
                 ratio(1)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn figures_keep_four_significant_digits() {
+        let s = super::significant;
+        assert_eq!(s(0.000912345), "0.0009123");
+        assert_eq!(s(0.372), "0.3720");
+        assert_eq!(s(57.1798), "57.18");
+        assert_eq!(s(1715.4), "1715");
+        assert_eq!(s(0.0), "0");
     }
 }
