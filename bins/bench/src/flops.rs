@@ -13,6 +13,13 @@ pub struct Flops {
     pub train: f64,
 }
 
+impl Flops {
+    /// FLOPs per token of a training step (`train`) or of a forward pass, in steps of `tokens` tokens.
+    pub fn per_token(&self, train: bool, tokens: usize) -> f64 {
+        (if train { self.train } else { self.forward }) / tokens as f64
+    }
+}
+
 /// Multiply-adds of the weight products per token: q, k, v, o, gate, up, down in every layer, and the
 /// LM head.
 pub fn weight_macs_per_token(cfg: &ModelConfig) -> usize {

@@ -59,12 +59,18 @@ struct Cli {
     worker: Option<String>,
 }
 
+/// The preset's shape with `--vocab-size`.
+fn config(cli: &Cli) -> Result<zerolm_model::ModelConfig> {
+    let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
+    cfg.vocab_size = cli.vocab_size;
+    Ok(cfg)
+}
+
 /// Measures one side in this process and prints it as a JSON line.
 fn worker(cli: &Cli, what: &str) -> Result<()> {
     zerolm_cli::threads::set_device_and_threads(Some(&cli.device), Some(cli.threads))?;
     let dev = zerolm_model::device::current();
-    let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
-    cfg.vocab_size = cli.vocab_size;
+    let cfg = config(cli)?;
     let (b, t, w, s) = (cli.batch_size, cli.seq_len, cli.warmup, cli.steps);
     let on = (cli.precision, &dev);
     let m = match what {
@@ -102,16 +108,14 @@ fn run(cli: Cli) -> Result<()> {
     }
     if cli.kernels {
         zerolm_cli::threads::set_threads(Some(cli.threads))?;
-        let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
-        cfg.vocab_size = cli.vocab_size;
+        let cfg = config(&cli)?;
         let rows = bench::kernels::measure(&cfg, cli.batch_size * cli.seq_len, cli.steps.max(3))?;
         print!("{}", bench::kernels::peak_line(cli.threads));
         print!("{}", bench::kernels::table(&rows, cli.threads));
         return Ok(());
     }
     zerolm_cli::threads::set_device_and_threads(Some(&cli.device), Some(cli.threads))?;
-    let mut cfg = zerolm_model::ModelConfig::preset(&cli.preset)?;
-    cfg.vocab_size = cli.vocab_size;
+    let cfg = config(&cli)?;
     let (flops, peak) = (
         bench::flops::per_step(&cfg, cli.batch_size, cli.seq_len),
         peak(&cli)?,

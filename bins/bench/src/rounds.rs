@@ -191,10 +191,8 @@ impl Bench {
     /// Each configuration's model FLOPs per second (median tokens/s × FLOPs per token) and, with a peak,
     /// its MFU.
     fn print_utilisation(&self, rows: &[Round]) {
-        let per_token = |k: usize| {
-            let f = [self.flops.train, self.flops.forward][k];
-            f / (self.batch_size * self.seq_len) as f64
-        };
+        let per_token =
+            |k: usize| (self.flops).per_token(WHAT[k] == "train", self.batch_size * self.seq_len);
         println!(
             "\nmodel FLOPs a step (2 per multiply-add of every weight product and of attention over all \
              keys; training 3× the forward): train {} GFLOP, forward {} GFLOP; peak: {}",
