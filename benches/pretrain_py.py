@@ -41,7 +41,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    dev = torch.device("cuda" if a.device == "gpu" else a.device)
+    dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     conf = LlamaConfig(vocab_size=a.vocab_size, rms_norm_eps=1e-5, max_position_embeddings=32768,
                        tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,

@@ -62,23 +62,25 @@ if [ ! -f "$stub/libcuda.so" ]; then
 fi
 LIBRARY_PATH=$PWD/$stub cargo build --release "${pkgs[@]}" --features cuda
 
-set +e
-msg=$(LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/pretrain" --device cuda \
-  --preset tiny --tokenizer tests/fixtures/tokenizer --input /nonexistent.parquet --out "$out/never" 2>&1)
-rc=$?
-set -e
-echo "$msg"
+# Runs a command that is expected to fail, prints its output, and leaves the output in $msg and the exit
+# status in $rc.
+capture() {
+  set +e
+  msg=$("$@" 2>&1)
+  rc=$?
+  set -e
+  echo "$msg"
+}
+
+capture env LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/pretrain" --device cuda \
+  --preset tiny --tokenizer tests/fixtures/tokenizer --input /nonexistent.parquet --out "$out/never"
 if [ $rc -ne 0 ] && grep -q 'cannot open GPU 0' <<<"$msg" && [ ! -e "$out/never" ]; then
   echo "cuda build check: built and linked; --device cuda reports the missing GPU (exit $rc)"
 else
   echo "cuda build check: unexpected result (exit $rc)" >&2
   exit 1
 fi
-set +e
-msg=$(LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/bench" --device cuda --python none 2>&1)
-rc=$?
-set -e
-echo "$msg"
+capture env LD_LIBRARY_PATH=$stub:$cu/lib RUST_BACKTRACE=0 "$out/release/bench" --device cuda --python none
 if [ $rc -eq 1 ] && grep -q 'cannot open GPU 0' <<<"$msg"; then
   echo "cuda build check: bench --device cuda reports the missing GPU (exit $rc)"
 else
@@ -91,13 +93,9 @@ nccl=$("$venv/bin/python" -c 'import nvidia.nccl, os; print(os.path.join(nvidia.
 ln -sf "$nccl/libnccl.so.2" "$stub/libnccl.so"
 LIBRARY_PATH=$PWD/$stub CARGO_TARGET_DIR=target/cuda-nccl cargo build --release \
   -p pretrain -p sft -p dpo -p ref-logprobs --features zerolm-train/nccl
-set +e
-msg=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LD_LIBRARY_PATH=$stub:$cu/lib:$nccl RUST_BACKTRACE=0 \
-  mpirun -np 2 --oversubscribe target/cuda-nccl/release/pretrain --device cuda --preset tiny \
-  --tokenizer tests/fixtures/tokenizer --input /nonexistent.parquet --out target/cuda-nccl/never 2>&1)
-rc=$?
-set -e
-echo "$msg"
+capture env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LD_LIBRARY_PATH=$stub:$cu/lib:$nccl \
+  RUST_BACKTRACE=0 mpirun -np 2 --oversubscribe target/cuda-nccl/release/pretrain --device cuda --preset tiny \
+  --tokenizer tests/fixtures/tokenizer --input /nonexistent.parquet --out target/cuda-nccl/never
 if [ $rc -ne 0 ] && grep -q 'cannot open GPU' <<<"$msg" && [ ! -e target/cuda-nccl/never ]; then
   echo "nccl build check: built and linked; under mpirun each rank reports the missing GPU (exit $rc)"
 else
