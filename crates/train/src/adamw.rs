@@ -1,6 +1,7 @@
 //! AdamW with state we own (candle's keeps its moments private, so they could not be checkpointed).
 //!
-//! The update follows `torch.optim.AdamW` step for step, in f32:
+//! The update follows `torch.optim.AdamW` step for step, in f32, with `g` the gradient times its clipping
+//! coefficient ([`Grads::scale`], the f32 product torch's in-place clipping stores):
 //! `p ← p·(1 − lr·wd)`, `m ← m + (1−β1)(g − m)`, `v ← β2·v + (1−β2)·g²`,
 //! `p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)`.
 //! Weight decay skips 1-D parameters (the RMSNorm weights), as nanoGPT and most recipes do.
@@ -87,8 +88,9 @@ impl AdamW {
             let step = Step {
                 m: std::cell::RefCell::new(&mut self.m[i]),
                 v: std::cell::RefCell::new(&mut self.v[i]),
-                g: &grads.values[i],
+                g: &grads.values()[i],
                 k: StepConsts {
+                    scale: grads.scale(),
                     shrink,
                     one_m_b1,
                     b2f,
@@ -169,6 +171,7 @@ impl AdamW {
 
 #[derive(Clone, Copy)]
 struct StepConsts {
+    scale: f32,
     shrink: f32,
     one_m_b1: f32,
     b2f: f32,
@@ -195,6 +198,7 @@ impl Step<'_> {
             .zip(v.par_iter_mut())
             .zip(self.g.par_iter())
             .for_each(|(((p, m), v), g)| {
+                let g = &(*g * k.scale);
                 *p *= k.shrink;
                 *m += (*g - *m) * k.one_m_b1;
                 *v = *v * k.b2f + k.one_m_b2 * *g * *g;
@@ -267,8 +271,8 @@ mod tests {
         let start = values(&pa);
         let mut rng = zerolm_model::params::SplitMix64::new(11);
         for _ in 0..3 {
-            let grads = Grads {
-                values: start
+            let mut grads = Grads::from_values(
+                start
                     .iter()
                     .map(|p| {
                         p.iter()
@@ -276,13 +280,43 @@ mod tests {
                             .collect()
                     })
                     .collect(),
-            };
+            );
+            grads.clip(0.5);
             a.update(&pa, &grads, 1e-2).unwrap();
             b.update_with(&pb, &grads, 1e-2, true).unwrap();
         }
         let (va, vb) = (values(&pa), values(&pb));
         assert_ne!(va, start, "the update moved nothing");
         assert_eq!(va, vb);
+        assert_eq!((a.m.clone(), a.v.clone()), (b.m.clone(), b.v.clone()));
+    }
+
+    #[test]
+    fn clipping_through_the_scale_equals_rewriting_the_gradients_bit_for_bit() {
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let (pa, pb) = (params(3), params(3));
+        let (mut a, mut b) = (AdamW::new(&pa, cfg.clone()), AdamW::new(&pb, cfg));
+        let mut rng = zerolm_model::params::SplitMix64::new(5);
+        for _ in 0..3 {
+            let raw: Vec<Vec<f32>> = (values(&pa).iter())
+                .map(|p| p.iter().map(|_| rng.below(1001) as f32 / 50.0 - 10.0).collect())
+                .collect();
+            let mut lazy = Grads::from_values(raw.clone());
+            let norm = lazy.clip(1.0);
+            let coef = (1.0 / (norm + 1e-6)).min(1.0) as f32;
+            assert!(coef < 1.0 && lazy.scale() == coef, "{norm} {coef}");
+            let scaled = (raw.iter())
+                .map(|g| g.iter().map(|x| x * coef).collect())
+                .collect();
+            a.update(&pa, &lazy, 1e-2).unwrap();
+            b.update(&pb, &Grads::from_values(scaled), 1e-2).unwrap();
+        }
+        assert_eq!(values(&pa), values(&pb));
         assert_eq!((a.m.clone(), a.v.clone()), (b.m.clone(), b.v.clone()));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::TrainError;
@@ -117,16 +117,36 @@ impl Params {
     }
 }
 
-/// Gradients as flat f32 buffers in parameter order.
+/// Gradients as flat f32 buffers in parameter order, with the clipping coefficient that scales them.
+///
+/// Clipping does not rewrite the values: it sets [`Grads::scale`], which AdamW applies as it reads each
+/// gradient (the same f32 product a scaling pass would store). The squares behind the global norm are
+/// summed while collecting, as each chunk is copied; changing the values drops them, and the norm is then
+/// summed again from the values, in the same chunks and order, so the result is the same either way.
 pub struct Grads {
-    pub values: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    scale: f32,
+    /// Σ x² of each parameter's values (its chunks' sums added in order), while known.
+    squares: Option<Vec<f64>>,
 }
 
+/// Values per chunk of the parallel passes over gradients (the norm's fixed summation order).
+const CHUNK: usize = 1 << 16;
+
 impl Grads {
+    /// Gradients given as values (scale 1).
+    pub fn from_values(values: Vec<Vec<f32>>) -> Grads {
+        Grads {
+            values,
+            scale: 1.0,
+            squares: None,
+        }
+    }
+
     /// Copies each parameter's gradient out of `store`. A parameter without one is a bug in the model
     /// (a graph cut), so it is an error rather than a silent zero.
     pub fn collect(params: &Params, store: &GradStore) -> Result<Grads, TrainError> {
-        let values = params
+        let (values, squares) = params
             .vars
             .iter()
             .map(|(name, var)| {
@@ -135,34 +155,49 @@ impl Grads {
                         "parameter `{name}` received no gradient (graph cut)"
                     ))
                 })?;
-                Ok(g.flatten_all()?.to_vec1::<f32>()?)
+                copy_out(g)
             })
-            .collect::<Result<Vec<_>, TrainError>>()?;
-        Ok(Grads { values })
+            .collect::<Result<(Vec<_>, Vec<_>), TrainError>>()?;
+        Ok(Grads {
+            values,
+            scale: 1.0,
+            squares: Some(squares),
+        })
+    }
+
+    /// The values as collected, summed and reduced (before [`Grads::scale`] applies).
+    pub fn values(&self) -> &[Vec<f32>] {
+        &self.values
+    }
+
+    /// The values, to change in place (the stored squares are dropped).
+    pub fn values_mut(&mut self) -> &mut [Vec<f32>] {
+        self.squares = None;
+        &mut self.values
+    }
+
+    /// The factor clipping left for the update to apply (1 when the norm was within bounds).
+    pub fn scale(&self) -> f32 {
+        self.scale
     }
 
     /// Adds another micro-batch's gradients.
     pub fn add(&mut self, other: &Grads) {
-        for (a, b) in self.values.iter_mut().zip(&other.values) {
+        for (a, b) in self.values_mut().iter_mut().zip(&other.values) {
             a.par_iter_mut()
                 .zip(b.par_iter())
                 .for_each(|(x, y)| *x += *y);
         }
     }
 
-    /// The global L2 norm over all parameters (accumulated in f64, in a fixed order).
+    /// The global L2 norm of the values (accumulated in f64, in a fixed order); NaN or infinite exactly
+    /// when a value is.
     pub fn norm(&self) -> f64 {
-        self.values
-            .iter()
-            .map(|g| {
-                g.par_chunks(1 << 16)
-                    .map(sum_of_squares)
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            .sqrt()
+        let squares = match &self.squares {
+            Some(s) => s.clone(),
+            None => self.values.iter().map(|g| squares(g)).collect(),
+        };
+        squares.iter().sum::<f64>().sqrt()
     }
 
     /// Each parameter's own L2 norm, by name.
@@ -180,26 +215,60 @@ impl Grads {
             .collect()
     }
 
-    /// Scales gradients so the global norm is at most `max_norm` (torch's `clip_grad_norm_` rule:
-    /// coefficient `max_norm / (norm + 1e-6)`, capped at 1). Returns the norm before clipping.
+    /// Clips to a global norm of at most `max_norm` (torch's `clip_grad_norm_` rule: coefficient
+    /// `max_norm / (norm + 1e-6)`, capped at 1) by setting [`Grads::scale`]. Returns the norm before
+    /// clipping.
     pub fn clip(&mut self, max_norm: f64) -> f64 {
         let norm = self.norm();
         if max_norm > 0.0 {
-            let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-            if coef < 1.0 {
-                self.values
-                    .iter_mut()
-                    .for_each(|g| g.par_iter_mut().for_each(|x| *x *= coef));
-            }
+            self.scale = (max_norm / (norm + 1e-6)).min(1.0) as f32;
         }
         norm
     }
+}
 
-    pub fn is_finite(&self) -> bool {
-        self.values
-            .iter()
-            .all(|g| g.par_iter().all(|x| x.is_finite()))
+/// A gradient's values on the host and their Σ x²: a CPU tensor is copied in parallel chunks, each
+/// chunk's squares summed while it is in cache; a GPU one is copied to the host first.
+fn copy_out(g: &Tensor) -> Result<(Vec<f32>, f64), TrainError> {
+    let (storage, layout) = g.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        return Ok(copy_with_squares(&data[a..b]));
     }
+    drop(storage);
+    let values = g.flatten_all()?.to_vec1::<f32>()?;
+    let s = squares(&values);
+    Ok((values, s))
+}
+
+/// `src` copied, and Σ x² over it in [`squares`]' order.
+#[allow(unsafe_code)]
+fn copy_with_squares(src: &[f32]) -> (Vec<f32>, f64) {
+    let mut out = Vec::with_capacity(src.len());
+    let sums: Vec<f64> = out.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .map(|(to, from)| {
+            for (t, f) in to.iter_mut().zip(from) {
+                t.write(*f);
+            }
+            sum_of_squares(from)
+        })
+        .collect();
+    // SAFETY: the chunks above wrote every one of the first `src.len()` elements.
+    unsafe { out.set_len(src.len()) };
+    (out, sums.iter().sum::<f64>())
+}
+
+/// Σ x² of one parameter's values: its chunks' sums (in parallel), added in order.
+fn squares(values: &[f32]) -> f64 {
+    values
+        .par_chunks(CHUNK)
+        .map(sum_of_squares)
+        .collect::<Vec<_>>()
+        .iter()
+        .sum::<f64>()
 }
 
 /// Σ x² in f64 over eight interleaved partial sums (element i into sum i mod 8, the sums then added in
@@ -217,4 +286,63 @@ fn sum_of_squares(values: &[f32]) -> f64 {
         *s += f64::from(*x) * f64::from(*x);
     }
     sums.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Gradients of Σ cᵢ·wᵢ² for weights long enough to span several chunks.
+    fn collected() -> Grads {
+        let mut rng = zerolm_model::params::SplitMix64::new(9);
+        let mut tensors = BTreeMap::new();
+        for (name, n) in [("a", 3 * CHUNK + 17), ("b", 5)] {
+            let v: Vec<f32> = (0..n).map(|_| rng.below(2001) as f32 / 7.0 - 140.0).collect();
+            tensors.insert(name.to_string(), Tensor::from_vec(v, n, &Device::Cpu).unwrap());
+        }
+        let params = Params::new(&tensors).unwrap();
+        let loss = (params.vars.iter())
+            .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        Grads::collect(&params, &loss.backward().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_norm_summed_while_collecting_equals_the_one_summed_from_the_values() {
+        let grads = collected();
+        let again = Grads::from_values(grads.values().to_vec());
+        assert!(grads.squares.is_some() && again.squares.is_none());
+        assert_eq!(grads.norm().to_bits(), again.norm().to_bits());
+        let plain = (grads.values().iter().flatten())
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((grads.norm() - plain).abs() < 1e-9 * plain, "{plain}");
+    }
+
+    #[test]
+    fn changing_the_values_drops_the_collected_squares() {
+        let mut grads = collected();
+        let before = grads.norm();
+        grads.values_mut()[0][CHUNK + 1] += 1000.0;
+        assert!(grads.norm() > before);
+        let mut twice = collected();
+        twice.add(&collected());
+        assert_eq!(twice.norm(), 2.0 * before);
+    }
+
+    #[test]
+    fn a_non_finite_gradient_makes_the_norm_non_finite_and_clipping_sets_only_the_scale() {
+        let mut grads = Grads::from_values(vec![vec![3.0, 4.0], vec![0.0; 3]]);
+        assert_eq!(grads.clip(1.0), 5.0);
+        assert_eq!(grads.scale(), (1.0 / (5.0 + 1e-6)) as f32);
+        assert_eq!(grads.values()[0], [3.0, 4.0]);
+        assert!(Grads::from_values(vec![vec![1.0, f32::INFINITY]]).norm().is_infinite());
+        assert!(Grads::from_values(vec![vec![f32::NAN], vec![1.0]]).norm().is_nan());
+        let mut within = Grads::from_values(vec![vec![0.3, 0.4]]);
+        within.clip(1.0);
+        assert_eq!(within.scale(), 1.0);
+    }
 }

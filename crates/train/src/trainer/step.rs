@@ -76,14 +76,14 @@ impl Run<'_> {
                 format!("the loss is {loss}"),
             ));
         }
-        if !grads.is_finite() {
+        let grad_norm = grads.clip(cfg.grad_clip);
+        if !grad_norm.is_finite() {
             return Err(diverged(
                 &self.root,
                 self.state.step + 1,
                 "a gradient is NaN or infinite".into(),
             ));
         }
-        let grad_norm = grads.clip(cfg.grad_clip);
         self.opt.update(&self.params, &grads, lr)?;
         self.model.weights_changed();
         self.state.step += 1;
@@ -194,24 +194,25 @@ fn sum_over_ranks(
 
 /// All-reduces the gradients parameter by parameter, small ones gathered into shared buckets.
 fn all_reduce_buckets(world: &dyn Collective, grads: &mut Grads) -> Result<(), TrainError> {
+    let values = grads.values_mut();
     let mut start = 0;
-    while start < grads.values.len() {
+    while start < values.len() {
         let mut end = start + 1;
-        let mut n = grads.values[start].len();
-        while end < grads.values.len() && n < BUCKET_VALUES {
-            n += grads.values[end].len();
+        let mut n = values[start].len();
+        while end < values.len() && n < BUCKET_VALUES {
+            n += values[end].len();
             end += 1;
         }
         if end == start + 1 {
-            world.all_reduce_f32(&mut grads.values[start])?;
+            world.all_reduce_f32(&mut values[start])?;
         } else {
             let mut bucket: Vec<f32> = Vec::with_capacity(n);
-            for g in &grads.values[start..end] {
+            for g in &values[start..end] {
                 bucket.extend_from_slice(g);
             }
             world.all_reduce_f32(&mut bucket)?;
             let mut at = 0;
-            for g in &mut grads.values[start..end] {
+            for g in &mut values[start..end] {
                 let len = g.len();
                 g.copy_from_slice(&bucket[at..at + len]);
                 at += len;
