@@ -258,14 +258,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_copying_update_a_gpu_takes_equals_the_in_place_one_bit_for_bit() {
-        let cfg = AdamWConfig {
+    fn config() -> AdamWConfig {
+        AdamWConfig {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
-        };
+        }
+    }
+
+    #[test]
+    fn the_copying_update_a_gpu_takes_equals_the_in_place_one_bit_for_bit() {
+        let cfg = config();
         let (pa, pb) = (params(7), params(7));
         let (mut a, mut b) = (AdamW::new(&pa, cfg.clone()), AdamW::new(&pb, cfg));
         let start = values(&pa);
@@ -293,18 +297,17 @@ mod tests {
 
     #[test]
     fn clipping_through_the_scale_equals_rewriting_the_gradients_bit_for_bit() {
-        let cfg = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let cfg = config();
         let (pa, pb) = (params(3), params(3));
         let (mut a, mut b) = (AdamW::new(&pa, cfg.clone()), AdamW::new(&pb, cfg));
         let mut rng = zerolm_model::params::SplitMix64::new(5);
         for _ in 0..3 {
             let raw: Vec<Vec<f32>> = (values(&pa).iter())
-                .map(|p| p.iter().map(|_| rng.below(1001) as f32 / 50.0 - 10.0).collect())
+                .map(|p| {
+                    p.iter()
+                        .map(|_| rng.below(1001) as f32 / 50.0 - 10.0)
+                        .collect()
+                })
                 .collect();
             let mut lazy = Grads::from_values(raw.clone());
             let norm = lazy.clip(1.0);

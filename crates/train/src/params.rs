@@ -298,8 +298,13 @@ mod tests {
         let mut rng = zerolm_model::params::SplitMix64::new(9);
         let mut tensors = BTreeMap::new();
         for (name, n) in [("a", 3 * CHUNK + 17), ("b", 5)] {
-            let v: Vec<f32> = (0..n).map(|_| rng.below(2001) as f32 / 7.0 - 140.0).collect();
-            tensors.insert(name.to_string(), Tensor::from_vec(v, n, &Device::Cpu).unwrap());
+            let v: Vec<f32> = (0..n)
+                .map(|_| rng.below(2001) as f32 / 7.0 - 140.0)
+                .collect();
+            tensors.insert(
+                name.to_string(),
+                Tensor::from_vec(v, n, &Device::Cpu).unwrap(),
+            );
         }
         let params = Params::new(&tensors).unwrap();
         let loss = (params.vars.iter())
@@ -339,8 +344,12 @@ mod tests {
         assert_eq!(grads.clip(1.0), 5.0);
         assert_eq!(grads.scale(), (1.0 / (5.0 + 1e-6)) as f32);
         assert_eq!(grads.values()[0], [3.0, 4.0]);
-        assert!(Grads::from_values(vec![vec![1.0, f32::INFINITY]]).norm().is_infinite());
-        assert!(Grads::from_values(vec![vec![f32::NAN], vec![1.0]]).norm().is_nan());
+        assert!(Grads::from_values(vec![vec![1.0, f32::INFINITY]])
+            .norm()
+            .is_infinite());
+        assert!(Grads::from_values(vec![vec![f32::NAN], vec![1.0]])
+            .norm()
+            .is_nan());
         let mut within = Grads::from_values(vec![vec![0.3, 0.4]]);
         within.clip(1.0);
         assert_eq!(within.scale(), 1.0);
