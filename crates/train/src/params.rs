@@ -157,11 +157,11 @@ impl Grads {
                 })?;
                 copy_out(g)
             })
-            .collect::<Result<(Vec<_>, Vec<_>), TrainError>>()?;
+            .collect::<Result<(Vec<_>, Vec<Option<f64>>), TrainError>>()?;
         Ok(Grads {
             values,
             scale: 1.0,
-            squares: Some(squares),
+            squares: squares.into_iter().collect(),
         })
     }
 
@@ -227,19 +227,19 @@ impl Grads {
     }
 }
 
-/// A gradient's values on the host and their Σ x²: a CPU tensor is copied in parallel chunks, each
-/// chunk's squares summed while it is in cache; a GPU one is copied to the host first.
-fn copy_out(g: &Tensor) -> Result<(Vec<f32>, f64), TrainError> {
+/// A gradient's values on the host, and for a CPU tensor their Σ x²: it is copied in parallel chunks,
+/// each chunk's squares summed while it is in cache. A GPU one is copied to the host, and its squares
+/// are left for [`Grads::norm`] (accumulation or an all-reduce may change the values first).
+fn copy_out(g: &Tensor) -> Result<(Vec<f32>, Option<f64>), TrainError> {
     let (storage, layout) = g.storage_and_layout();
     if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
         (&*storage, layout.contiguous_offsets())
     {
-        return Ok(copy_with_squares(&data[a..b]));
+        let (values, s) = copy_with_squares(&data[a..b]);
+        return Ok((values, Some(s)));
     }
     drop(storage);
-    let values = g.flatten_all()?.to_vec1::<f32>()?;
-    let s = squares(&values);
-    Ok((values, s))
+    Ok((g.flatten_all()?.to_vec1::<f32>()?, None))
 }
 
 /// `src` copied, and Σ x² over it in [`squares`]' order.
@@ -293,14 +293,23 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Gradients of Σ cᵢ·wᵢ² for weights long enough to span several chunks.
+    /// Gradients of Σ wᵢ² (2·wᵢ) for two weights, one long enough to span several chunks.
     fn collected() -> Grads {
+        collected_from(&[("a", 3 * CHUNK + 17, None), ("b", 5, None)])
+    }
+
+    /// Gradients of Σ wᵢ² for weights of the given names and lengths, with random values, and the value
+    /// at index 1 replaced where one is given.
+    fn collected_from(weights: &[(&str, usize, Option<f32>)]) -> Grads {
         let mut rng = zerolm_model::params::SplitMix64::new(9);
         let mut tensors = BTreeMap::new();
-        for (name, n) in [("a", 3 * CHUNK + 17), ("b", 5)] {
-            let v: Vec<f32> = (0..n)
+        for &(name, n, odd) in weights {
+            let mut v: Vec<f32> = (0..n)
                 .map(|_| rng.below(2001) as f32 / 7.0 - 140.0)
                 .collect();
+            if let Some(x) = odd {
+                v[1] = x;
+            }
             tensors.insert(
                 name.to_string(),
                 Tensor::from_vec(v, n, &Device::Cpu).unwrap(),
@@ -350,6 +359,11 @@ mod tests {
         assert!(Grads::from_values(vec![vec![f32::NAN], vec![1.0]])
             .norm()
             .is_nan());
+        // The same through the squares summed while collecting (the trainer's path).
+        let inf = collected_from(&[("a", CHUNK + 3, Some(f32::INFINITY)), ("b", 4, None)]);
+        assert!(inf.squares.is_some() && inf.norm().is_infinite());
+        let nan = collected_from(&[("a", 4, None), ("b", 2 * CHUNK, Some(f32::NAN))]);
+        assert!(nan.squares.is_some() && nan.norm().is_nan());
         let mut within = Grads::from_values(vec![vec![0.3, 0.4]]);
         within.clip(1.0);
         assert_eq!(within.scale(), 1.0);
