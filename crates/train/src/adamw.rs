@@ -198,10 +198,10 @@ impl Step<'_> {
             .zip(v.par_iter_mut())
             .zip(self.g.par_iter())
             .for_each(|(((p, m), v), g)| {
-                let g = &(*g * k.scale);
+                let g = *g * k.scale;
                 *p *= k.shrink;
-                *m += (*g - *m) * k.one_m_b1;
-                *v = *v * k.b2f + k.one_m_b2 * *g * *g;
+                *m += (g - *m) * k.one_m_b1;
+                *v = *v * k.b2f + k.one_m_b2 * g * g;
                 let denom = v.sqrt() / k.bc2_sqrt + k.eps;
                 *p += -k.step_size * *m / denom;
             });

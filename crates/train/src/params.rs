@@ -193,11 +193,11 @@ impl Grads {
     /// The global L2 norm of the values (accumulated in f64, in a fixed order); NaN or infinite exactly
     /// when a value is.
     pub fn norm(&self) -> f64 {
-        let squares = match &self.squares {
-            Some(s) => s.clone(),
-            None => self.values.iter().map(|g| squares(g)).collect(),
+        let total: f64 = match &self.squares {
+            Some(s) => s.iter().sum(),
+            None => self.values.iter().map(|g| squares(g)).sum(),
         };
-        squares.iter().sum::<f64>().sqrt()
+        total.sqrt()
     }
 
     /// Each parameter's own L2 norm, by name.
